@@ -1,0 +1,1 @@
+"""Dagster assets: thin orchestration over ``sthelar_platform``."""

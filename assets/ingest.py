@@ -1,0 +1,77 @@
+"""Ingest assets: the Xenium bundle and the H&E image of each slide, persisted under the storage root."""
+
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets._runtime import code_version_of, run_slide_stage
+from assets.partitions import slides_partitions
+from resources import LineageResource, SlideCatalogResource, StorageResource
+from sthelar_platform import he_image as he_lib
+from sthelar_platform import ingest as ingest_lib
+from sthelar_platform import xenium_bundle
+from sthelar_platform.config import load_config
+from sthelar_platform.thumbnails import png_data_uri
+
+
+@asset(
+    partitions_def=slides_partitions,
+    code_version=code_version_of(ingest_lib, xenium_bundle, configs=("pipeline",)),
+    group_name="ingest",
+    kinds={"python", "parquet"},
+    description="Xenium bundle read with spatialdata-io: cells table, boundaries, transcripts, DAPI pyramid.",
+)
+def xenium_slide(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
+                 catalog: SlideCatalogResource) -> MaterializeResult:
+    spec = catalog.get(context.partition_key)
+    px = load_config("pipeline")["ingest"]["thumbnail_max_px"]
+
+    def compute(out: Path) -> dict:
+        s = ingest_lib.ingest_xenium(spec.xenium_dir, out, thumbnail_px=px)
+        context.log.info(f"{spec.slide_id}: {s.n_cells} cells, {s.n_transcripts} transcripts, {s.n_genes} genes")
+        storage.layout  # noqa: B018 - validates the root early
+        return {
+            "dagster/row_count": s.n_cells, "n_cells": s.n_cells, "n_transcripts": s.n_transcripts,
+            "n_genes": s.n_genes, "n_nuclei": s.n_nuclei, "n_controls": s.n_controls, "n_unassigned": s.n_unassigned,
+            "pixel_size_um": s.pixel_size_um, "analysis_sw_version": s.analysis_sw_version,
+            "morphology_levels": s.morphology_levels, "tissue": spec.tissue, "synthetic": spec.synthetic,
+            "source": str(spec.xenium_dir),
+            "dapi_thumbnail": MetadataValue.md(f"![DAPI]({png_data_uri(out / 'thumbnail_dapi.png')})"),
+        }
+
+    result = run_slide_stage(context, "xenium_slide", storage, lineage, compute)
+    md = result.metadata
+    lineage.store().record("slide_ingest", {
+        "run_id": context.run_id, "slide_id": spec.slide_id, "tissue": spec.tissue, "n_cells": md["n_cells"],
+        "n_transcripts": md["n_transcripts"], "n_genes": md["n_genes"], "n_controls": md["n_controls"],
+        "n_unassigned": md["n_unassigned"], "morphology_height": md["morphology_levels"].data[0][0],
+        "morphology_width": md["morphology_levels"].data[0][1], "pixel_size_um": md["pixel_size_um"],
+        "synthetic": spec.synthetic})
+    return result
+
+
+@asset(
+    partitions_def=slides_partitions,
+    code_version=code_version_of(he_lib, configs=("pipeline",)),
+    group_name="ingest",
+    kinds={"python", "tiff"},
+    description="The slide's H&E whole-slide image: validated RGB pyramid with pixel size and magnification.",
+)
+def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
+             catalog: SlideCatalogResource) -> MaterializeResult:
+    spec = catalog.get(context.partition_key)
+    px = load_config("pipeline")["ingest"]["thumbnail_max_px"]
+
+    def compute(out: Path) -> dict:
+        s = he_lib.ingest_he(spec.he_image, out, thumbnail_px=px)
+        context.log.info(f"{spec.slide_id}: H&E {s.width}x{s.height} px, {s.pixel_size_um} µm/px ({s.magnification})")
+        return {
+            "width": s.width, "height": s.height, "n_levels": s.n_levels, "level_shapes": s.level_shapes,
+            "pixel_size_um": s.pixel_size_um if s.pixel_size_um is not None else "unknown",
+            "magnification": s.magnification, "source": str(spec.he_image),
+            "alignment_csv": str(spec.alignment_csv) if spec.alignment_csv else "none",
+            "he_thumbnail": MetadataValue.md(f"![H&E]({png_data_uri(out / 'thumbnail_he.png')})"),
+        }
+
+    return run_slide_stage(context, "he_image", storage, lineage, compute)

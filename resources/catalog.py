@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+
+from sthelar_platform.manifest import SlideCatalog, SlideSpec
+
+
+class SlideCatalogResource(ConfigurableResource):
+    """Registered slides (``catalog.yaml`` under the storage root)."""
+
+    path: str
+
+    def get(self, slide_id: str) -> SlideSpec:
+        return SlideCatalog(self.path).get(slide_id)

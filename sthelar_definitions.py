@@ -1,0 +1,45 @@
+"""The platform's Dagster definitions, assembled in one place (loaded by workspace.yaml)."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import AssetSelection, Definitions, define_asset_job, multiprocess_executor
+
+from assets.ingest import he_image, xenium_slide
+from assets.partitions import slides_partitions
+from resources import LineageResource, SlideCatalogResource, StorageResource
+from sthelar_platform.paths import StorageLayout
+
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+
+
+def build_resources(home: str | None = None) -> dict:
+    layout = StorageLayout.at(home or os.environ.get("STHELAR_HOME", "./sthelar_home"))
+    return {
+        "storage": StorageResource(root=str(layout.root)),
+        "lineage": LineageResource(db_path=str(layout.lineage_db)),
+        "catalog": SlideCatalogResource(path=str(layout.catalog)),
+    }
+
+
+ALL_ASSETS = [xenium_slide, he_image]
+
+slide_pipeline = define_asset_job(
+    "slide_pipeline",
+    selection=AssetSelection.assets(*ALL_ASSETS),
+    partitions_def=slides_partitions,
+    description="Everything per slide, for one slide partition.",
+)
+
+defs = Definitions(
+    assets=ALL_ASSETS,
+    jobs=[slide_pipeline],
+    resources=build_resources(),
+    executor=multiprocess_executor.configured({"max_concurrent": 2}),
+)
+
+
+def slide_pipeline_job():
+    """Top-level factory so runs can be reconstructed in child processes (multiprocess executor)."""
+    return defs.resolve_job_def("slide_pipeline")

@@ -1,0 +1,20 @@
+"""Errors that tell a user which file is wrong, what is wrong with it and how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """Bad user input: names the file, the problem and the fix.
+
+    Every validation in the platform raises this (never a bare traceback from a
+    third-party reader), so a failed Dagster step shows one readable sentence.
+    """
+
+    def __init__(self, file: str | Path | None, problem: str, fix: str) -> None:
+        self.file = str(file) if file is not None else None
+        self.problem = problem
+        self.fix = fix
+        where = f"{self.file}: " if self.file else ""
+        super().__init__(f"{where}{problem}. Fix: {fix}")

@@ -1,0 +1,193 @@
+"""Lineage and QC records in DuckDB, safe with many writer processes.
+
+DuckDB allows one read-write process per database file. Each record is first written
+as a JSON spool file (atomic rename, so it is durable the moment ``record`` returns),
+then merged into the database under an OS file lock with ``INSERT OR IGNORE`` on its
+event id. A writer that cannot get the database (a dashboard or dbt holding it) leaves
+its spool file for the next merge: rows are delayed, never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from sthelar_platform.atomic import write_text_atomic
+
+# table -> ordered (column, DuckDB type). event_id is the idempotency key of every row.
+SCHEMA: dict[str, list[tuple[str, str]]] = {
+    "materializations": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("asset_key", "VARCHAR"),
+        ("partition_key", "VARCHAR"), ("code_version", "VARCHAR"), ("data_version", "VARCHAR"),
+        ("input_versions", "VARCHAR"), ("output_uri", "VARCHAR"), ("started_at", "TIMESTAMP"),
+        ("finished_at", "TIMESTAMP"), ("status", "VARCHAR"), ("error", "VARCHAR"), ("metadata", "VARCHAR"),
+    ],
+    "registration_qc": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("source", "VARCHAR"),
+        ("median_residual_um", "DOUBLE"), ("p90_residual_um", "DOUBLE"), ("matched_fraction", "DOUBLE"),
+        ("transform", "VARCHAR"), ("passed", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
+    ],
+    "annotation_qc": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("n_cells", "BIGINT"),
+        ("frac_unknown", "DOUBLE"), ("frac_less10", "DOUBLE"), ("crosscheck_agreement", "DOUBLE"),
+        ("n_flagged_clusters", "BIGINT"), ("passed", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
+    ],
+    "patch_qc": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("magnification", "VARCHAR"),
+        ("patch_id", "VARCHAR"), ("x0", "BIGINT"), ("y0", "BIGINT"), ("n_nuclei", "BIGINT"), ("dice", "DOUBLE"),
+        ("jaccard", "DOUBLE"), ("bpq", "DOUBLE"), ("det_f1", "DOUBLE"), ("flagged", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
+    ],
+    "model_eval": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("grouping", "VARCHAR"),
+        ("split", "VARCHAR"), ("tissue", "VARCHAR"), ("class_name", "VARCHAR"), ("metric", "VARCHAR"),
+        ("value", "DOUBLE"), ("recorded_at", "TIMESTAMP"),
+    ],
+    "slide_ingest": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("tissue", "VARCHAR"),
+        ("n_cells", "BIGINT"), ("n_transcripts", "BIGINT"), ("n_genes", "BIGINT"), ("n_controls", "BIGINT"),
+        ("n_unassigned", "BIGINT"), ("morphology_width", "BIGINT"), ("morphology_height", "BIGINT"),
+        ("pixel_size_um", "DOUBLE"), ("synthetic", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
+    ],
+}
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+class LineageStore:
+    """Append-only lineage/QC tables in ``db_path`` with a spool folder beside it."""
+
+    def __init__(self, db_path: str | Path, lock_timeout_s: float = 60.0):
+        self.db_path = Path(db_path)
+        self.spool = self.db_path.parent / f"{self.db_path.stem}_spool"
+        self.lock_path = self.db_path.parent / f"{self.db_path.name}.lock"
+        self.lock_timeout_s = lock_timeout_s
+        self.spool.mkdir(parents=True, exist_ok=True)
+
+    # -- writing -------------------------------------------------------------------
+    def record(self, table: str, row: dict[str, Any], flush: bool = True) -> str:
+        """Persist one row durably (spool), then try to merge it; returns its event id."""
+        columns = dict(SCHEMA[table]) if table in SCHEMA else None
+        if columns is None:
+            raise KeyError(f"unknown lineage table {table!r}; known: {sorted(SCHEMA)}")
+        unknown = set(row) - set(columns)
+        if unknown:
+            raise KeyError(f"columns {sorted(unknown)} are not in lineage table {table!r}")
+        row = dict(row)
+        row.setdefault("event_id", uuid.uuid4().hex)
+        if "recorded_at" in columns:
+            row.setdefault("recorded_at", utcnow())
+        name = f"{time.time_ns():020d}-{row['event_id']}.json"
+        write_text_atomic(self.spool / name, json.dumps({"table": table, "row": row}, default=str))
+        if flush:
+            self.flush()
+        return row["event_id"]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[bool]:
+        deadline = time.monotonic() + self.lock_timeout_s
+        with open(self.lock_path, "a+") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        yield False
+                        return
+                    time.sleep(random.uniform(0.01, 0.05))
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=read_only)
+            except duckdb.IOException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2))
+
+    def ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        for table, cols in SCHEMA.items():
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in cols)})")
+
+    def flush(self) -> int:
+        """Merge spooled rows into DuckDB; returns how many files were merged (0 if busy)."""
+        with self._locked() as got:
+            if not got:
+                return 0
+            files = sorted(self.spool.glob("*.json"))
+            try:
+                con = self._connect()
+            except duckdb.IOException:
+                return 0  # another process (dbt, a dashboard) holds the database; retry later
+            try:
+                self.ensure_schema(con)
+                if not files:
+                    return 0
+                con.execute("BEGIN TRANSACTION")
+                merged = []
+                for f in files:
+                    try:
+                        payload = json.loads(f.read_text())
+                    except FileNotFoundError:
+                        continue
+                    table, row = payload["table"], payload["row"]
+                    cols = [c for c, _ in SCHEMA[table] if c in row]
+                    sql = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+                    con.execute(sql, [row[c] for c in cols])
+                    merged.append(f)
+                con.execute("COMMIT")
+            finally:
+                con.close()
+            for f in merged:
+                f.unlink(missing_ok=True)
+            return len(merged)
+
+    # -- reading -------------------------------------------------------------------
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Run a parameterized read query after merging pending rows."""
+        self.flush()
+        if not self.db_path.exists():
+            con = self._connect()
+            self.ensure_schema(con)
+            con.close()
+        with self._locked():
+            con = self._connect(read_only=True)
+            try:
+                cur = con.execute(sql, params or [])
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            finally:
+                con.close()
+
+    def latest_data_version(self, asset_key: str, partition_key: str | None) -> str | None:
+        rows = self.query(
+            "SELECT data_version FROM materializations WHERE asset_key = ? AND partition_key IS NOT DISTINCT FROM ? "
+            "AND status = 'success' ORDER BY finished_at DESC LIMIT 1",
+            [asset_key, partition_key],
+        )
+        return rows[0]["data_version"] if rows else None
+
+    def pending(self) -> int:
+        return len(list(self.spool.glob("*.json")))
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("STHELAR_HOME", "./sthelar_home")).resolve()
