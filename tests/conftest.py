@@ -1,0 +1,33 @@
+"""Shared fixtures: one tiny SYNTHETIC cohort per test process (generated in seconds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    from sthelar_platform.synth import synthesize_cohort
+
+    out = tmp_path_factory.mktemp("tiny_cohort")
+    synthesize_cohort(out, "tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_slide(tiny_cohort) -> Path:
+    return tiny_cohort / "slides" / "tiny"
+
+
+@pytest.fixture()
+def slide_copy(tiny_slide, tmp_path) -> Path:
+    """A private copy of the tiny slide that a test may break."""
+    dst = tmp_path / "slide"
+    shutil.copytree(tiny_slide, dst)
+    return dst

@@ -1,0 +1,37 @@
+"""The `sthelar` command line as a user runs it."""
+
+import subprocess
+import sys
+
+import yaml
+
+
+def _cli(*args, home):
+    return subprocess.run([sys.executable, "-m", "sthelar_platform.cli", "--home", str(home), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_slides_add_list_and_materialize_with_multiprocess_executor(tiny_cohort, tmp_path):
+    home = tmp_path / "home"
+    r = _cli("slides", "add", "--manifest", str(tiny_cohort / "manifest.yaml"), home=home)
+    assert r.returncode == 0, r.stderr
+    r = _cli("slides", "list", home=home)
+    assert "tiny\tbreast\tSYNTHETIC" in r.stdout
+    r = _cli("materialize", "--slide", "tiny", home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tiny: ok" in r.stdout
+    assert (home / "warehouse" / "he_image" / "tiny" / "he_image.ome.tif").exists()
+    # the run is in the persistent Dagster instance the UI reads
+    assert any((home / "dagster").rglob("*.db"))
+
+
+def test_duplicate_ids_and_bad_manifest_exit_2_with_message(tiny_cohort, tmp_path):
+    m = yaml.safe_load((tiny_cohort / "manifest.yaml").read_text())
+    m["slides"] = m["slides"] * 2
+    for e in m["slides"]:
+        for k in ("xenium_dir", "he_image", "alignment_csv", "reference"):
+            e[k] = str(tiny_cohort / e[k])
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(yaml.safe_dump(m))
+    r = _cli("slides", "add", "--manifest", str(bad), home=tmp_path / "h")
+    assert r.returncode == 2 and "duplicate slide id 'tiny'" in r.stderr and "Fix:" in r.stderr
