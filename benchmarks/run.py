@@ -1,0 +1,12 @@
+"""Benchmark every stage that exists on the `bench` SYNTHETIC slide (>= 100k cells, >= 20M transcripts).
+
+Usage: python benchmarks/run.py [--size bench|demo|tiny] [--stage NAME ...]
+JSON per stage in $STHELAR_HOME/bench/<stage>.json: wall_s, throughput (+unit), peak_rss_mb, inputs.
+"""
+
+import sys
+
+from sthelar_platform.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))

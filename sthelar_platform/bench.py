@@ -1,0 +1,95 @@
+"""Benchmark harness: each stage in a fresh process, wall time, throughput and peak RSS as JSON.
+
+Writes ``$STHELAR_HOME/bench/<stage>.json``. The bench slide is generated once and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sthelar_platform.atomic import atomic_dir, write_text_atomic
+from sthelar_platform.paths import StorageLayout
+
+
+def _stage_synth(data: Path, size: str, seed: int) -> dict[str, Any]:
+    from sthelar_platform.synth import synthesize_cohort
+
+    manifest = synthesize_cohort(data, size, seed=seed)
+    return {"manifest": str(manifest)}
+
+
+def _stage_ingest(data: Path, size: str, seed: int) -> dict[str, Any]:
+    from sthelar_platform.he_image import ingest_he
+    from sthelar_platform.ingest import ingest_xenium
+    from sthelar_platform.manifest import load_manifest
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    out = data.parent / "ingest_out"
+    t0 = time.perf_counter()
+    with atomic_dir(out / "xenium_slide") as tmp:
+        s = ingest_xenium(spec.xenium_dir, tmp)
+    t_x = time.perf_counter() - t0
+    with atomic_dir(out / "he_image") as tmp:
+        h = ingest_he(spec.he_image, tmp)
+    return {"n_cells": s.n_cells, "n_transcripts": s.n_transcripts, "xenium_s": round(t_x, 2),
+            "he_s": round(time.perf_counter() - t0 - t_x, 2), "he_px": [h.width, h.height],
+            "morphology_px": s.morphology_levels[0], "_work": s.n_transcripts, "_unit": "transcripts/s"}
+
+
+STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {"synth": _stage_synth, "ingest": _stage_ingest}
+
+
+def _child(fn_name: str, data: str, size: str, seed: int, queue) -> None:
+    t0 = time.perf_counter()
+    try:
+        res = STAGES[fn_name](Path(data), size, seed)
+        res["wall_s"] = time.perf_counter() - t0
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put(("ok", res))
+    except BaseException as exc:  # report, do not hang the parent
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_stage(name: str, data: Path, size: str, seed: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(name, str(data), size, seed, q))
+    p.start()
+    status, res = q.get()
+    p.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark stage {name} failed: {res}")
+    return res
+
+
+def run_benchmarks(layout: StorageLayout, size: str = "bench", stages: list[str] | None = None, seed: int = 0) -> list[dict]:
+    data = layout.bench / f"data_{size}"
+    layout.bench.mkdir(parents=True, exist_ok=True)
+    todo = stages or list(STAGES)
+    results = []
+    for name in todo:
+        if name == "synth" and (data / "manifest.yaml").exists():
+            continue  # generated once, reused
+        if name != "synth" and not (data / "manifest.yaml").exists():
+            results.append(_report(layout, "synth", size, run_stage("synth", data, size, seed)))
+        res = run_stage(name, data, size, seed)
+        results.append(_report(layout, name, size, res))
+    return results
+
+
+def _report(layout: StorageLayout, name: str, size: str, res: dict[str, Any]) -> dict[str, Any]:
+    work = res.pop("_work", None)
+    unit = res.pop("_unit", "runs/s")
+    out = {"stage": name, "size": size, "wall_s": round(res.pop("wall_s"), 2),
+           "throughput_unit": unit, "peak_rss_mb": round(res.pop("peak_rss_mb"), 1), "inputs": res,
+           "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()}}
+    out["throughput"] = round((work or 1) / max(out["wall_s"], 1e-9), 2)
+    write_text_atomic(layout.bench / f"{name}.json", json.dumps(out, indent=2))
+    return out
