@@ -21,8 +21,12 @@ from sthelar_platform.paths import StorageLayout
 def _stage_synth(data: Path, size: str, seed: int) -> dict[str, Any]:
     from sthelar_platform.synth import synthesize_cohort
 
+    import polars as pl
+
     manifest = synthesize_cohort(data, size, seed=seed)
-    return {"manifest": str(manifest)}
+    truth = pl.concat([pl.read_parquet(p) for p in sorted(data.glob("slides/*/truth/cells.parquet"))])
+    tx = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in data.glob("slides/*/xenium/transcripts.parquet"))
+    return {"manifest": str(manifest), "n_cells": truth.height, "n_transcripts": tx, "_work": truth.height, "_unit": "cells/s"}
 
 
 def _stage_ingest(data: Path, size: str, seed: int) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
 
     progress(f"{slide_id}: laying out {tissue} tissue")
     layout = build_layout(cfg["tissues"][tissue], extent, rng)
-    cells = place_cells(layout, tissue, cfg, rng)
+    cells = place_cells(layout, tissue, cfg, rng, density_scale=float(size_cfg.get("density_scale", 1.0)))
     n = len(cells)
     if n == 0:
         raise InputError(None, "synthetic layout produced no cells", "use a larger size or another seed")

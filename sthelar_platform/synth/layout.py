@@ -142,7 +142,8 @@ def _radial_profile(n: int, a: np.ndarray, b: np.ndarray, phi: np.ndarray, irreg
     return r * (1 + irregularity[:, None] * wobble)
 
 
-def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: dict, rng: np.random.Generator) -> Cells:
+def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: dict, rng: np.random.Generator,
+                density_scale: float = 1.0) -> Cells:
     """Sample cells by regional density and composition, with non-overlapping nuclei."""
     tissue_cfg = synth_cfg["tissues"][tissue_name]
     density = synth_cfg["density"]
@@ -150,7 +151,7 @@ def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: dict, rng: np
     w, h = layout.extent_um
     rho = np.zeros(len(REGIONS))
     for name, d in density.items():
-        rho[REGION_CODE[name]] = d / 1000.0
+        rho[REGION_CODE[name]] = d * density_scale / 1000.0
     rho_max = rho.max()
     n_cand = rng.poisson(w * h * rho_max * 1.25)
     x, y = rng.uniform(0, w, n_cand), rng.uniform(0, h, n_cand)
