@@ -56,6 +56,8 @@ def materialize_slide(slide_id: str, selection: list[str] | None = None) -> RunO
     with DagsterInstance.get() as instance:
         job = reconstructable(sthelar_definitions.slide_pipeline_job)
         keys = [AssetKey(s) for s in selection] if selection else None
-        result = execute_job(job, instance=instance, tags={"dagster/partition": slide_id}, asset_selection=keys)
+        run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+        result = execute_job(job, instance=instance, tags={"dagster/partition": slide_id}, asset_selection=keys,
+                             run_config=run_config)
         failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         return RunOutcome(slide_id=slide_id, run_id=result.run_id, success=result.success, failed_steps=failed)
