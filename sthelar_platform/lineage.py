@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import random
 import time
 import uuid
@@ -187,7 +186,3 @@ class LineageStore:
 
     def pending(self) -> int:
         return len(list(self.spool.glob("*.json")))
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("STHELAR_HOME", "./sthelar_home")).resolve()

@@ -91,6 +91,14 @@ def test_he_pyramid_alignment_csv_and_truth(tiny_slide):
     assert at_nuclei.mean() < 120 < np.median(random_px)
 
 
+def test_lazy_window_read_matches_full_level(tiny_slide):
+    from sthelar_platform.imaging import read_level_region
+
+    he = tiny_slide / "he" / "tiny_he_image.ome.tif"
+    full = read_level(he, 0)
+    np.testing.assert_array_equal(read_level_region(he, 0, 300, 500, 256, 300), full[300:556, 500:800])
+
+
 def test_dapi_is_bright_at_nuclei(tiny_slide):
     dapi = tiny_slide / "xenium" / "morphology_focus" / "morphology_focus_0000.ome.tif"
     img = read_level(dapi, 0)
