@@ -47,7 +47,32 @@ def _stage_ingest(data: Path, size: str, seed: int) -> dict[str, Any]:
             "morphology_px": s.morphology_levels[0], "_work": s.n_transcripts, "_unit": "transcripts/s"}
 
 
-STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {"synth": _stage_synth, "ingest": _stage_ingest}
+def _stage_registration(data: Path, size: str, seed: int) -> dict[str, Any]:
+    import numpy as np
+    import polars as pl
+
+    from sthelar_platform import registration as reg
+    from sthelar_platform.config import load_config
+    from sthelar_platform.manifest import load_manifest
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    cfg = load_config("pipeline")["registration"]
+    truth = reg.read_alignment_csv(spec.alignment_csv)
+    t0 = time.perf_counter()
+    he_pts = reg.detect_he_nuclei(spec.he_image, cfg["detection_um_per_px"], cfg["detection_sigma_um"], cfg["detection_min_distance_um"])
+    t_det = time.perf_counter() - t0
+    nuc = (pl.scan_parquet(spec.xenium_dir / "nucleus_boundaries.parquet").group_by("label_id")
+           .agg(pl.col("vertex_x").mean(), pl.col("vertex_y").mean()).collect())
+    xen_um = nuc.select("vertex_x", "vertex_y").to_numpy()
+    qc = reg.register(he_pts, 0.2738, xen_um, 0.2125, cfg)  # automatic: no CSV
+    err = reg.transform_error_um(np.array(qc.transform), truth, reg.apply(np.linalg.inv(truth), xen_um / 0.2125), 0.2125)
+    return {"n_he_nuclei": len(he_pts), "n_xenium_nuclei": len(xen_um), "detection_s": round(t_det, 1),
+            "median_residual_um": qc.median_residual_um, "matched_fraction": qc.matched_fraction,
+            "median_error_vs_truth_um": float(np.median(err)), "_work": len(xen_um), "_unit": "nuclei/s"}
+
+
+STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {"synth": _stage_synth, "ingest": _stage_ingest,
+                                                                  "registration": _stage_registration}
 
 
 def _child(fn_name: str, data: str, size: str, seed: int, queue) -> None:
