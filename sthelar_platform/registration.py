@@ -136,7 +136,7 @@ def _mutual_pairs(moved: np.ndarray, tree: cKDTree, target: np.ndarray, radius: 
     ok = np.isfinite(d)
     i = np.flatnonzero(ok)
     j = j[ok]
-    back_d, back_i = cKDTree(moved).query(target[j])
+    _, back_i = cKDTree(moved).query(target[j])
     mutual = back_i == i
     return i[mutual], j[mutual], d[ok][mutual]
 

@@ -94,7 +94,7 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
         owners = xw.write_boundaries(bundle, cells, cell_ids)
         tissue_cells = np.argwhere(layout.region != REGION_CODE["background"])
         tissue_xy = ((tissue_cells[:, 1] + 0.5) * GRID_UM, (tissue_cells[:, 0] + 0.5) * GRID_UM)
-        stats, control_counts = xw.write_transcripts_and_matrix(bundle, cells, cell_ids, counts, list(programs.panel), cfg, extent, tissue_xy, rng)
+        stats, control_counts = xw.write_transcripts_and_matrix(bundle, cells, cell_ids, counts, list(programs.panel), cfg, tissue_xy, rng)
         progress(f"{slide_id}: writing cells table and label masks")
         xw.write_cells_tables(bundle, cells, cell_ids, prefixes, counts, xw.control_counts_per_cell(control_counts),
                               owners, morph_um, morph_shape)

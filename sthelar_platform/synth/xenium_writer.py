@@ -89,7 +89,7 @@ def _sample_positions(cells: Cells, cell_rows: np.ndarray, nuclear: np.ndarray, 
 
 
 def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarray, counts: np.ndarray, panel: list[str],
-                                 cfg: dict, extent_um: tuple[float, float], tissue_xy: tuple[np.ndarray, np.ndarray],
+                                 cfg: dict, tissue_xy: tuple[np.ndarray, np.ndarray],
                                  rng: np.random.Generator) -> tuple[dict, np.ndarray]:
     """Stream transcripts per block of cells; the h5 matrix counts transcripts with qv >= 20, as XOA does."""
     features = list(panel) + list(CONTROL_TYPES)
