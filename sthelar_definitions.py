@@ -8,6 +8,7 @@ from dagster import AssetSelection, Definitions, define_asset_job, multiprocess_
 
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
+from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.paths import StorageLayout
 
@@ -23,7 +24,8 @@ def build_resources(home: str | None = None) -> dict:
     }
 
 
-ALL_ASSETS = [xenium_slide, he_image]
+ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he]
+ALL_CHECKS = [registration_quality, alignment_csv_agreement]
 
 slide_pipeline = define_asset_job(
     "slide_pipeline",
@@ -34,6 +36,7 @@ slide_pipeline = define_asset_job(
 
 defs = Definitions(
     assets=ALL_ASSETS,
+    asset_checks=ALL_CHECKS,
     jobs=[slide_pipeline],
     resources=build_resources(),
     executor=multiprocess_executor.configured({"max_concurrent": 2}),

@@ -47,32 +47,63 @@ def _stage_ingest(data: Path, size: str, seed: int) -> dict[str, Any]:
             "morphology_px": s.morphology_levels[0], "_work": s.n_transcripts, "_unit": "transcripts/s"}
 
 
+def _ingested(data: Path) -> Path:
+    out = data.parent / "ingest_out"
+    if not (out / "xenium_slide" / "summary.json").exists() or not (out / "he_image" / "summary.json").exists():
+        raise RuntimeError("run the ingest benchmark stage first (sthelar bench --stage ingest)")
+    return out
+
+
 def _stage_registration(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """The he_registration stage in automatic mode (no CSV), scored against the true transform."""
     import numpy as np
     import polars as pl
 
     from sthelar_platform import registration as reg
     from sthelar_platform.config import load_config
+    from sthelar_platform.he_registration import register_slide
     from sthelar_platform.manifest import load_manifest
 
     spec = load_manifest(data / "manifest.yaml")[0]
+    ingested = _ingested(data)
     cfg = load_config("pipeline")["registration"]
+    with atomic_dir(data.parent / "registration_out") as tmp:
+        r = register_slide(ingested / "xenium_slide", ingested / "he_image", None, tmp, cfg)
     truth = reg.read_alignment_csv(spec.alignment_csv)
-    t0 = time.perf_counter()
-    he_pts = reg.detect_he_nuclei(spec.he_image, cfg["detection_um_per_px"], cfg["detection_sigma_um"], cfg["detection_min_distance_um"])
-    t_det = time.perf_counter() - t0
-    nuc = (pl.scan_parquet(spec.xenium_dir / "nucleus_boundaries.parquet").group_by("label_id")
-           .agg(pl.col("vertex_x").mean(), pl.col("vertex_y").mean()).collect())
-    xen_um = nuc.select("vertex_x", "vertex_y").to_numpy()
-    qc = reg.register(he_pts, 0.2738, xen_um, 0.2125, cfg)  # automatic: no CSV
-    err = reg.transform_error_um(np.array(qc.transform), truth, reg.apply(np.linalg.inv(truth), xen_um / 0.2125), 0.2125)
-    return {"n_he_nuclei": len(he_pts), "n_xenium_nuclei": len(xen_um), "detection_s": round(t_det, 1),
-            "median_residual_um": qc.median_residual_um, "matched_fraction": qc.matched_fraction,
-            "median_error_vs_truth_um": float(np.median(err)), "_work": len(xen_um), "_unit": "nuclei/s"}
+    cells = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["x_um", "y_um"]).to_numpy()
+    err = reg.transform_error_um(np.array(r.qc.transform), truth, reg.apply(np.linalg.inv(truth), cells / 0.2125), 0.2125)
+    return {"source": r.qc.source, "n_he_nuclei": r.qc.n_he_nuclei, "n_xenium_nuclei": r.qc.n_xenium_nuclei,
+            "median_residual_um": round(r.qc.median_residual_um, 3), "p90_residual_um": round(r.qc.p90_residual_um, 3),
+            "matched_fraction": round(r.qc.matched_fraction, 4), "passed": r.passed,
+            "median_error_vs_truth_um": round(float(np.median(err)), 3),
+            "p90_error_vs_truth_um": round(float(np.percentile(err, 90)), 3),
+            "_work": r.qc.n_xenium_nuclei, "_unit": "nuclei/s"}
 
 
-STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {"synth": _stage_synth, "ingest": _stage_ingest,
-                                                                  "registration": _stage_registration}
+def _stage_registered_he(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """Writing the whole H&E pyramid into the SpatialData zarr (streamed through dask)."""
+    import numpy as np
+
+    from sthelar_platform.he_registration import SlideRegistration
+    from sthelar_platform.registered_he import write_registered_he
+
+    ingested = _ingested(data)
+    reg_dir = data.parent / "registration_out"
+    if not (reg_dir / "registration.json").exists():
+        raise RuntimeError("run the registration benchmark stage first")
+    r = SlideRegistration.read(reg_dir / "registration.json")
+    he = ingested / "he_image" / "he_image.ome.tif"
+    with atomic_dir(data.parent / "registered_he_out") as tmp:
+        info = write_registered_he(he, np.array(r.qc.transform), ingested / "xenium_slide" / "nucleus_boundaries.parquet",
+                                   r.morphology_pixel_size_um, tmp / "sdata.zarr")
+    h, w = info["levels"][0]
+    return {"he_px": [w, h], "levels": len(info["levels"]), "_work": h * w / 1e6, "_unit": "megapixels/s"}
+
+
+STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {
+    "synth": _stage_synth, "ingest": _stage_ingest, "registration": _stage_registration,
+    "registered_he": _stage_registered_he,
+}
 
 
 def _child(fn_name: str, data: str, size: str, seed: int, queue) -> None:

@@ -36,6 +36,10 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("source", "VARCHAR"),
         ("median_residual_um", "DOUBLE"), ("p90_residual_um", "DOUBLE"), ("matched_fraction", "DOUBLE"),
         ("transform", "VARCHAR"), ("passed", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
+        ("transform_he_px_to_morphology_px", "VARCHAR"), ("n_he_nuclei", "BIGINT"), ("n_xenium_nuclei", "BIGINT"),
+        ("residual_grid_um", "VARCHAR"), ("he_pixel_size_um", "DOUBLE"), ("implied_he_pixel_size_um", "DOUBLE"),
+        ("magnification", "VARCHAR"), ("csv_median_residual_um", "DOUBLE"), ("csv_matched_fraction", "DOUBLE"),
+        ("failures", "VARCHAR"), ("notes", "VARCHAR"),
     ],
     "annotation_qc": [
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("n_cells", "BIGINT"),
@@ -123,8 +127,14 @@ class LineageStore:
                 time.sleep(random.uniform(0.05, 0.2))
 
     def ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create missing tables and add columns that a newer platform version introduced."""
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in cols)})")
+            have = {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+            for c, t in cols:
+                if c not in have:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {c} {t.replace(' PRIMARY KEY', '')}")
 
     def flush(self) -> int:
         """Merge spooled rows into DuckDB; returns how many files were merged (0 if busy)."""

@@ -63,3 +63,16 @@ def _hold(db, ready, release):
     ready.set()
     release.wait(60)
     con.close()
+
+
+def test_older_database_gains_new_columns(tmp_path):
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE registration_qc (event_id VARCHAR PRIMARY KEY, slide_id VARCHAR, passed BOOLEAN)")
+    con.execute("INSERT INTO registration_qc VALUES ('e1', 's1', true)")
+    con.close()
+    store = LineageStore(db)
+    store.record("registration_qc", {"slide_id": "s2", "passed": False, "magnification": "40x"})
+    rows = store.query("SELECT slide_id, passed, magnification FROM registration_qc ORDER BY slide_id")
+    assert rows == [{"slide_id": "s1", "passed": True, "magnification": None},
+                    {"slide_id": "s2", "passed": False, "magnification": "40x"}]

@@ -111,3 +111,34 @@ def test_he_without_tissue_overlap_has_too_few_nuclei(tmp_path):
     assert len(reg.detect_he_nuclei(blank)) < 10
     with pytest.raises(InputError, match="too few nuclei"):
         reg.register(np.zeros((0, 2)), HE_UM, np.random.default_rng(0).uniform(0, 100, (50, 2)), MORPH_UM, CFG)
+
+
+def test_nucleus_centroids_are_polygon_area_centroids(tmp_path):
+    from sthelar_platform.he_registration import nucleus_centroids_um
+
+    # an L-shaped nucleus (area centroid differs from the vertex mean) and a closed square
+    l_shape = [(0, 0), (4, 0), (4, 1), (1, 1), (1, 4), (0, 4), (0, 0)]
+    square = [(10, 10), (12, 10), (12, 12), (10, 12), (10, 10)]
+    # a small nucleus far from the origin, stored as float32 as Xenium does (cancellation trap)
+    far = [(6543.25 + x, 6012.5 + y) for x, y in [(0, 0), (3, 0), (3, 2), (0, 2), (0, 0)]]
+    rows = [("a", x, y) for x, y in l_shape] + [("b", x, y) for x, y in square] + [("c", x, y) for x, y in far]
+    pl.DataFrame(rows, schema={"cell_id": pl.String, "vertex_x": pl.Float32, "vertex_y": pl.Float32},
+                 orient="row").write_parquet(tmp_path / "n.parquet")
+    c = nucleus_centroids_um(tmp_path / "n.parquet")
+    got = {tuple(np.round(p, 4)) for p in c}
+    # L = 4x1 bar (centre 2, 0.5) + 1x3 bar (centre 0.5, 2.5): area-weighted centroid (8/7·…)
+    cx = (4 * 2 + 3 * 0.5) / 7
+    cy = (4 * 0.5 + 3 * 2.5) / 7
+    assert got == {(round(cx, 4), round(cy, 4)), (11.0, 11.0), (6544.75, 6013.5)}
+
+
+def test_quality_failures_name_each_reason():
+    from sthelar_platform.he_registration import quality_failures
+
+    good = reg.RegistrationQC("refined", 0.8, 1.6, 0.97, 500, 480, np.eye(3).tolist(), [[0.8]])
+    assert quality_failures(good, 0.274, 0.2738, "metadata", CFG) == []
+    bad = reg.RegistrationQC("automatic", 2.4, 2.9, 0.2, 500, 480, np.eye(3).tolist(), [[2.4]])
+    reasons = quality_failures(bad, 1.1, 0.2738, "metadata", CFG)
+    assert len(reasons) == 4 and "matched" in reasons[0] and "median" in reasons[1] and "10x" in reasons[3]
+    # an assumed pixel size cannot contradict the fit
+    assert len(quality_failures(bad, 1.1, 0.25, "assumed", CFG)) == 3
