@@ -6,6 +6,15 @@ import os
 
 from dagster import AssetSelection, Definitions, define_asset_job, multiprocess_executor
 
+from assets.annotation import (
+    annotation_quality,
+    cell_counts,
+    cell_types,
+    clusters,
+    counts_valid,
+    nucleus_counts,
+    tangram_labels,
+)
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
 from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
@@ -24,8 +33,9 @@ def build_resources(home: str | None = None) -> dict:
     }
 
 
-ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he]
-ALL_CHECKS = [registration_quality, alignment_csv_agreement]
+ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he, nucleus_counts, cell_counts, tangram_labels,
+              clusters, cell_types]
+ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality]
 
 slide_pipeline = define_asset_job(
     "slide_pipeline",

@@ -48,3 +48,9 @@ def load_config(name: str) -> dict[str, Any]:
 def config_version(name: str) -> str:
     """Content hash of a config file: part of the code version of the assets that read it."""
     return sha256_file(config_path(name))[:12]
+
+
+def overrides_dir() -> Path:
+    """Where reviewed per-slide override files live (``overrides/`` of the active config folder)."""
+    override = os.environ.get("STHELAR_CONFIG_DIR")
+    return Path(override) / "overrides" if override else PACKAGED_CONFIG_DIR / "overrides"

@@ -45,6 +45,14 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("n_cells", "BIGINT"),
         ("frac_unknown", "DOUBLE"), ("frac_less10", "DOUBLE"), ("crosscheck_agreement", "DOUBLE"),
         ("n_flagged_clusters", "BIGINT"), ("passed", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
+        ("tissue", "VARCHAR"), ("reference_sha256", "VARCHAR"), ("composition", "VARCHAR"),
+        ("crosscheck_by_category", "VARCHAR"), ("frac_flagged_clusters", "DOUBLE"),
+    ],
+    "annotation_clusters": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("cluster", "VARCHAR"),
+        ("n_cells", "BIGINT"), ("tangram_majority", "VARCHAR"), ("marker_label", "VARCHAR"), ("decision", "VARCHAR"),
+        ("label", "VARCHAR"), ("disagreeing_fraction", "DOUBLE"), ("flagged", "BOOLEAN"), ("flag_reasons", "VARCHAR"),
+        ("top_markers", "VARCHAR"), ("recorded_at", "TIMESTAMP"),
     ],
     "patch_qc": [
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("magnification", "VARCHAR"),

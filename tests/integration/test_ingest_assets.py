@@ -83,9 +83,10 @@ def test_unregistered_or_unsafe_partition_fails_clearly(home):
 def test_asset_graph_snapshot():
     defs = sthelar_definitions.defs
     keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
-    assert keys == ["he_image", "he_registration", "registered_he", "xenium_slide"]
+    assert keys == ["cell_counts", "cell_types", "clusters", "he_image", "he_registration", "nucleus_counts",
+                    "registered_he", "tangram_labels", "xenium_slide"]
     checks = sorted(k.name for k in defs.resolve_asset_graph().asset_check_keys)
-    assert checks == ["alignment_csv_agreement", "registration_quality"]
+    assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "registration_quality"]
     job = defs.resolve_job_def("slide_pipeline")
     assert job.partitions_def.name == "slides"
     for key in defs.resolve_all_asset_keys():

@@ -1,0 +1,83 @@
+"""Unsupervised evidence on the slide itself: Leiden clusters, Wilcoxon markers, marker scores.
+
+The reference pipeline's recipe (normalize_total 1e4, log1p, scale max 10, PCA, neighbors,
+Leiden, Wilcoxon with BH), with every parameter in config/annotation.yaml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+
+
+@dataclass
+class Clustering:
+    clusters: pd.Series          # cell id -> cluster id (str)
+    markers: pd.DataFrame        # cluster, rank, gene, logfoldchange, pval_adj
+    marker_scores: pd.DataFrame  # clusters x categories
+    marker_label: pd.Series      # cluster -> category or Unknown
+    embedding: np.ndarray        # first 2 PCs, for plots
+
+
+def lognorm(counts: ad.AnnData, target_sum: float) -> ad.AnnData:
+    a = ad.AnnData(X=counts.X.astype(np.float32), obs=pd.DataFrame(index=counts.obs_names),
+                   var=pd.DataFrame(index=counts.var_names))
+    sc.pp.normalize_total(a, target_sum=target_sum)
+    sc.pp.log1p(a)
+    return a
+
+
+def cluster_cells(counts: ad.AnnData, cfg: dict) -> tuple[ad.AnnData, pd.Series]:
+    """Leiden clusters of the cells (log-normalized data kept in the returned AnnData)."""
+    a = lognorm(counts, cfg["target_sum"])
+    a.raw = a
+    sc.pp.scale(a, max_value=cfg["scale_max"])
+    n_pcs = int(min(cfg["n_pcs"], a.n_vars - 1, a.n_obs - 1))
+    sc.pp.pca(a, n_comps=n_pcs, random_state=cfg["seed"])
+    sc.pp.neighbors(a, n_neighbors=min(cfg["n_neighbors"], a.n_obs - 1), n_pcs=n_pcs, random_state=cfg["seed"])
+    sc.tl.leiden(a, resolution=cfg["resolution"], random_state=cfg["seed"], flavor="igraph", n_iterations=2,
+                 directed=False)
+    return a, a.obs["leiden"].astype(str)
+
+
+def wilcoxon_markers(a: ad.AnnData, n_genes: int) -> pd.DataFrame:
+    groups = a.obs["leiden"]
+    if groups.nunique() < 2:
+        return pd.DataFrame(columns=["cluster", "rank", "gene", "logfoldchange", "pval_adj"])
+    sc.tl.rank_genes_groups(a, "leiden", method="wilcoxon", use_raw=True, corr_method="benjamini-hochberg")
+    df = sc.get.rank_genes_groups_df(a, group=None)
+    df = df.rename(columns={"group": "cluster", "names": "gene", "logfoldchanges": "logfoldchange", "pvals_adj": "pval_adj"})
+    df["rank"] = df.groupby("cluster", observed=True).cumcount()
+    return df[df["rank"] < n_genes][["cluster", "rank", "gene", "logfoldchange", "pval_adj"]].reset_index(drop=True)
+
+
+def score_markers(a: ad.AnnData, clusters: pd.Series, markers: dict[str, list[str]], min_score: float
+                  ) -> tuple[pd.DataFrame, pd.Series]:
+    """Mean z-scored log expression of each category's markers, per cluster; best category or Unknown."""
+    x = a.raw.X if a.raw is not None else a.X
+    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    genes = pd.Index(a.raw.var_names if a.raw is not None else a.var_names)
+    z = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
+    onehot = pd.get_dummies(clusters.reindex(a.obs_names)).astype(float)
+    means = (onehot.T.to_numpy() @ z) / onehot.sum(0).to_numpy()[:, None]  # clusters x genes
+    scores = {}
+    for cat, gl in markers.items():
+        idx = genes.get_indexer([g for g in gl if g in genes])
+        if len(idx):
+            scores[cat] = means[:, idx].mean(1)
+    table = pd.DataFrame(scores, index=onehot.columns.astype(str))
+    best = table.idxmax(1)
+    label = best.where(table.max(1) >= min_score, "Unknown")
+    return table, label
+
+
+def run_clustering(counts: ad.AnnData, cfg: dict, markers_cfg: dict) -> Clustering:
+    a, clusters = cluster_cells(counts, cfg)
+    markers = wilcoxon_markers(a, cfg["n_marker_genes"])
+    scores, label = score_markers(a, clusters, markers_cfg["genes"], markers_cfg["min_score"])
+    return Clustering(clusters=clusters, markers=markers, marker_scores=scores, marker_label=label,
+                      embedding=np.asarray(a.obsm["X_pca"][:, :2]))
