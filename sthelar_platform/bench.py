@@ -100,9 +100,59 @@ def _stage_registered_he(data: Path, size: str, seed: int) -> dict[str, Any]:
     return {"he_px": [w, h], "levels": len(info["levels"]), "_work": h * w / 1e6, "_unit": "megapixels/s"}
 
 
+def _stage_counts(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """nucleus + cell + cytoplasm count tables from the ingested transcripts (one polars pass)."""
+    from sthelar_platform.config import load_config
+    from sthelar_platform.counts import slide_count_tables
+
+    tables = slide_count_tables(_ingested(data) / "xenium_slide", load_config("annotation")["counts"]["qv_min"])
+    cell = tables["cell"]
+    return {"n_cells": int(cell.n_obs), "n_genes": int(cell.n_vars), "n_counted": int(cell.X.sum()),
+            "_work": int(cell.X.sum()), "_unit": "transcripts/s"}
+
+
+def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """The whole annotation chain (counts, Tangram x2, clusters, rule + cross-check) with step times."""
+    import polars as pl
+
+    from sthelar_platform import annotation_stages as st
+    from sthelar_platform.config import load_config
+    from sthelar_platform.manifest import load_manifest
+    from sthelar_platform.references import reference_spec
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    cfg = load_config("annotation")
+    xen = _ingested(data) / "xenium_slide"
+    work = data.parent / "annotation_out"
+    ref = reference_spec(spec.tissue, data / "references", spec.reference)
+    steps: dict[str, float] = {}
+    dirs = {k: work / k for k in ("nucleus_counts", "cell_counts", "tangram_labels", "clusters", "cell_types")}
+
+    def step(name, fn):
+        t0 = time.perf_counter()
+        with atomic_dir(dirs[name]) as tmp:
+            fn(tmp)
+        steps[name] = round(time.perf_counter() - t0, 1)
+
+    step("nucleus_counts", lambda o: st.write_counts("nucleus_counts", xen, o, cfg))
+    step("cell_counts", lambda o: st.write_counts("cell_counts", xen, o, cfg))
+    step("tangram_labels", lambda o: st.write_tangram_labels(dirs["cell_counts"], dirs["nucleus_counts"], ref, o, cfg, 10))
+    step("clusters", lambda o: st.write_clusters(dirs["cell_counts"], o, cfg, 10))
+    step("cell_types", lambda o: st.write_cell_types(spec.slide_id, xen, dirs["cell_counts"], dirs["tangram_labels"],
+                                                     dirs["clusters"], ref, o, cfg))
+    labels = pl.read_parquet(dirs["cell_types"] / "cell_labels.parquet", columns=["cell_id", "category"])
+    truth = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["cell_id", "category"])
+    j = labels.join(truth, on="cell_id", suffix="_true")
+    acc = float((j["category"] == j["category_true"]).mean())
+    summary = json.loads((dirs["cell_types"] / "summary.json").read_text())
+    return {"n_cells": labels.height, "step_seconds": steps, "accuracy_vs_truth": round(acc, 4),
+            "crosscheck_agreement": round(summary["crosscheck_agreement"], 4), "n_clusters": summary["n_clusters"],
+            "n_flagged_clusters": summary["n_flagged_clusters"], "_work": labels.height, "_unit": "cells/s"}
+
+
 STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {
     "synth": _stage_synth, "ingest": _stage_ingest, "registration": _stage_registration,
-    "registered_he": _stage_registered_he,
+    "registered_he": _stage_registered_he, "counts": _stage_counts, "annotation": _stage_annotation,
 }
 
 
