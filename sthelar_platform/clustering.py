@@ -23,6 +23,25 @@ class Clustering:
     embedding: np.ndarray        # first 2 PCs, for plots
 
 
+def _knn_transformer(n_neighbors: int):
+    """Exact kNN (kd-tree on the PCs) returning a scipy csr_matrix.
+
+    scanpy 1.11's default for > 4096 cells (pynndescent) hands back a ``csr_array`` that its own
+    neighbour parsing cannot read with current scipy; exact kNN on 16 PCs is fast and deterministic.
+    """
+    from scipy import sparse
+    from sklearn.neighbors import KNeighborsTransformer
+
+    class CsrMatrixKNN(KNeighborsTransformer):
+        def transform(self, X):
+            return sparse.csr_matrix(super().transform(X))
+
+        def fit_transform(self, X, y=None):
+            return sparse.csr_matrix(super().fit_transform(X, y))
+
+    return CsrMatrixKNN(n_neighbors=n_neighbors, mode="distance", algorithm="auto")
+
+
 def lognorm(counts: ad.AnnData, target_sum: float) -> ad.AnnData:
     a = ad.AnnData(X=counts.X.astype(np.float32), obs=pd.DataFrame(index=counts.obs_names),
                    var=pd.DataFrame(index=counts.var_names))
@@ -38,7 +57,8 @@ def cluster_cells(counts: ad.AnnData, cfg: dict) -> tuple[ad.AnnData, pd.Series]
     sc.pp.scale(a, max_value=cfg["scale_max"])
     n_pcs = int(min(cfg["n_pcs"], a.n_vars - 1, a.n_obs - 1))
     sc.pp.pca(a, n_comps=n_pcs, random_state=cfg["seed"])
-    sc.pp.neighbors(a, n_neighbors=min(cfg["n_neighbors"], a.n_obs - 1), n_pcs=n_pcs, random_state=cfg["seed"])
+    sc.pp.neighbors(a, n_pcs=n_pcs, random_state=cfg["seed"],
+                    transformer=_knn_transformer(min(cfg["n_neighbors"], a.n_obs - 1)))
     sc.tl.leiden(a, resolution=cfg["resolution"], random_state=cfg["seed"], flavor="igraph", n_iterations=2,
                  directed=False)
     return a, a.obs["leiden"].astype(str)
