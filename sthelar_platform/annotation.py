@@ -6,7 +6,9 @@ markers name a category, the marker evidence wins for the whole cluster; where t
 are silent (Unknown), Tangram stands. A cluster is flagged for review when its label is
 Unknown, when nucleus- and cell-based Tangram labels disagree, or when more than
 ``flag_disagreeing_fraction`` of its cells disagree with its label. Cells with at most
-``less10_max_transcripts`` transcripts are ``Less10``. A reviewed per-slide override file
+``less10_max_transcripts`` transcripts are ``Less10``. Inside a cluster whose label Tangram
+supports, a cell whose own Tangram category differs keeps it only when Tangram gives it at least
+``keep_own_min_probability``; otherwise it takes the cluster's label. A reviewed per-slide override file
 is applied last. Confidence = Tangram's probability of the final category for the cell x
 the fraction of its cluster whose Tangram category matches the cluster label.
 """
@@ -91,7 +93,7 @@ def load_overrides(slide_id: str, folder: Path | None = None) -> dict:
 
 
 def label_cells(cells: pd.DataFrame, clusters: pd.DataFrame, category_probs: pd.DataFrame, overrides: dict,
-                less10_max: int) -> pd.DataFrame:
+                less10_max: int, keep_own_min_probability: float = 0.0) -> pd.DataFrame:
     """Final per-cell labels with groupings and confidence.
 
     ``cells``: index cell_id; columns n_transcripts, cluster, tangram_label, tangram_category.
@@ -104,10 +106,17 @@ def label_cells(cells: pd.DataFrame, clusters: pd.DataFrame, category_probs: pd.
     decision = cl.map(by_cluster["decision"])
     cluster_label = cl.map(by_cluster["label"])
     support = 1 - cl.map(by_cluster["disagreeing_fraction"]).astype(float)
-    category = np.where(decision == "marker_override", cluster_label, out["tangram_category"])
-    out["category"] = pd.Series(category, index=out.index).fillna("Unknown").astype(str)
-    out["label_source"] = np.where(decision == "marker_override", "cluster_markers", "tangram")
     probs = category_probs.reindex(index=out.index)
+    p_own = np.array([probs.at[c, k] if k in probs.columns and c in probs.index else 0.0
+                      for c, k in zip(out.index, out["tangram_category"].fillna(""), strict=True)], dtype=float)
+    # in a cluster Tangram agrees with, a cell keeps a different Tangram label only when Tangram is sure of it
+    weak_dissent = (decision != "marker_override") & cluster_label.notna() & (out["tangram_category"] != cluster_label) \
+        & (np.nan_to_num(p_own) < keep_own_min_probability)
+    use_cluster = (decision == "marker_override") | weak_dissent
+    category = np.where(use_cluster, cluster_label, out["tangram_category"])
+    out["category"] = pd.Series(category, index=out.index).fillna("Unknown").astype(str)
+    out["label_source"] = np.where(decision == "marker_override", "cluster_markers",
+                                   np.where(weak_dissent, "cluster_consensus", "tangram"))
     p_final = np.array([probs.at[c, k] if k in probs.columns and c in probs.index else 0.0
                         for c, k in zip(out.index, out["category"], strict=True)], dtype=float)
     out["confidence"] = np.nan_to_num(p_final) * support.fillna(0).to_numpy()

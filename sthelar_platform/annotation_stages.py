@@ -133,7 +133,8 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     cells["cluster"] = cl["cluster"].reindex(cells.index)
     review = annotation.decide_clusters(cells, ms["marker_label"], cfg["rule"]["flag_disagreeing_fraction"])
     overrides = annotation.load_overrides(slide_id)
-    labels = annotation.label_cells(cells, review, probs, overrides, cats.less10_max_transcripts)
+    labels = annotation.label_cells(cells, review, probs, overrides, cats.less10_max_transcripts,
+                                    cfg["rule"]["keep_own_label_min_probability"])
     ref = references.load_reference(ref_spec)
     genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
     active = labels.index[labels["category"] != "Less10"]

@@ -142,3 +142,14 @@ def test_labels_at_points_reads_a_raster_by_bands():
 
 def labels_at(x, y, labels):
     return counts.labels_at_points(x, y, labels, band=16)
+
+
+def test_weak_dissent_inside_an_agreeing_cluster_takes_the_cluster_label():
+    cells = _cells([("a", "0", "Epithelial", None, 50), ("b", "0", "Epithelial", None, 50),
+                    ("c", "0", "T_NK", None, 50), ("d", "0", "Myeloid", None, 50)])
+    review = annotation.decide_clusters(cells, pd.Series({"0": "Epithelial"}), 0.6)
+    probs = _probs(cells)
+    probs.loc["d", "Myeloid"] = 0.5  # unsure: follows the cluster
+    labels = annotation.label_cells(cells, review, probs, {}, 10, keep_own_min_probability=0.7)
+    assert labels.loc["c", "category"] == "T_NK" and labels.loc["c", "label_source"] == "tangram"  # p = 0.9
+    assert labels.loc["d", "category"] == "Epithelial" and labels.loc["d", "label_source"] == "cluster_consensus"
