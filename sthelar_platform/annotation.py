@@ -120,7 +120,7 @@ def label_cells(cells: pd.DataFrame, clusters: pd.DataFrame, category_probs: pd.
     p_final = np.array([probs.at[c, k] if k in probs.columns and c in probs.index else 0.0
                         for c, k in zip(out.index, out["category"], strict=True)], dtype=float)
     out["confidence"] = np.nan_to_num(p_final) * support.fillna(0).to_numpy()
-    out["flagged"] = cl.map(by_cluster["flagged"]).fillna(False).astype(bool)
+    out["flagged"] = cl.map(by_cluster["flagged"]).astype("boolean").fillna(False).astype(bool)
     less10 = out["n_transcripts"] <= less10_max
     out.loc[less10, ["category", "label_source"]] = ["Less10", "less10_rule"]
     for c_id, cat in (overrides.get("clusters") or {}).items():

@@ -147,7 +147,7 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     overall = float((scored["category"] == scored["crosscheck_label"]).mean()) if len(scored) else float("nan")
     labels.reset_index().to_parquet(out / "cell_labels.parquet")
     review = review.merge(ms.reset_index(), on=["cluster", "marker_label"], how="left")
-    top = (pd.read_parquet(clusters_dir / "markers.parquet").groupby("cluster")["gene"]
+    top = (pd.read_parquet(clusters_dir / "markers.parquet").groupby("cluster", observed=True)["gene"]
            .apply(lambda g: ", ".join(g.head(5))).rename("top_markers"))
     review = review.merge(top, left_on="cluster", right_index=True, how="left")
     review.to_parquet(out / "cluster_review.parquet")
