@@ -76,10 +76,8 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
         hard = tangram_transfer.hard_labels(scores, label_fraction, tcfg)
         hard["category"] = [to_cat.get(lb, "Unknown") for lb in hard["label"]]
         if comp == "cell":
-            w = scores.to_numpy() * (label_fraction.reindex(scores.columns).to_numpy()[None] if tcfg["mode"] == "clusters" else 1)
-            w = w / np.maximum(w.sum(1, keepdims=True), 1e-12)
-            probs = pd.DataFrame(w, index=scores.index, columns=scores.columns).T.groupby(
-                [to_cat[c] for c in scores.columns]).sum().T
+            lp = tangram_transfer.label_probabilities(scores, label_fraction, tcfg["mode"])
+            probs = lp.T.groupby([to_cat[c] for c in scores.columns]).sum().T
             probs.index.name = "cell_id"
             probs.reset_index().to_parquet(out / "category_probabilities.parquet")
         frames.append(pd.DataFrame({"cell_id": hard.index, "compartment": comp, "label": hard["label"].astype(str),

@@ -87,23 +87,32 @@ def raw_scores(query: ad.AnnData, ref: ad.AnnData, genes: list[str], cfg: dict, 
     return pd.DataFrame(out, index=q.obs_names, columns=labels)
 
 
-def hard_labels(scores: pd.DataFrame, label_fraction: pd.Series, cfg: dict) -> pd.DataFrame:
-    """Per-cell label, its probability and the margin over the runner-up.
+def label_probabilities(scores: pd.DataFrame, label_fraction: pd.Series, mode: str) -> pd.DataFrame:
+    """Per-cell probability of each reference label.
 
-    ``row_normalized`` (default): in "clusters" mode each label's mapping is a distribution over
-    cells, so scores are weighted by the label's share of the reference (expected number of
-    cells of that label at each cell) and normalized per cell. ``clip_minmax`` is the reference
-    pipeline's rule for "cells" mode: clip each label to percentiles, min-max scale, argmax.
+    In "clusters" mode each label's mapping is a distribution over cells, so scores are weighted
+    by the label's share of the reference (expected number of cells of that label at each cell)
+    before normalizing per cell.
     """
     s = scores.to_numpy(np.float64)
+    if mode == "clusters":
+        s = s * label_fraction.reindex(scores.columns).fillna(0).to_numpy()[None, :]
+    return pd.DataFrame(s / np.maximum(s.sum(1, keepdims=True), 1e-12), index=scores.index, columns=scores.columns)
+
+
+def hard_labels(scores: pd.DataFrame, label_fraction: pd.Series, cfg: dict) -> pd.DataFrame:
+    """Per-cell label, its score and the margin over the runner-up.
+
+    ``row_normalized`` (default) uses :func:`label_probabilities`; ``clip_minmax`` is the reference
+    pipeline's rule for "cells" mode: clip each label to percentiles, min-max scale, argmax.
+    """
     if cfg["scoring"] == "clip_minmax":
+        s = scores.to_numpy(np.float64)
         clip = cfg["clip_percentiles"]
         lo, hi = np.percentile(s, clip[0], axis=0), np.percentile(s, clip[1], axis=0)
         p = (np.clip(s, lo, hi) - lo) / np.where(hi > lo, hi - lo, 1.0)
     else:
-        if cfg["mode"] == "clusters":
-            s = s * label_fraction.reindex(scores.columns).fillna(0).to_numpy()[None, :]
-        p = s / np.maximum(s.sum(1, keepdims=True), 1e-12)
+        p = label_probabilities(scores, label_fraction, cfg["mode"]).to_numpy()
     top2 = np.sort(p, axis=1)[:, -2:] if p.shape[1] > 1 else np.c_[np.zeros(len(p)), p]
     label = np.asarray(scores.columns)[p.argmax(1)].astype(object)
     label[top2[:, 1] < cfg["min_score"]] = "Unknown"
