@@ -26,10 +26,6 @@ from sthelar_platform.config import overrides_dir
 from sthelar_platform.errors import InputError
 from sthelar_platform.ids import validate_slide_id
 
-CELL_COLUMNS = ["cell_id", "category", "detailed_class", "grouped_class", "confidence", "tangram_label", "cluster",
-                "flagged"]
-
-
 def _mode(s: pd.Series) -> str:
     vc = s.value_counts()
     return str(vc.index[0]) if len(vc) else "Unknown"

@@ -18,15 +18,9 @@ import polars as pl
 
 from sthelar_platform import annotation, clustering, counts, crosscheck, references, tangram_transfer
 from sthelar_platform.categories import load_categories
-from sthelar_platform.errors import InputError
+from sthelar_platform.errors import InputError, require_stage_output
 
 COUNT_FILES = {"nucleus_counts": ("nucleus",), "cell_counts": ("cell", "cytoplasm")}
-
-
-def _require(path: Path, stage: str) -> Path:
-    if not path.exists():
-        raise InputError(path, f"missing output of the {stage} stage", f"materialize {stage} for this slide first")
-    return path
 
 
 def write_counts(stage: str, xenium_dir: Path, out: Path, cfg: dict) -> dict:
@@ -57,14 +51,14 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
     """Tangram labels per cell (and per nucleus) with per-category probabilities."""
     tcfg = cfg["tangram"]
     ref = references.load_reference(ref_spec)
-    cell = ad.read_h5ad(_require(cell_dir / "cell.h5ad", "cell_counts"))
+    cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
     genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
     device = tangram_transfer.resolve_device(tcfg["device"])
     label_fraction = ref.obs["label"].value_counts(normalize=True)
     to_cat = dict(zip(ref.obs["label"], ref.obs["category"], strict=False))
     frames = []
     for comp in tcfg["compartments"]:
-        table = cell if comp == "cell" else ad.read_h5ad(_require(nucleus_dir / "nucleus.h5ad", "nucleus_counts"))
+        table = cell if comp == "cell" else ad.read_h5ad(require_stage_output(nucleus_dir / "nucleus.h5ad", "nucleus_counts"))
         keep = table.obs["n_transcripts"].to_numpy() > (less10_max if comp == "cell" else 0)
         if not keep.any():
             if comp == "cell":
@@ -92,7 +86,7 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
 
 def write_clusters(cell_dir: Path, out: Path, cfg: dict, less10_max: int) -> dict:
     """Leiden clusters of the cells above the Less10 threshold, Wilcoxon markers and marker scores."""
-    cell = ad.read_h5ad(_require(cell_dir / "cell.h5ad", "cell_counts"))
+    cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
     keep = cell.obs["n_transcripts"].to_numpy() > less10_max
     if keep.sum() < 3:
         raise InputError(cell_dir / "cell.h5ad", f"only {int(keep.sum())} cells have more than {less10_max} transcripts",
@@ -115,10 +109,10 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
                      ref_spec: references.ReferenceSpec, out: Path, cfg: dict) -> dict:
     """Apply the rule, harmonize, cross-check; write cell_labels / cluster_review / crosscheck tables."""
     cats = load_categories()
-    cell = ad.read_h5ad(_require(cell_dir / "cell.h5ad", "cell_counts"))
-    tg = pd.read_parquet(_require(tangram_dir / "tangram_labels.parquet", "tangram_labels"))
+    cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
+    tg = pd.read_parquet(require_stage_output(tangram_dir / "tangram_labels.parquet", "tangram_labels"))
     probs = pd.read_parquet(tangram_dir / "category_probabilities.parquet").set_index("cell_id")
-    cl = pd.read_parquet(_require(clusters_dir / "clusters.parquet", "clusters")).set_index("cell_id")
+    cl = pd.read_parquet(require_stage_output(clusters_dir / "clusters.parquet", "clusters")).set_index("cell_id")
     ms = pd.read_parquet(clusters_dir / "marker_scores.parquet").set_index("cluster")
     cells = pd.DataFrame({"n_transcripts": cell.obs["n_transcripts"].to_numpy()}, index=cell.obs_names)
     cells.index.name = "cell_id"

@@ -18,7 +18,7 @@ import pandas as pd
 import polars as pl
 from scipy import sparse
 
-from sthelar_platform.errors import InputError
+from sthelar_platform.errors import InputError, require_stage_output
 
 COMPARTMENTS = {"cell": "cell_boundaries", "nucleus": "nucleus_boundaries", "cytoplasm": "cell_boundaries"}
 FIX_TX = "re-run xenium_slide for this slide (its transcripts.parquet is incomplete)"
@@ -94,8 +94,7 @@ def slide_count_tables(xenium_dir: str | Path, qv_min: float) -> dict[str, ad.An
     """Count tables of an ingested slide (``xenium_slide`` output), Xenium segmentation."""
     xenium_dir = Path(xenium_dir)
     for name in ("transcripts.parquet", "cells.parquet", "expression.h5ad"):
-        if not (xenium_dir / name).exists():
-            raise InputError(xenium_dir / name, "missing output of the xenium_slide stage", "materialize xenium_slide first")
+        require_stage_output(xenium_dir / name, "xenium_slide")
     cell_ids = pl.read_parquet(xenium_dir / "cells.parquet", columns=["cell_id"])["cell_id"].to_list()
     genes = list(ad.read_h5ad(xenium_dir / "expression.h5ad", backed="r").var_names)
     return count_tables(assigned_transcripts(xenium_dir / "transcripts.parquet", qv_min), cell_ids, genes)

@@ -18,3 +18,10 @@ class InputError(ValueError):
         self.fix = fix
         where = f"{self.file}: " if self.file else ""
         super().__init__(f"{where}{problem}. Fix: {fix}")
+
+
+def require_stage_output(path: Path, stage: str) -> Path:
+    """``path`` if it exists; otherwise the error every stage gives for a missing upstream output."""
+    if not path.exists():
+        raise InputError(path, f"missing output of the {stage} stage", f"materialize {stage} for this slide first")
+    return path

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from sthelar_platform import registration as reg
-from sthelar_platform.errors import InputError
+from sthelar_platform.errors import InputError, require_stage_output
 from sthelar_platform.he_image import magnification_of
 from sthelar_platform.imaging import open_pyramid, read_level, read_level_region, thumbnail_level
 from sthelar_platform.thumbnails import save_png
@@ -57,13 +57,6 @@ class SlideRegistration:
         d.pop("passed", None)
         d["qc"] = reg.RegistrationQC(**d["qc"])
         return cls(**d)
-
-
-def _require(folder: Path, names: tuple[str, ...], stage: str) -> None:
-    for name in names:
-        if not (folder / name).exists():
-            raise InputError(folder / name, f"missing output of the {stage} stage",
-                             f"materialize {stage} for this slide first")
 
 
 def nucleus_centroids_um(boundaries: str | Path) -> np.ndarray:
@@ -121,8 +114,9 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     (full resolution) and ``residual_map.png``.
     """
     xenium_dir, he_dir, out_dir = Path(xenium_dir), Path(he_dir), Path(out_dir)
-    _require(xenium_dir, XENIUM_FILES, "xenium_slide")
-    _require(he_dir, HE_FILES, "he_image")
+    for folder, names, stage in ((xenium_dir, XENIUM_FILES, "xenium_slide"), (he_dir, HE_FILES, "he_image")):
+        for name in names:
+            require_stage_output(folder / name, stage)
     morph_um = float(json.loads((xenium_dir / "summary.json").read_text())["pixel_size_um"])
     he_path = he_dir / "he_image.ome.tif"
     he_meta_px = json.loads((he_dir / "summary.json").read_text()).get("pixel_size_um")
@@ -167,19 +161,14 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     return result
 
 
-def _outlines_in_he_px(boundaries: Path, m: np.ndarray, morph_um: float, window: tuple[float, float, float, float] | None = None
-                       ) -> list[np.ndarray]:
-    """Nucleus outlines mapped into H&E level-0 px, optionally only those inside ``window`` (x0, y0, x1, y1)."""
+def _outlines_in_he_px(boundaries: Path, m: np.ndarray, morph_um: float) -> list[np.ndarray]:
+    """Nucleus outlines mapped into H&E level-0 px."""
     df = pl.read_parquet(boundaries, columns=["cell_id", "vertex_x", "vertex_y"])
     inv = np.linalg.inv(m)
     xy = reg.apply(inv, df.select("vertex_x", "vertex_y").to_numpy() / morph_um)
     ids = df["cell_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    polys = np.split(xy, starts[1:])
-    if window is not None:
-        x0, y0, x1, y1 = window
-        polys = [p for p in polys if (p[:, 0].max() >= x0) & (p[:, 0].min() < x1) & (p[:, 1].max() >= y0) & (p[:, 1].min() < y1)]
-    return polys
+    return np.split(xy, starts[1:])
 
 
 def draw_overlays(he_path: Path, m: np.ndarray, boundaries: Path, morph_um: float, out_dir: Path, max_px: int) -> None:

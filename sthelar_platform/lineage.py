@@ -135,7 +135,14 @@ class LineageStore:
                 time.sleep(random.uniform(0.05, 0.2))
 
     def ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Create missing tables and add columns that a newer platform version introduced."""
+        """Create missing tables and add columns that a newer platform version introduced.
+
+        One count query decides whether anything is missing: flush runs on every record.
+        """
+        have = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name IN "
+                           f"({', '.join('?' for _ in SCHEMA)})", list(SCHEMA)).fetchone()[0]
+        if have == sum(len(cols) for cols in SCHEMA.values()):
+            return
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c} {t}' for c, t in cols)})")
             have = {r[0] for r in con.execute(

@@ -90,7 +90,3 @@ def load_reference(spec: ReferenceSpec) -> ad.AnnData:
     ref.obs["category"] = [mapping[lb] for lb in ref.obs["label"]]
     ref.uns["sha256"] = sha256_file(path)
     return ref
-
-
-def reference_version(spec: ReferenceSpec) -> str:
-    return sha256_file(spec.path) if spec.path.exists() else "missing"
