@@ -16,6 +16,10 @@ from assets.annotation import (
     tangram_labels,
 )
 from assets.ingest import he_image, xenium_slide
+from assets.patches import patches_20x, patches_40x
+from assets.reference_segmentation import reference_segmentation
+from assets.segmentation_agreement import patch_quality, segmentation_agreement
+from assets.slide_export import slide_export
 from assets.partitions import slides_partitions
 from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
 from resources import LineageResource, SlideCatalogResource, StorageResource
@@ -34,8 +38,9 @@ def build_resources(home: str | None = None) -> dict:
 
 
 ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he, nucleus_counts, cell_counts, tangram_labels,
-              clusters, cell_types]
-ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality]
+              clusters, cell_types, patches_40x, patches_20x, reference_segmentation, segmentation_agreement,
+              slide_export]
+ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality, patch_quality]
 
 slide_pipeline = define_asset_job(
     "slide_pipeline",

@@ -37,10 +37,14 @@ def run_slide_stage(
     lineage: LineageResource,
     compute: Callable[[Path], dict[str, Any]],
     inputs: tuple[str, ...] = (),
+    final: Path | None = None,
 ) -> MaterializeResult:
-    """Run ``compute(tmp_dir) -> metadata`` for the current slide partition with atomic output and lineage."""
+    """Run ``compute(tmp_dir) -> metadata`` for the current slide partition with atomic output and lineage.
+
+    ``final`` defaults to ``warehouse/<stage>/<slide_id>``; exports pass their own folder.
+    """
     slide_id = validate_slide_id(context.partition_key)
-    final = storage.stage_dir(stage, slide_id)
+    final = final or storage.stage_dir(stage, slide_id)
     store = lineage.store()
     input_versions = {name: store.latest_data_version(name, slide_id) for name in inputs}
     started = utcnow()

@@ -90,11 +90,25 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
     return result
 
 
-def _registration_of(storage: StorageResource, slide_id: str) -> stage_lib.SlideRegistration:
+def registration_of(storage: StorageResource, slide_id: str) -> stage_lib.SlideRegistration:
     path = storage.stage_dir("he_registration", validate_slide_id(slide_id)) / "registration.json"
     if not path.exists():
         raise InputError(path, "no registration result", "materialize he_registration for this slide first")
     return stage_lib.SlideRegistration.read(path)
+
+
+def passed_registration_of(storage: StorageResource, slide_id: str) -> stage_lib.SlideRegistration:
+    """The slide's registration, refusing one that failed its thresholds.
+
+    The blocking check normally stops downstream assets first; this guards runs that select
+    a downstream asset alone.
+    """
+    r = registration_of(storage, slide_id)
+    if not r.passed:
+        raise InputError(storage.stage_dir("he_registration", slide_id) / "registration.json",
+                         f"registration failed its quality thresholds ({'; '.join(r.failures)})",
+                         "fix the alignment CSV or the H&E for this slide and materialize he_registration again")
+    return r
 
 
 @asset_check(
@@ -105,7 +119,7 @@ def _registration_of(storage: StorageResource, slide_id: str) -> stage_lib.Slide
                 "thresholds. Blocks registered_he and everything downstream of it for this slide only.",
 )
 def registration_quality(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    r = _registration_of(storage, context.partition_key)
+    r = registration_of(storage, context.partition_key)
     cfg = load_config("pipeline")["registration"]
     return AssetCheckResult(
         passed=r.passed, severity=AssetCheckSeverity.ERROR,
@@ -126,7 +140,7 @@ def registration_quality(context: AssetCheckExecutionContext, storage: StorageRe
     description="Warns when the alignment CSV as given (before refinement) does not fit the nuclei.",
 )
 def alignment_csv_agreement(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
-    r = _registration_of(storage, context.partition_key)
+    r = registration_of(storage, context.partition_key)
     cfg = load_config("pipeline")["registration"]
     if not r.csv_given:
         return AssetCheckResult(passed=True, severity=AssetCheckSeverity.WARN, description="no alignment CSV given",
@@ -155,11 +169,7 @@ def alignment_csv_agreement(context: AssetCheckExecutionContext, storage: Storag
 )
 def registered_he(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
     slide_id = validate_slide_id(context.partition_key)
-    r = _registration_of(storage, slide_id)
-    if not r.passed:  # the blocking check normally stops us first; this guards runs that select this asset alone
-        raise InputError(storage.stage_dir("he_registration", slide_id) / "registration.json",
-                         f"registration failed its quality thresholds ({'; '.join(r.failures)})",
-                         "fix the alignment CSV or the H&E for this slide and materialize he_registration again")
+    r = passed_registration_of(storage, slide_id)
     he_path = storage.stage_dir("he_image", slide_id) / "he_image.ome.tif"
     boundaries = storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet"
     final = storage.stage_dir("registered_he", slide_id) / "sdata.zarr"

@@ -73,6 +73,22 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
 }
 
 
+def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert through a registered DataFrame (thousands of rows in one statement)."""
+    import pandas as pd
+
+    if not rows:
+        return
+    cols = [c for c, _ in SCHEMA[table] if any(c in r for r in rows)]
+    frame = pd.DataFrame(rows, columns=cols, dtype=object)
+    frame = frame.where(frame.notna(), None)  # NaN (an undefined metric) is stored as NULL
+    con.register("_incoming_rows", frame)
+    try:
+        con.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _incoming_rows")
+    finally:
+        con.unregister("_incoming_rows")
+
+
 def utcnow() -> str:
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
@@ -105,6 +121,23 @@ class LineageStore:
         if flush:
             self.flush()
         return row["event_id"]
+
+    def record_many(self, table: str, rows: list[dict[str, Any]], flush: bool = True) -> int:
+        """Persist many rows of one table as a single spool file (one patch_qc row per patch)."""
+        columns = dict(SCHEMA.get(table, []))
+        if not columns:
+            raise KeyError(f"unknown lineage table {table!r}; known: {sorted(SCHEMA)}")
+        unknown = set().union(*(set(r) for r in rows)) - set(columns) if rows else set()
+        if unknown:
+            raise KeyError(f"columns {sorted(unknown)} are not in lineage table {table!r}")
+        now = utcnow()
+        rows = [{"event_id": uuid.uuid4().hex, **({"recorded_at": now} if "recorded_at" in columns else {}), **r}
+                for r in rows]
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex}.json"
+        write_text_atomic(self.spool / name, json.dumps({"table": table, "rows": rows}, default=str))
+        if flush:
+            self.flush()
+        return len(rows)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[bool]:
@@ -172,10 +205,14 @@ class LineageStore:
                         payload = json.loads(f.read_text())
                     except FileNotFoundError:
                         continue
-                    table, row = payload["table"], payload["row"]
-                    cols = [c for c, _ in SCHEMA[table] if c in row]
-                    sql = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-                    con.execute(sql, [row[c] for c in cols])
+                    table = payload["table"]
+                    if "rows" in payload:
+                        _insert_rows(con, table, payload["rows"])
+                    else:
+                        row = payload["row"]
+                        cols = [c for c, _ in SCHEMA[table] if c in row]
+                        sql = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+                        con.execute(sql, [row[c] for c in cols])
                     merged.append(f)
                 con.execute("COMMIT")
             finally:

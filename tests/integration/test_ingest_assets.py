@@ -84,9 +84,17 @@ def test_asset_graph_snapshot():
     defs = sthelar_definitions.defs
     keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
     assert keys == ["cell_counts", "cell_types", "clusters", "he_image", "he_registration", "nucleus_counts",
-                    "registered_he", "tangram_labels", "xenium_slide"]
+                    "patches_20x", "patches_40x", "reference_segmentation", "registered_he", "segmentation_agreement",
+                    "slide_export", "tangram_labels", "xenium_slide"]
     checks = sorted(k.name for k in defs.resolve_asset_graph().asset_check_keys)
-    assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "registration_quality"]
+    assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "patch_quality",
+                      "registration_quality"]
+    graph = defs.resolve_asset_graph()
+    upstream = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
+                for k in graph.get_all_asset_keys()}
+    assert upstream["patches_40x"] == ["cell_types", "he_image", "he_registration", "xenium_slide"]
+    assert upstream["segmentation_agreement"] == ["patches_20x", "patches_40x", "reference_segmentation"]
+    assert upstream["slide_export"] == ["cell_counts", "cell_types", "registered_he", "segmentation_agreement"]
     job = defs.resolve_job_def("slide_pipeline")
     assert job.partitions_def.name == "slides"
     for key in defs.resolve_all_asset_keys():
