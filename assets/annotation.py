@@ -113,7 +113,7 @@ def clusters(context: AssetExecutionContext, storage: StorageResource, lineage: 
         s = annotation_stages.write_clusters(storage.stage_dir("cell_counts", slide_id), out, load_config("annotation"),
                                              load_categories().less10_max_transcripts)
         markers = pd.read_parquet(out / "markers.parquet")
-        top = markers[markers["rank"] < 5].groupby("cluster")["gene"].apply(", ".join)
+        top = markers[markers["rank"] < 5].groupby("cluster", observed=True)["gene"].apply(", ".join)
         table = "| cluster | marker label | top Wilcoxon genes |\n|---|---|---|\n" + "\n".join(
             f"| {c} | {s['marker_labels'].get(c, '')} | {top.get(c, '')} |" for c in sorted(s["marker_labels"], key=int))
         return {"dagster/row_count": s["n_cells"], "n_clusters": s["n_clusters"], "marker_labels": s["marker_labels"],

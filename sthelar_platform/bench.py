@@ -150,9 +150,89 @@ def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
             "n_flagged_clusters": summary["n_flagged_clusters"], "_work": labels.height, "_unit": "cells/s"}
 
 
+def _stage_patches(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """40x patches + masks + PNG/npz export (the throughput target), then 20x, from the bench outputs."""
+    import numpy as np
+
+    from sthelar_platform.config import load_config
+    from sthelar_platform.he_registration import SlideRegistration
+    from sthelar_platform.manifest import load_manifest
+    from sthelar_platform.patches import write_patches
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    ingested = _ingested(data)
+    labels = data.parent / "annotation_out" / "cell_types" / "cell_labels.parquet"
+    if not labels.exists():
+        raise RuntimeError("run the registration and annotation benchmark stages first")
+    r = SlideRegistration.read(data.parent / "registration_out" / "registration.json")
+    to_um = np.diag([r.morphology_pixel_size_um] * 2 + [1.0]) @ np.asarray(r.qc.transform)
+    cfg = load_config("tiling")
+    out: dict[str, Any] = {}
+    for mag in ("40x", "20x"):
+        t0 = time.perf_counter()
+        with atomic_dir(data.parent / f"patches_{mag}_out") as tmp:
+            s = write_patches(spec.slide_id, spec.tissue, ingested / "he_image" / "he_image.ome.tif",
+                              ingested / "xenium_slide" / "nucleus_boundaries.parquet", labels, to_um,
+                              r.implied_he_pixel_size_um, mag, tmp, cfg)
+        dt = time.perf_counter() - t0
+        out[mag] = {"n_patches": s["n_patches"], "n_tissue": s["n_tissue"], "seconds": round(dt, 1),
+                    "patches_per_s": round(s["n_patches"] / dt, 1), "level_shape": s["level_shape"]}
+    return {**out, "_work": out["40x"]["n_patches"] + out["20x"]["n_patches"],
+            "_unit": "patches/s (40x and 20x together; each in inputs.<mag>.patches_per_s)"}
+
+
+def _patch_dirs(data: Path) -> dict[str, Path]:
+    dirs = {mag: data.parent / f"patches_{mag}_out" for mag in ("40x", "20x")}
+    if not all((d / "patches.parquet").exists() for d in dirs.values()):
+        raise RuntimeError("run the patches benchmark stage first")
+    return dirs
+
+
+def _stage_reference_segmentation(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """The classical H&E segmenter over every 40x patch (2 threads)."""
+    from sthelar_platform.config import load_config
+    from sthelar_platform.reference_segmentation import make_segmenter, segment_patches
+
+    cfg = load_config("tiling")
+    with atomic_dir(data.parent / "reference_segmentation_out") as tmp:
+        s = segment_patches(_patch_dirs(data)["40x"], tmp / "40x", make_segmenter(cfg["reference_segmentation"]),
+                            workers=int(cfg["patches"]["workers"]))
+    return {"n_patches": s["n_patches"], "n_ref_nuclei": s["n_ref_nuclei"], "_work": s["n_patches"], "_unit": "patches/s"}
+
+
+def _stage_agreement(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """Agreement metrics per 40x patch: the metric alone (arrays in memory, one thread) and end to end."""
+    import numpy as np
+    import pandas as pd
+
+    from sthelar_platform.config import load_config
+    from sthelar_platform.patches import load_labels
+    from sthelar_platform.segmentation_agreement import distribution_summary, patch_agreement, slide_agreement
+
+    acfg = load_config("tiling")["agreement"]
+    pdir, ref = _patch_dirs(data)["40x"], data.parent / "reference_segmentation_out" / "40x"
+    names = pd.read_parquet(pdir / "patches.parquet", columns=["name"])["name"].tolist()[:2000]
+    pairs = [(load_labels(pdir / "labels" / f"{n}.npz")["inst_map"], load_labels(ref / f"{n}.npz")["inst_map"])
+             for n in names]
+    t0 = time.perf_counter()
+    for t, p in pairs:
+        patch_agreement(t, p, acfg["detection_radius_px"]["40x"], acfg["match_iou"])
+    metric_ms = (time.perf_counter() - t0) / max(len(pairs), 1) * 1000
+    t0 = time.perf_counter()
+    frame = slide_agreement(pdir, ref, acfg["detection_radius_px"]["40x"], acfg["match_iou"], acfg["flag_below_jaccard"])
+    end_to_end = time.perf_counter() - t0
+    dist = distribution_summary(frame)
+    return {"metric_ms_per_patch": round(metric_ms, 3), "metric_sample": len(pairs),
+            "end_to_end_ms_per_patch": round(end_to_end / len(frame) * 1000, 3), "n_patches": len(frame),
+            "median": {m: dist[m].get("median") for m in ("dice", "jaccard", "bpq", "det_f1")},
+            "frac_flagged": round(dist["frac_flagged"], 4), "nan_count": int(np.isnan(frame["jaccard"]).sum()),
+            "_work": len(frame), "_unit": "patches/s"}
+
+
 STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {
     "synth": _stage_synth, "ingest": _stage_ingest, "registration": _stage_registration,
     "registered_he": _stage_registered_he, "counts": _stage_counts, "annotation": _stage_annotation,
+    "patches": _stage_patches, "reference_segmentation": _stage_reference_segmentation, "agreement": _stage_agreement,
 }
 
 
