@@ -111,6 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ok = _materialize([s.slide_id for s in specs], None)
     print(f"\nDemo {'finished' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s.")
     print(f"  outputs:        {layout.warehouse}/<stage>/<slide_id>/")
+    print(f"  exports:        {layout.exports}/<slide_id>/ (cellvit/, pannuke/, sdata.zarr, cell_labels.parquet)")
     print(f"  lineage / QC:   {layout.lineage_db}")
     print(f"  slide catalog:  {layout.catalog}")
     print("  open the UI:    make ui   (http://127.0.0.1:3000, localhost only)")

@@ -25,24 +25,22 @@ from sthelar_platform.patches import load_labels
 METRICS = ("dice", "jaccard", "bpq", "dq", "sq", "det_f1")
 
 
-def _compact(inst: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel instance ids to 1..n (0 stays background) without sorting the pixels."""
-    flat = inst.ravel()
-    top = int(flat.max()) if flat.size else 0
+def _compact(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Relabel instance ids to 1..n (0 stays background) without sorting."""
+    top = int(values.max()) if values.size else 0
     present = np.zeros(top + 1, bool)
-    present[flat] = True
+    present[values] = True
     present[0] = False
     lut = np.zeros(top + 1, np.int64)
     ids = np.flatnonzero(present)
     lut[ids] = np.arange(1, len(ids) + 1)
-    return lut[flat], len(ids)
+    return lut[values], len(ids)
 
 
-def _centroids(labels: np.ndarray, n: int, width: int) -> np.ndarray:
-    idx = np.arange(labels.size)
-    area = np.bincount(labels, minlength=n + 1)[1:]
-    cy = np.bincount(labels, weights=idx // width, minlength=n + 1)[1:] / np.maximum(area, 1)
-    cx = np.bincount(labels, weights=idx % width, minlength=n + 1)[1:] / np.maximum(area, 1)
+def _centroids(labels: np.ndarray, n: int, area: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(n, 2) x/y centroids of instances 1..n from foreground pixels only."""
+    cx = np.bincount(labels, weights=xs, minlength=n + 1)[1:] / np.maximum(area, 1)
+    cy = np.bincount(labels, weights=ys, minlength=n + 1)[1:] / np.maximum(area, 1)
     return np.column_stack([cx, cy])
 
 
@@ -58,28 +56,34 @@ def pair_counts(truth_xy: np.ndarray, pred_xy: np.ndarray, radius: float) -> tup
 
 
 def patch_agreement(truth: np.ndarray, pred: np.ndarray, radius_px: float, match_iou: float = 0.5) -> dict[str, float]:
-    """All agreement metrics of one patch; NaN everywhere when ``truth`` has no nucleus."""
-    t, nt = _compact(truth)
-    p, np_ = _compact(pred)
+    """All agreement metrics of one patch; NaN everywhere when ``truth`` has no nucleus.
+
+    Only foreground pixels (of either mask) are visited: background-background pixels
+    enter no metric.
+    """
+    tf, pf = truth.ravel(), pred.ravel()
+    fg = np.flatnonzero((tf != 0) | (pf != 0))
+    t, nt = _compact(tf[fg])
+    p, np_ = _compact(pf[fg])
     out: dict[str, float] = {"n_truth": nt, "n_pred": np_}
     if nt == 0:
         return out | dict.fromkeys(METRICS, float("nan")) | {"tp": 0, "fp": np_, "fn": 0}
     joint = np.bincount(t * (np_ + 1) + p, minlength=(nt + 1) * (np_ + 1)).reshape(nt + 1, np_ + 1)
-    area_t, area_p = joint.sum(1), joint.sum(0)
-    inter_fg = joint[1:, 1:].sum()
-    fg_t, fg_p = area_t[1:].sum(), area_p[1:].sum()
+    area_t, area_p = joint.sum(1)[1:], joint.sum(0)[1:]
+    inter = joint[1:, 1:]
+    inter_fg = inter.sum()
+    fg_t, fg_p = area_t.sum(), area_p.sum()
     out["dice"] = float(2 * inter_fg / (fg_t + fg_p))
     out["jaccard"] = float(inter_fg / (fg_t + fg_p - inter_fg))
-    inter = joint[1:, 1:].astype(float)
-    iou = inter / (area_t[1:, None] + area_p[None, 1:] - inter)
+    iou = inter / (area_t[:, None] + area_p[None, :] - inter)
     matched = iou > match_iou                  # IoU > 0.5 makes every pairing unique
     tp = int(matched.sum())
     fp, fn = np_ - tp, nt - tp
     dq = tp / (tp + 0.5 * fp + 0.5 * fn)
     sq = float(iou[matched].mean()) if tp else 0.0
     out.update(dq=float(dq), sq=sq, bpq=float(dq * sq))
-    w = truth.shape[1]
-    dtp, dfp, dfn = pair_counts(_centroids(t, nt, w), _centroids(p, np_, w), radius_px)
+    ys, xs = np.divmod(fg, truth.shape[1])
+    dtp, dfp, dfn = pair_counts(_centroids(t, nt, area_t, ys, xs), _centroids(p, np_, area_p, ys, xs), radius_px)
     out["det_f1"] = float(2 * dtp / (2 * dtp + dfp + dfn))
     out.update(tp=dtp, fp=dfp, fn=dfn)
     return out
