@@ -1,0 +1,63 @@
+"""CellViT's losses: focal Tversky + Dice on NP, MSE + MSGE on HV, CE + Dice + focal Tversky on NT,
+CE on the tissue type. Weights come from config (``training.loss_weights``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_WEIGHTS = {"np_ft": 1.0, "np_dice": 1.0, "hv_mse": 2.5, "hv_msge": 8.0, "nt_ce": 0.5, "nt_dice": 0.2,
+                   "nt_ft": 0.5, "tissue_ce": 0.1}
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    return 1 - ((2 * inter + eps) / (denom + eps)).mean()
+
+
+def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.7, beta: float = 0.3,
+                       gamma: float = 4 / 3, eps: float = 1e-6) -> torch.Tensor:
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    tp = (probs * onehot).sum((0, 2, 3))
+    fn = ((1 - probs) * onehot).sum((0, 2, 3))
+    fp = (probs * (1 - onehot)).sum((0, 2, 3))
+    tversky = (tp + eps) / (tp + alpha * fn + beta * fp + eps)
+    return ((1 - tversky) ** (1 / gamma)).mean()
+
+
+def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
+    h = F.conv2d(x[:, :1], k.view(1, 1, 3, 3), padding=1)  # d/dx of the horizontal map
+    v = F.conv2d(x[:, 1:], k.t().reshape(1, 1, 3, 3), padding=1)  # d/dy of the vertical map
+    return h, v
+
+
+def msge_loss(pred: torch.Tensor, target: torch.Tensor, nuclei: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the HV maps' gradients, inside nuclei only."""
+    ph, pv = _sobel(pred)
+    th, tv = _sobel(target)
+    mask = nuclei.unsqueeze(1).float()
+    err = (ph - th) ** 2 * mask + (pv - tv) ** 2 * mask
+    return err.sum() / (2 * mask.sum() + 1e-6)
+
+
+def cellvit_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: dict[str, float] | None = None,
+                 class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    w = {**DEFAULT_WEIGHTS, **(weights or {})}
+    hv_pred = torch.tanh(out["hv"])
+    parts = {
+        "np_ft": focal_tversky_loss(out["np"], batch["np"]),
+        "np_dice": dice_loss(out["np"], batch["np"]),
+        "hv_mse": F.mse_loss(hv_pred, batch["hv"]),
+        "hv_msge": msge_loss(hv_pred, batch["hv"], batch["np"]),
+        "nt_ce": F.cross_entropy(out["nt"], batch["nt"], weight=class_weights),
+        "nt_dice": dice_loss(out["nt"], batch["nt"]),
+        "nt_ft": focal_tversky_loss(out["nt"], batch["nt"]),
+        "tissue_ce": F.cross_entropy(out["tissue"], batch["tissue"]),
+    }
+    total = sum(w[k] * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
