@@ -20,6 +20,7 @@ from assets.patches import patches_20x, patches_40x
 from assets.reference_segmentation import reference_segmentation
 from assets.segmentation_agreement import patch_quality, segmentation_agreement
 from assets.slide_export import slide_export
+from assets.training_dataset import training_dataset
 from assets.partitions import slides_partitions
 from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
 from resources import LineageResource, SlideCatalogResource, StorageResource
@@ -40,6 +41,7 @@ def build_resources(home: str | None = None) -> dict:
 ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he, nucleus_counts, cell_counts, tangram_labels,
               clusters, cell_types, patches_40x, patches_20x, reference_segmentation, segmentation_agreement,
               slide_export]
+COHORT_ASSETS = [training_dataset]
 ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality, patch_quality]
 
 slide_pipeline = define_asset_job(
@@ -49,10 +51,16 @@ slide_pipeline = define_asset_job(
     description="Everything per slide, for one slide partition.",
 )
 
+training_job = define_asset_job(
+    "training_job",
+    selection=AssetSelection.assets(*COHORT_ASSETS),
+    description="Across slides: the training dataset (then the models, as they land).",
+)
+
 defs = Definitions(
-    assets=ALL_ASSETS,
+    assets=ALL_ASSETS + COHORT_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[slide_pipeline],
+    jobs=[slide_pipeline, training_job],
     resources=build_resources(),
     executor=multiprocess_executor.configured({"max_concurrent": 2}),
 )
@@ -61,3 +69,8 @@ defs = Definitions(
 def slide_pipeline_job():
     """Top-level factory so runs can be reconstructed in child processes (multiprocess executor)."""
     return defs.resolve_job_def("slide_pipeline")
+
+
+def training_job_def():
+    """Top-level factory for the cross-slide job (reconstructable in child processes)."""
+    return defs.resolve_job_def("training_job")

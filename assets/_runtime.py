@@ -41,10 +41,14 @@ def run_slide_stage(
 ) -> MaterializeResult:
     """Run ``compute(tmp_dir) -> metadata`` for the current slide partition with atomic output and lineage.
 
-    ``final`` defaults to ``warehouse/<stage>/<slide_id>``; exports pass their own folder.
+    ``final`` defaults to ``warehouse/<stage>/<slide_id>``; exports and cohort assets (no
+    partition) pass their own folder.
     """
-    slide_id = validate_slide_id(context.partition_key)
-    final = final or storage.stage_dir(stage, slide_id)
+    slide_id = validate_slide_id(context.partition_key) if context.has_partition_key else None
+    if final is None:
+        if slide_id is None:
+            raise ValueError(f"{stage}: an unpartitioned (cohort) asset must name its output folder")
+        final = storage.stage_dir(stage, slide_id)
     store = lineage.store()
     input_versions = {name: store.latest_data_version(name, slide_id) for name in inputs}
     started = utcnow()

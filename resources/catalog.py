@@ -12,3 +12,6 @@ class SlideCatalogResource(ConfigurableResource):
 
     def get(self, slide_id: str) -> SlideSpec:
         return SlideCatalog(self.path).get(slide_id)
+
+    def list(self) -> list[SlideSpec]:
+        return SlideCatalog(self.path).list()

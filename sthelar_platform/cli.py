@@ -109,9 +109,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"reusing SYNTHETIC slides in {landing}")
     specs = _add(layout, str(manifest), None, None, None, replace=True)
     ok = _materialize([s.slide_id for s in specs], None)
+    if ok:
+        from sthelar_platform.runner import materialize_cohort
+
+        t1 = time.perf_counter()
+        cohort = materialize_cohort()
+        print(f"training dataset: {'ok' if cohort.success else 'FAILED'} in {time.perf_counter() - t1:.1f}s  "
+              f"run {cohort.run_id}")
+        ok &= cohort.success
     print(f"\nDemo {'finished' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s.")
     print(f"  outputs:        {layout.warehouse}/<stage>/<slide_id>/")
     print(f"  exports:        {layout.exports}/<slide_id>/ (cellvit/, pannuke/, sdata.zarr, cell_labels.parquet)")
+    print(f"  dataset:        {layout.exports}/dataset/<mag>/<grouping>/ (splits.csv, dataset_card.json)")
     print(f"  lineage / QC:   {layout.lineage_db}")
     print(f"  slide catalog:  {layout.catalog}")
     print("  open the UI:    make ui   (http://127.0.0.1:3000, localhost only)")

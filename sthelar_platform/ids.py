@@ -15,6 +15,7 @@ from sthelar_platform.errors import InputError
 
 SLIDE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MAX_SLIDE_ID_LENGTH = 64
+RESERVED_SLIDE_IDS = frozenset({"dataset"})  # exports/dataset/ holds the cross-slide training dataset
 _SHIFTS = np.array([28, 24, 20, 16, 12, 8, 4, 0], dtype=np.uint32)
 
 
@@ -26,6 +27,9 @@ def validate_slide_id(slide_id: str, source: str | None = None) -> str:
             f"invalid slide id {slide_id!r} (must match {SLIDE_ID_PATTERN.pattern}, at most {MAX_SLIDE_ID_LENGTH} chars)",
             "use lower-case letters, digits, '_' and '-' only, starting with a letter or digit, e.g. 'breast_s01'",
         )
+    if slide_id in RESERVED_SLIDE_IDS:
+        raise InputError(source, f"slide id {slide_id!r} is reserved (exports/{slide_id}/ is a platform folder)",
+                         "rename the slide, e.g. to 'dataset_s01'")
     return slide_id
 
 

@@ -61,3 +61,16 @@ def materialize_slide(slide_id: str, selection: list[str] | None = None) -> RunO
                              run_config=run_config)
         failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         return RunOutcome(slide_id=slide_id, run_id=result.run_id, success=result.success, failed_steps=failed)
+
+
+def materialize_cohort() -> RunOutcome:
+    """Run the cross-slide job (training dataset, later the models) once, after the slides."""
+    from dagster import DagsterInstance, execute_job, reconstructable
+
+    import sthelar_definitions
+
+    with DagsterInstance.get() as instance:
+        result = execute_job(reconstructable(sthelar_definitions.training_job_def), instance=instance,
+                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        return RunOutcome(slide_id="(cohort)", run_id=result.run_id, success=result.success, failed_steps=failed)

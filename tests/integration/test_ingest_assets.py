@@ -85,7 +85,7 @@ def test_asset_graph_snapshot():
     keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
     assert keys == ["cell_counts", "cell_types", "clusters", "he_image", "he_registration", "nucleus_counts",
                     "patches_20x", "patches_40x", "reference_segmentation", "registered_he", "segmentation_agreement",
-                    "slide_export", "tangram_labels", "xenium_slide"]
+                    "slide_export", "tangram_labels", "training_dataset", "xenium_slide"]
     checks = sorted(k.name for k in defs.resolve_asset_graph().asset_check_keys)
     assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "patch_quality",
                       "registration_quality"]
@@ -95,11 +95,17 @@ def test_asset_graph_snapshot():
     assert upstream["patches_40x"] == ["cell_types", "he_image", "he_registration", "xenium_slide"]
     assert upstream["segmentation_agreement"] == ["patches_20x", "patches_40x", "reference_segmentation"]
     assert upstream["slide_export"] == ["cell_counts", "cell_types", "registered_he", "segmentation_agreement"]
+    assert upstream["training_dataset"] == ["slide_export"]
     job = defs.resolve_job_def("slide_pipeline")
     assert job.partitions_def.name == "slides"
     for key in defs.resolve_all_asset_keys():
         spec = defs.resolve_assets_def(key)
-        assert spec.partitions_def.name == "slides" and spec.code_versions_by_key[key]
+        assert spec.code_versions_by_key[key]
+        if key.to_user_string() == "training_dataset":  # cohort asset: one across slides
+            assert spec.partitions_def is None
+        else:
+            assert spec.partitions_def.name == "slides"
+    assert defs.resolve_job_def("training_job").partitions_def is None
 
 
 def test_workspace_loads_with_dagster_cli(tmp_path):

@@ -172,3 +172,30 @@ def test_failed_export_keeps_the_earlier_one(tiled):
     assert sha256_tree(exports) == before
     assert not [p for p in exports.parent.iterdir() if p.name != "tiny" and not p.name.startswith("tiny.tmp-")]
     assert not list(exports.parent.glob("tiny.tmp-*"))
+
+
+def test_training_dataset_splits_exported_slides_without_shared_pixels(tiled):
+    import json
+
+    home, _, instance, _ = tiled
+    ds = [a for a in sthelar_definitions.COHORT_ASSETS if a.key == AssetKey("training_dataset")]
+    r = materialize(ds, instance=instance, resources=sthelar_definitions.build_resources(str(home)))
+    assert r.success
+    meta = r.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["slides"].value == ["tiny"] and meta["slides_without_export"].value == ["mismatch"]
+    root = home / "exports" / "dataset" / "40x" / "detailed"
+    splits = pd.read_csv(root / "splits.csv")
+    exported = pd.read_csv(home / "exports" / "tiny" / "cellvit" / "40x" / "detailed" / "cell_count.csv")
+    card = json.loads((home / "exports" / "dataset" / "dataset_card.json").read_text())["groupings"]["detailed"]
+    assert len(splits) + card["dropped_straddling"] == len(exported)
+    assert sum(card["patches"].values()) == len(splits) and set(splits["split"]) <= {"train", "val", "test"}
+    # no two patches of different splits overlap
+    xy = splits["img"].str.extract(r"_x(\d+)_y(\d+)\.png$").astype(int).to_numpy()
+    s = splits["split"].to_numpy()
+    for i in range(len(xy)):
+        near = (np.abs(xy[:, 0] - xy[i, 0]) < 256) & (np.abs(xy[:, 1] - xy[i, 1]) < 256)
+        assert (s[near] == s[i]).all()
+    img = root / "images" / splits["img"].iloc[0]
+    assert img.stat().st_ino == (home / "exports" / "tiny" / "cellvit" / "40x" / "detailed" / "images" / img.name).stat().st_ino
+    weights = json.loads((root / "class_weights.json").read_text())
+    assert weights["classes"][0] == "background" and len(weights["weights"]) == 10

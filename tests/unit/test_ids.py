@@ -34,3 +34,8 @@ def test_cell_id_codec_matches_spatialdata_io_and_design_example():
 def test_malformed_cell_ids_raise(bad):
     with pytest.raises(InputError):
         decode_cell_ids([bad])
+
+
+def test_reserved_slide_id_is_refused():
+    with pytest.raises(InputError, match="reserved.*Fix: rename the slide"):
+        validate_slide_id("dataset")
