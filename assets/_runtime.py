@@ -49,6 +49,7 @@ def run_slide_stage(
         if slide_id is None:
             raise ValueError(f"{stage}: an unpartitioned (cohort) asset must name its output folder")
         final = storage.stage_dir(stage, slide_id)
+    label = f"{stage}[{slide_id or 'all slides'}]"
     store = lineage.store()
     input_versions = {name: store.latest_data_version(name, slide_id) for name in inputs}
     started = utcnow()
@@ -63,12 +64,12 @@ def run_slide_stage(
     except BaseException as exc:
         store.record("materializations", {**base, "status": "failure", "finished_at": utcnow(),
                                           "error": f"{type(exc).__name__}: {exc}"[:4000]})
-        context.log.error(f"{stage}[{slide_id}] failed; earlier output (if any) kept at {final}\n{traceback.format_exc(limit=3)}")
+        context.log.error(f"{label} failed; earlier output (if any) kept at {final}\n{traceback.format_exc(limit=3)}")
         raise
     wall = time.perf_counter() - t0
     store.record("materializations", {**base, "status": "success", "finished_at": utcnow(), "data_version": data_version,
                                       "metadata": json.dumps(_plain(metadata), default=str)[:20000]})
-    context.log.info(f"{stage}[{slide_id}] written to {final} in {wall:.1f}s (data version {data_version[:12]})")
+    context.log.info(f"{label} written to {final} in {wall:.1f}s (data version {data_version[:12]})")
     meta = {k: _to_metadata(v) for k, v in metadata.items()}
     meta.update({"dagster/uri": MetadataValue.path(str(final)), "wall_s": round(wall, 3),
                  "input_versions": MetadataValue.json(input_versions)})
