@@ -23,14 +23,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import polars as pl
 from scipy import ndimage
 
 from sthelar_platform.categories import load_categories
 from sthelar_platform.errors import InputError, require_stage_output
 from sthelar_platform.ids import cell_ids_to_mask_ints
 from sthelar_platform.imaging import PyramidInfo, open_pyramid, read_level, read_level_region
-from sthelar_platform.masks import NucleusPolygons, load_nucleus_polygons, rasterize_region
+from sthelar_platform.masks import load_nucleus_polygons, rasterize_region
 
 LABEL_KEYS = ("inst_map", "type_map_detailed", "type_map_grouped", "cell_id_map")
 

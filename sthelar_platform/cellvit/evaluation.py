@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from sthelar_platform.cellvit.postprocess import instance_types
 from sthelar_platform.segmentation_agreement import patch_agreement
 
 
@@ -18,20 +19,6 @@ def _pairs(truth_xy: np.ndarray, pred_xy: np.ndarray, radius: float) -> tuple[np
     r, c = linear_sum_assignment(np.where(d <= radius, d, d.max() + radius + 1))
     ok = d[r, c] <= radius
     return r[ok], c[ok]
-
-
-def instance_centroids_types(inst: np.ndarray, type_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centroid (x, y) and type (majority of its pixels) of instances 1..n."""
-    n = int(inst.max())
-    fg = np.flatnonzero(inst.ravel())
-    lab, t = inst.ravel()[fg], type_map.ravel()[fg]
-    ys, xs = np.divmod(fg, inst.shape[1])
-    area = np.maximum(np.bincount(lab, minlength=n + 1), 1)
-    xy = np.column_stack([np.bincount(lab, weights=xs, minlength=n + 1) / area,
-                          np.bincount(lab, weights=ys, minlength=n + 1) / area])[1:]
-    votes = np.zeros((n + 1, int(t.max(initial=0)) + 1), np.int64)
-    np.add.at(votes, (lab, t), 1)
-    return xy, votes.argmax(1)[1:]
 
 
 @dataclass
@@ -51,8 +38,8 @@ class EvaluationTotals:
     mpq: list[float] = field(default_factory=list)
 
     def add(self, truth_inst: np.ndarray, truth_types: np.ndarray, pred_inst: np.ndarray, pred_types: np.ndarray) -> None:
-        txy, tt = instance_centroids_types(truth_inst, truth_types)
-        pxy, pt = instance_centroids_types(pred_inst, pred_types)
+        tt, txy = instance_types(truth_inst, truth_types, self.n_classes + 1)
+        pt, pxy = instance_types(pred_inst, pred_types, self.n_classes + 1)
         r, c = _pairs(txy, pxy, self.radius_px)
         self.tp += len(r)
         self.fp += len(pxy) - len(c)

@@ -52,7 +52,3 @@ def instance_types(inst: np.ndarray, type_pred: np.ndarray, n_types: int) -> tup
     cx = np.bincount(lab, weights=xs, minlength=n + 1) / area
     cy = np.bincount(lab, weights=ys, minlength=n + 1) / area
     return types, np.column_stack([cx[1:], cy[1:]])
-
-
-def type_map_from(inst: np.ndarray, types: np.ndarray) -> np.ndarray:
-    return np.r_[0, types].astype(np.int32)[inst]
