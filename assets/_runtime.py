@@ -22,6 +22,7 @@ from sthelar_platform.config import config_version
 from sthelar_platform.hashing import sha256_text, sha256_tree
 from sthelar_platform.ids import validate_slide_id
 from sthelar_platform.lineage import utcnow
+from sthelar_platform.thumbnails import png_data_uri
 
 
 def code_version_of(*objects: Any, configs: tuple[str, ...] = ()) -> str:
@@ -74,6 +75,11 @@ def run_slide_stage(
     meta.update({"dagster/uri": MetadataValue.path(str(final)), "wall_s": round(wall, 3),
                  "input_versions": MetadataValue.json(input_versions)})
     return MaterializeResult(metadata=meta, data_version=DataVersion(data_version))
+
+
+def md_image(path: Path, alt: str, px: int = 256) -> MetadataValue:
+    """A PNG shown inline in the Dagster UI (a small data URI: it lives in the event log)."""
+    return MetadataValue.md(f"![{alt}]({png_data_uri(path, max_px=px)})")
 
 
 def _plain(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.ingest import xenium_slide
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
@@ -29,7 +29,6 @@ from sthelar_platform.categories import load_categories
 from sthelar_platform.config import load_config
 from sthelar_platform.ids import validate_slide_id
 from sthelar_platform.plots import category_map_png
-from sthelar_platform.thumbnails import png_data_uri
 
 
 def _counts_asset(stage: str, description: str):
@@ -159,7 +158,7 @@ def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage
             "crosscheck_by_category": s["crosscheck_by_category"], "decisions": s["decisions"],
             "n_clusters": s["n_clusters"], "n_flagged_clusters": s["n_flagged_clusters"],
             "override_file": s["override_file"] or "none", "reference_sha256": s["reference_sha256"],
-            "category_map": MetadataValue.md(f"![cell types]({png_data_uri(out / 'category_map.png', max_px=384)})"),
+            "category_map": md_image(out / "category_map.png", "cell types", 384),
             "flagged_clusters": MetadataValue.md(flagged[["cluster", "n_cells", "label", "flag_reasons"]].to_markdown(index=False)
                                                  if len(flagged) else "none"),
         }

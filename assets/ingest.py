@@ -3,16 +3,15 @@
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform import he_image as he_lib
 from sthelar_platform import ingest as ingest_lib
 from sthelar_platform import xenium_bundle
 from sthelar_platform.config import load_config
-from sthelar_platform.thumbnails import png_data_uri
 
 
 @asset(
@@ -36,7 +35,7 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
             "pixel_size_um": s.pixel_size_um, "analysis_sw_version": s.analysis_sw_version,
             "morphology_levels": s.morphology_levels, "tissue": spec.tissue, "synthetic": spec.synthetic,
             "source": str(spec.xenium_dir),
-            "dapi_thumbnail": MetadataValue.md(f"![DAPI]({png_data_uri(out / 'thumbnail_dapi.png')})"),
+            "dapi_thumbnail": md_image(out / "thumbnail_dapi.png", "DAPI"),
         }
 
     result = run_slide_stage(context, "xenium_slide", storage, lineage, compute)
@@ -70,7 +69,7 @@ def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: 
             "pixel_size_um": s.pixel_size_um if s.pixel_size_um is not None else "unknown",
             "magnification": s.magnification, "source": str(spec.he_image),
             "alignment_csv": str(spec.alignment_csv) if spec.alignment_csv else "none",
-            "he_thumbnail": MetadataValue.md(f"![H&E]({png_data_uri(out / 'thumbnail_he.png')})"),
+            "he_thumbnail": md_image(out / "thumbnail_he.png", "H&E"),
         }
 
     return run_slide_stage(context, "he_image", storage, lineage, compute)

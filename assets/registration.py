@@ -17,7 +17,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
@@ -27,11 +27,6 @@ from sthelar_platform import registration as reg_lib
 from sthelar_platform.config import load_config
 from sthelar_platform.errors import InputError
 from sthelar_platform.ids import validate_slide_id
-from sthelar_platform.thumbnails import png_data_uri
-
-
-def _md_image(path: Path, alt: str, px: int = 384) -> MetadataValue:
-    return MetadataValue.md(f"![{alt}]({png_data_uri(path, max_px=px)})")
 
 
 @asset(
@@ -69,18 +64,17 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
             "notes": r.notes,
             "csv_as_given": "none" if not r.csv_given else
             f"median {r.csv_median_residual_um:.2f} µm, {r.csv_matched_fraction:.1%} matched",
-            "overlay": _md_image(out / "overlay.png", "H&E with Xenium nucleus outlines"),
-            "overlay_zoom": _md_image(out / "overlay_zoom.png", "full-resolution crop with Xenium nucleus outlines"),
-            "residual_map": _md_image(out / "residual_map.png", "median residual per region (µm)", 256),
+            "overlay": md_image(out / "overlay.png", "H&E with Xenium nucleus outlines", 384),
+            "overlay_zoom": md_image(out / "overlay_zoom.png", "full-resolution crop with Xenium nucleus outlines", 384),
+            "residual_map": md_image(out / "residual_map.png", "median residual per region (µm)", 256),
         }
 
     result = run_slide_stage(context, "he_registration", storage, lineage, compute, inputs=("xenium_slide", "he_image"))
     r: stage_lib.SlideRegistration = holder["r"]
-    um = np.diag([r.morphology_pixel_size_um, r.morphology_pixel_size_um, 1.0])
     lineage.store().record("registration_qc", {
         "run_id": context.run_id, "slide_id": spec.slide_id, "source": r.qc.source,
         "median_residual_um": r.qc.median_residual_um, "p90_residual_um": r.qc.p90_residual_um,
-        "matched_fraction": r.qc.matched_fraction, "transform": json.dumps((um @ np.array(r.qc.transform)).tolist()),
+        "matched_fraction": r.qc.matched_fraction, "transform": json.dumps(r.he_px_to_um.tolist()),
         "transform_he_px_to_morphology_px": json.dumps(r.qc.transform), "passed": r.passed,
         "n_he_nuclei": r.qc.n_he_nuclei, "n_xenium_nuclei": r.qc.n_xenium_nuclei,
         "residual_grid_um": json.dumps(r.qc.residual_grid_um), "he_pixel_size_um": r.he_pixel_size_um,

@@ -15,7 +15,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from assets.patches import patches_20x, patches_40x
 from assets.reference_segmentation import reference_segmentation
@@ -26,14 +26,9 @@ from sthelar_platform.errors import require_stage_output
 from sthelar_platform.he_image import validate_he
 from sthelar_platform.ids import validate_slide_id
 from sthelar_platform.patches import PatchLevel, draw_patch_overview
-from sthelar_platform.thumbnails import png_data_uri
 
 QC_COLUMNS = ["slide_id", "magnification", "patch_id", "x0", "y0", "n_nuclei", "dice", "jaccard", "bpq", "det_f1",
               "flagged"]
-
-
-def _md_png(path: Path, alt: str, px: int) -> MetadataValue:
-    return MetadataValue.md(f"![{alt}]({png_data_uri(path, max_px=px)})")
 
 
 @asset(
@@ -52,6 +47,7 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
     acfg = cfg["agreement"]
     he_path = storage.stage_dir("he_image", slide_id) / "he_image.ome.tif"
     frames: list[pd.DataFrame] = []
+    holder: dict[str, pd.DataFrame] = {}
 
     def compute(out: Path) -> dict:
         meta: dict = {}
@@ -71,10 +67,10 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
                              f"(Jaccard < {acfg['flag_below_jaccard']}); median Jaccard "
                              f"{dist['jaccard'].get('median', float('nan'))}")
             meta[f"agreement_{mag}"] = dist
-            meta[f"distributions_{mag}"] = _md_png(out / f"distributions_{mag}.png", "metric distributions", 640)
-            meta[f"quality_map_{mag}"] = _md_png(out / f"quality_map_{mag}.png", "patch Jaccard (red low, green high)",
+            meta[f"distributions_{mag}"] = md_image(out / f"distributions_{mag}.png", "metric distributions", 640)
+            meta[f"quality_map_{mag}"] = md_image(out / f"quality_map_{mag}.png", "patch Jaccard (red low, green high)",
                                                  384)
-        table = pd.concat(frames, ignore_index=True)
+        table = holder["table"] = pd.concat(frames, ignore_index=True)
         table.to_parquet(out / "agreement.parquet")
         agreement_lib.write_json(out / "summary.json", {k: v for k, v in meta.items() if k.startswith("agreement_")})
         meta["dagster/row_count"] = len(table)
@@ -82,8 +78,7 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
 
     result = run_slide_stage(context, "segmentation_agreement", storage, lineage, compute,
                              inputs=("patches_40x", "patches_20x", "reference_segmentation"))
-    table = pd.concat(frames, ignore_index=True)
-    rows = table[QC_COLUMNS].assign(run_id=context.run_id).to_dict("records")
+    rows = holder["table"][QC_COLUMNS].assign(run_id=context.run_id).to_dict("records")
     lineage.store().record_many("patch_qc", rows)
     return result
 

@@ -165,14 +165,13 @@ def _stage_patches(data: Path, size: str, seed: int) -> dict[str, Any]:
     if not labels.exists():
         raise RuntimeError("run the registration and annotation benchmark stages first")
     r = SlideRegistration.read(data.parent / "registration_out" / "registration.json")
-    to_um = np.diag([r.morphology_pixel_size_um] * 2 + [1.0]) @ np.asarray(r.qc.transform)
     cfg = load_config("tiling")
     out: dict[str, Any] = {}
     for mag in ("40x", "20x"):
         t0 = time.perf_counter()
         with atomic_dir(data.parent / f"patches_{mag}_out") as tmp:
             s = write_patches(spec.slide_id, spec.tissue, ingested / "he_image" / "he_image.ome.tif",
-                              ingested / "xenium_slide" / "nucleus_boundaries.parquet", labels, to_um,
+                              ingested / "xenium_slide" / "nucleus_boundaries.parquet", labels, r.he_px_to_um,
                               r.implied_he_pixel_size_um, mag, tmp, cfg)
         dt = time.perf_counter() - t0
         out[mag] = {"n_patches": s["n_patches"], "n_tissue": s["n_tissue"], "seconds": round(dt, 1),

@@ -46,6 +46,12 @@ class SlideRegistration:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def he_px_to_um(self) -> np.ndarray:
+        """3x3 affine from level-0 H&E pixels to Xenium µm (the stored transform ends in morphology px)."""
+        um = self.morphology_pixel_size_um
+        return np.diag([um, um, 1.0]) @ np.asarray(self.qc.transform, float)
+
     def to_json(self) -> str:
         d = asdict(self)
         d["passed"] = self.passed

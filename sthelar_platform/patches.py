@@ -130,8 +130,13 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray], compresslevel: int) -> N
 
 
 def load_labels(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """The arrays of a patch's labels ``.npz``; a missing or damaged file is an InputError."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(path, f"patch labels missing or unreadable ({type(exc).__name__})",
+                         "materialize the stage that wrote this folder again") from exc
 
 
 def cell_class_tables(cell_ids: np.ndarray, labels: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -238,6 +243,10 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
         "n_multipart_nuclei": polys.n_multipart,
         "n_cells_without_nucleus": int(len(set(labels["cell_id"]) - set(polys.cell_ids))),
         "label_keys": list(LABEL_KEYS),
+        "nuclei_per_class_detailed": dict(zip(
+            load_categories().groupings["detailed"].classes,
+            (int(n) for n in (np.sum(table["counts_detailed"].tolist(), axis=0) if len(table)
+                              else np.zeros(int(tables["detailed_n_classes"]), int))), strict=True)),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     draw_patch_overview(he_path, info, table, lv, size, out / "patches_overview.png")

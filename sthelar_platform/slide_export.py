@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sthelar_platform.categories import load_categories
-from sthelar_platform.errors import require_stage_output
+from sthelar_platform.errors import InputError, require_stage_output
 from sthelar_platform.patches import load_labels, save_npz
 
 CELL_LABEL_COLUMNS = ["cell_id", "category", "detailed_class", "grouped_class", "confidence", "tangram_label",
@@ -33,6 +33,8 @@ CELL_LABEL_COLUMNS = ["cell_id", "category", "detailed_class", "grouped_class", 
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard link (no extra disk) when source and target share a filesystem, else copy."""
+    if not src.exists():
+        raise InputError(src, "patch file missing", "materialize the patches for this slide again")
     try:
         os.link(src, dst)
     except OSError:
