@@ -16,14 +16,17 @@ from assets.annotation import (
     tangram_labels,
 )
 from assets.ingest import he_image, xenium_slide
+from assets.model_evaluation import model_evaluation, model_targets
+from assets.model_training import cellvit_detailed, cellvit_grouped
 from assets.patches import patches_20x, patches_40x
 from assets.reference_segmentation import reference_segmentation
 from assets.segmentation_agreement import patch_quality, segmentation_agreement
 from assets.slide_export import slide_export
+from assets.slide_predictions import slide_predictions
 from assets.training_dataset import training_dataset
 from assets.partitions import slides_partitions
 from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
-from resources import LineageResource, SlideCatalogResource, StorageResource
+from resources import ComputeDeviceResource, LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.paths import StorageLayout
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
@@ -35,14 +38,18 @@ def build_resources(home: str | None = None) -> dict:
         "storage": StorageResource(root=str(layout.root)),
         "lineage": LineageResource(db_path=str(layout.lineage_db)),
         "catalog": SlideCatalogResource(path=str(layout.catalog)),
+        # torch's device for training, evaluation and predictions: auto (CUDA when present) | cpu | cuda[:N]
+        "compute": ComputeDeviceResource(device=os.environ.get("STHELAR_DEVICE", "auto")),
     }
 
 
 ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he, nucleus_counts, cell_counts, tangram_labels,
               clusters, cell_types, patches_40x, patches_20x, reference_segmentation, segmentation_agreement,
               slide_export]
-COHORT_ASSETS = [training_dataset]
-ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality, patch_quality]
+COHORT_ASSETS = [training_dataset, cellvit_detailed, cellvit_grouped, model_evaluation]
+PREDICTION_ASSETS = [slide_predictions]
+ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality, patch_quality,
+              model_targets]
 
 slide_pipeline = define_asset_job(
     "slide_pipeline",
@@ -54,13 +61,20 @@ slide_pipeline = define_asset_job(
 training_job = define_asset_job(
     "training_job",
     selection=AssetSelection.assets(*COHORT_ASSETS),
-    description="Across slides: the training dataset (then the models, as they land).",
+    description="Across slides: the training dataset, the CellViT models (detailed, grouped) and their evaluation.",
+)
+
+predictions_job = define_asset_job(
+    "predictions_job",
+    selection=AssetSelection.assets(*PREDICTION_ASSETS),
+    partitions_def=slides_partitions,
+    description="Per slide, after training: whole-slide CellViT predictions linked to the Xenium cells.",
 )
 
 defs = Definitions(
-    assets=ALL_ASSETS + COHORT_ASSETS,
+    assets=ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[slide_pipeline, training_job],
+    jobs=[slide_pipeline, training_job, predictions_job],
     resources=build_resources(),
     executor=multiprocess_executor.configured({"max_concurrent": 2}),
 )
@@ -74,3 +88,8 @@ def slide_pipeline_job():
 def training_job_def():
     """Top-level factory for the cross-slide job (reconstructable in child processes)."""
     return defs.resolve_job_def("training_job")
+
+
+def predictions_job_def():
+    """Top-level factory for the per-slide predictions job (reconstructable in child processes)."""
+    return defs.resolve_job_def("predictions_job")

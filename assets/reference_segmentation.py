@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from assets._runtime import code_version_of, run_slide_stage
 from assets.partitions import slides_partitions
 from assets.patches import patches_20x, patches_40x
-from resources import LineageResource, StorageResource
+from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform import reference_segmentation as segmentation_lib
 from sthelar_platform.config import load_config
 from sthelar_platform.ids import validate_slide_id
@@ -20,13 +20,16 @@ from sthelar_platform.ids import validate_slide_id
     group_name="patches",
     kinds={"python", "numpy"},
     description="Nucleus instances segmented from the H&E pixels alone (classical watershed by default; a trained "
-                "model can replace it), one inst_map per patch and magnification.",
+                "CellViT with reference_segmentation.method: cellvit in config/tiling.yaml), one inst_map per patch "
+                "and magnification.",
 )
-def reference_segmentation(context: AssetExecutionContext, storage: StorageResource,
-                           lineage: LineageResource) -> MaterializeResult:
+def reference_segmentation(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
+                           compute: ComputeDeviceResource) -> MaterializeResult:
     slide_id = validate_slide_id(context.partition_key)
     cfg = load_config("tiling")
-    segmenter = segmentation_lib.make_segmenter(cfg["reference_segmentation"])
+    rcfg = cfg["reference_segmentation"]
+    device = compute.resolve() if rcfg.get("method") == "cellvit" else "cpu"
+    segmenter = segmentation_lib.make_segmenter(rcfg, storage.layout.root, device)
 
     def compute(out: Path) -> dict:
         meta: dict = {"segmenter": segmenter.name}

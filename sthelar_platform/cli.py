@@ -71,13 +71,13 @@ def cmd_slides(args: argparse.Namespace) -> int:
     return 0
 
 
-def _materialize(slide_ids: list[str], selection: list[str] | None) -> bool:
+def _materialize(slide_ids: list[str], selection: list[str] | None, job_name: str = "slide_pipeline") -> bool:
     from sthelar_platform.runner import materialize_slide
 
     ok = True
-    for sid in tqdm(slide_ids, desc="slides", unit="slide"):
+    for sid in tqdm(slide_ids, desc=job_name, unit="slide"):
         t0 = time.perf_counter()
-        out = materialize_slide(sid, selection)
+        out = materialize_slide(sid, selection, job_name)
         status = "ok" if out.success else f"FAILED ({', '.join(out.failed_steps)})"
         tqdm.write(f"{sid}: {status} in {time.perf_counter() - t0:.1f}s  run {out.run_id}")
         ok &= out.success
@@ -114,17 +114,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         t1 = time.perf_counter()
         cohort = materialize_cohort()
-        print(f"training dataset: {'ok' if cohort.success else 'FAILED'} in {time.perf_counter() - t1:.1f}s  "
-              f"run {cohort.run_id}")
+        print(f"training dataset, models, evaluation: {'ok' if cohort.success else 'FAILED'} in "
+              f"{time.perf_counter() - t1:.1f}s  run {cohort.run_id}")
         ok &= cohort.success
+    if ok:
+        ok &= _materialize([s.slide_id for s in specs], None, "predictions_job")
+        _print_model_summary(layout)
     print(f"\nDemo {'finished' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s.")
     print(f"  outputs:        {layout.warehouse}/<stage>/<slide_id>/")
     print(f"  exports:        {layout.exports}/<slide_id>/ (cellvit/, pannuke/, sdata.zarr, cell_labels.parquet)")
     print(f"  dataset:        {layout.exports}/dataset/<mag>/<grouping>/ (splits.csv, dataset_card.json)")
+    print(f"  models:         {layout.models}/cellvit_<grouping>/ (best.pt, model.json), evaluation/")
+    print(f"  predictions:    {layout.warehouse}/slide_predictions/<slide_id>/")
     print(f"  lineage / QC:   {layout.lineage_db}")
     print(f"  slide catalog:  {layout.catalog}")
     print("  open the UI:    make ui   (http://127.0.0.1:3000, localhost only)")
     return 0 if ok else 1
+
+
+def _print_model_summary(layout) -> None:
+    import json
+
+    path = layout.models / "evaluation" / "summary.json"
+    if not path.exists():
+        return
+    print("\nheld-out evaluation (test split):")
+    for grouping, r in json.loads(path.read_text()).items():
+        print(f"  {grouping:9s} detection F1 {r['detection_f1']:.3f}  bPQ {r['bpq']:.3f}  mPQ {r['mpq']:.3f}  "
+              f"({r['n_patches']} patches)")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -64,6 +64,17 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("split", "VARCHAR"), ("tissue", "VARCHAR"), ("class_name", "VARCHAR"), ("metric", "VARCHAR"),
         ("value", "DOUBLE"), ("recorded_at", "TIMESTAMP"),
     ],
+    "model_training": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("model_key", "VARCHAR"), ("grouping", "VARCHAR"),
+        ("epoch", "BIGINT"), ("train_loss", "DOUBLE"), ("val_loss", "DOUBLE"), ("seconds", "DOUBLE"),
+        ("patches_per_s", "DOUBLE"), ("device", "VARCHAR"), ("size", "VARCHAR"), ("dataset_version", "VARCHAR"),
+        ("recorded_at", "TIMESTAMP"),
+    ],
+    "prediction_agreement": [
+        ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("model_id", "VARCHAR"),
+        ("grouping", "VARCHAR"), ("class_name", "VARCHAR"), ("n_xenium", "BIGINT"), ("n_predicted", "BIGINT"),
+        ("tp", "BIGINT"), ("precision", "DOUBLE"), ("recall", "DOUBLE"), ("f1", "DOUBLE"), ("recorded_at", "TIMESTAMP"),
+    ],
     "slide_ingest": [
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("tissue", "VARCHAR"),
         ("n_cells", "BIGINT"), ("n_transcripts", "BIGINT"), ("n_genes", "BIGINT"), ("n_controls", "BIGINT"),

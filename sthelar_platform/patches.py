@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +113,16 @@ def patch_corners_um(x0: np.ndarray, y0: np.ndarray, size: int, downsample: floa
     return pts[..., :2]
 
 
+def iter_regions(tiles: pd.DataFrame, size: int, region_tiles: int) -> Iterator[tuple[pd.DataFrame, int, int, int, int]]:
+    """Group grid tiles into square regions of ``region_tiles`` per side: (tiles, x0, y0, height, width).
+
+    A region is read (and its nuclei drawn) once for all its tiles: streaming, bounded memory.
+    """
+    for _, block in tiles.groupby([tiles["row"] // region_tiles, tiles["col"] // region_tiles], sort=True):
+        bx0, by0 = int(block["x0"].min()), int(block["y0"].min())
+        yield block, bx0, by0, int(block["y0"].max()) + size - by0, int(block["x0"].max()) + size - bx0
+
+
 def encode_png(rgb: np.ndarray, compression: int) -> bytes:
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
@@ -190,15 +200,12 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     candidates = grid[grid["tissue_fraction"] >= pcfg["min_tissue_fraction"]]
     (out / "images").mkdir()
     (out / "labels").mkdir()
-    rp = int(pcfg["region_patches"])
-    blocks = candidates.groupby([candidates["row"] // rp, candidates["col"] // rp], sort=True)
     rows: list[dict] = []
     stride = size - overlap
+    regions = list(iter_regions(candidates, size, int(pcfg["region_patches"])))
     with ThreadPoolExecutor(int(pcfg.get("workers", 2))) as pool:
         pending = []
-        for i, (_, block) in enumerate(blocks):
-            bx0, by0 = int(block["x0"].min()), int(block["y0"].min())
-            bw, bh = int(block["x0"].max()) + size - bx0, int(block["y0"].max()) + size - by0
+        for i, (block, bx0, by0, bh, bw) in enumerate(regions):
             region, cells = rasterize_region(polys, bx0, by0, bh, bw)
             if len(cells):
                 rgb = None
@@ -222,7 +229,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
                     f.result()
                 pending = []
             if progress:
-                progress(i + 1, blocks.ngroups)
+                progress(i + 1, len(regions))
         for f in pending:
             f.result()
     table = pd.DataFrame(rows, columns=["patch_id", "name", "row", "col", "x0", "y0", "tissue_fraction", "n_nuclei",

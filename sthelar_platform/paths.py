@@ -37,6 +37,10 @@ class StorageLayout:
         return self.root / "exports"
 
     @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
     def dashboards(self) -> Path:
         return self.root / "dashboards"
 

@@ -68,13 +68,27 @@ class ClassicalSegmenter:
         return watershed(-dist, markers, mask=fg).astype(np.int32)
 
 
-def make_segmenter(cfg: dict) -> NucleusSegmenter:
-    """The configured segmenter (``reference_segmentation.method`` in config/tiling.yaml)."""
+def make_segmenter(cfg: dict, root: Path | None = None, device: str = "cpu") -> NucleusSegmenter:
+    """The configured segmenter (``reference_segmentation`` in config/tiling.yaml).
+
+    ``method: cellvit`` uses a trained model; its ``checkpoint`` is relative to the storage
+    root ``root`` unless absolute (e.g. ``models/cellvit_detailed/best.pt``).
+    """
     method = cfg.get("method", "classical")
     if method == "classical":
         return ClassicalSegmenter(**cfg.get("classical", {}))
+    if method == "cellvit":
+        from sthelar_platform.cellvit.inference import CellViTSegmenter
+
+        ckpt = Path(str((cfg.get("cellvit") or {}).get("checkpoint") or ""))
+        if not str(ckpt) or str(ckpt) == ".":
+            raise InputError(None, "reference_segmentation.method is cellvit but no cellvit.checkpoint is set",
+                             "set reference_segmentation.cellvit.checkpoint (e.g. models/cellvit_detailed/best.pt)")
+        if not ckpt.is_absolute() and root is not None:
+            ckpt = Path(root) / ckpt
+        return CellViTSegmenter(str(ckpt), device)
     raise InputError(None, f"unknown reference segmentation method {method!r}",
-                     "set reference_segmentation.method to 'classical' in config/tiling.yaml, or pass a trained model")
+                     "set reference_segmentation.method to 'classical' or 'cellvit' in config/tiling.yaml")
 
 
 def segment_patches(patches_dir: Path, out: Path, segmenter: NucleusSegmenter, compresslevel: int = 1,

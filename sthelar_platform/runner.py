@@ -46,15 +46,17 @@ def register_partitions(slide_ids: list[str]) -> None:
             instance.add_dynamic_partitions("slides", new)
 
 
-def materialize_slide(slide_id: str, selection: list[str] | None = None) -> RunOutcome:
-    """Run the slide pipeline for one slide partition with the multiprocess executor."""
+def materialize_slide(slide_id: str, selection: list[str] | None = None, job_name: str = "slide_pipeline") -> RunOutcome:
+    """Run a per-slide job (``slide_pipeline`` or ``predictions_job``) for one slide partition."""
     from dagster import AssetKey, DagsterInstance, execute_job, reconstructable
 
     import sthelar_definitions
 
     validate_slide_id(slide_id)
     with DagsterInstance.get() as instance:
-        job = reconstructable(sthelar_definitions.slide_pipeline_job)
+        factory = {"slide_pipeline": sthelar_definitions.slide_pipeline_job,
+                   "predictions_job": sthelar_definitions.predictions_job_def}[job_name]
+        job = reconstructable(factory)
         keys = [AssetKey(s) for s in selection] if selection else None
         run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
         result = execute_job(job, instance=instance, tags={"dagster/partition": slide_id}, asset_selection=keys,
@@ -64,7 +66,7 @@ def materialize_slide(slide_id: str, selection: list[str] | None = None) -> RunO
 
 
 def materialize_cohort() -> RunOutcome:
-    """Run the cross-slide job (training dataset, later the models) once, after the slides."""
+    """Run the cross-slide job (training dataset, models, evaluation) once, after the slides."""
     from dagster import DagsterInstance, execute_job, reconstructable
 
     import sthelar_definitions

@@ -68,14 +68,15 @@ class EvaluationTotals:
         ut, up = np.concatenate(self.unpaired_true or [np.zeros(0, int)]), np.concatenate(self.unpaired_pred or [np.zeros(0, int)])
         per_class = {}
         for k, name in enumerate(class_names, 1):
+            # HoVer-Net keeps only the paired nuclei where truth or prediction is this class, so
+            # its TN term is always 0 (counting TN over all pairs would inflate every rare class)
             tp_c = int(((pt_ == k) & (pp == k)).sum())
-            tn_c = int(((pt_ != k) & (pp != k)).sum())
             fp_c = int(((pt_ != k) & (pp == k)).sum())
             fn_c = int(((pt_ == k) & (pp != k)).sum())
             fp_d, fn_d = int((up == k).sum()), int((ut == k).sum())
-            denom = 2 * (tp_c + tn_c) + 2 * fp_c + 2 * fn_c + fp_d + fn_d
+            denom = 2 * tp_c + 2 * fp_c + 2 * fn_c + fp_d + fn_d
             support = int((pt_ == k).sum() + fn_d)
-            per_class[name] = {"f1": (2 * (tp_c + tn_c) / denom) if denom and support else float("nan"),
+            per_class[name] = {"f1": (2 * tp_c / denom) if denom and support else float("nan"),
                                "support": support}
         return {"detection_f1": det, "bpq": float(np.mean(self.bpq)) if self.bpq else float("nan"),
                 "mpq": float(np.mean(self.mpq)) if self.mpq else float("nan"), "per_class": per_class,

@@ -41,6 +41,7 @@ class TrainSettings:
     amp: bool = True                      # only on CUDA
     loss_weights: dict[str, float] = field(default_factory=dict)
     max_batches_per_epoch: int | None = None
+    max_val_batches: int | None = None
 
 
 @dataclass
@@ -80,6 +81,11 @@ def load_checkpoint(path: str | Path) -> dict:
 def load_weights(model: CellViT, path: str | Path) -> dict:
     """Load a checkpoint's weights; a shape mismatch (e.g. another number of classes) is a clear error."""
     ckpt = load_checkpoint(path)
+    apply_weights(model, ckpt, path)
+    return ckpt
+
+
+def apply_weights(model: CellViT, ckpt: dict, path: str | Path) -> None:
     state = ckpt.get("model", ckpt)
     own = model.state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
@@ -90,7 +96,6 @@ def load_weights(model: CellViT, path: str | Path) -> dict:
         raise InputError(path, f"checkpoint does not fit this model ({detail})",
                          "use a checkpoint trained with the same grouping (number of classes), tissues and model size")
     model.load_state_dict(state)
-    return ckpt
 
 
 def _to(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -103,8 +108,9 @@ def _run_epoch(model, loader, settings, class_weights, optimizer=None, scaler=No
     totals: dict[str, float] = {}
     n = 0
     use_amp = settings.amp and settings.device.startswith("cuda")
+    limit = settings.max_batches_per_epoch if train else settings.max_val_batches
     for b, batch in enumerate(loader):
-        if settings.max_batches_per_epoch and b >= settings.max_batches_per_epoch:
+        if limit and b >= limit:
             break
         batch = _to(batch, settings.device)
         with torch.set_grad_enabled(train), torch.autocast("cuda", enabled=use_amp):
@@ -132,8 +138,14 @@ def _run_epoch(model, loader, settings, class_weights, optimizer=None, scaler=No
 
 
 def train(model: CellViT, train_ds: PatchDataset, val_ds: PatchDataset, out_dir: Path, settings: TrainSettings,
-          class_weights: torch.Tensor | None = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train, resuming from ``out_dir/last.pt`` when it exists."""
+          class_weights: torch.Tensor | None = None, on_epoch: Callable[[dict], None] | None = None,
+          meta: dict | None = None) -> TrainResult:
+    """Train, resuming from ``out_dir/last.pt`` when it exists.
+
+    ``meta`` (class names, tissues, magnification...) is stored in both checkpoints so a
+    checkpoint alone is enough to rebuild and use the model.
+    """
+    meta = dict(meta or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
     model.to(settings.device)
@@ -170,10 +182,10 @@ def train(model: CellViT, train_ds: PatchDataset, val_ds: PatchDataset, out_dir:
             best, best_epoch = va["loss"], epoch
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                    "best_val_loss": best, "best_epoch": best_epoch, "history": history,
-                   "torch_rng": torch.get_rng_state(), "config": model.cfg.to_dict()}
+                   "torch_rng": torch.get_rng_state(), "config": model.cfg.to_dict(), "meta": meta}
         if improved:
             save_checkpoint(out_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch,
-                                                  "config": model.cfg.to_dict(), "val_loss": best})
+                                                  "config": model.cfg.to_dict(), "val_loss": best, "meta": meta})
         save_checkpoint(last, payload)
         if on_epoch:
             on_epoch(row)

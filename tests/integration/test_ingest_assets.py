@@ -80,14 +80,18 @@ def test_unregistered_or_unsafe_partition_fails_clearly(home):
     assert not (home / "warehouse").exists() or not any((home / "warehouse").rglob("x"))
 
 
+COHORT = {"training_dataset", "cellvit_detailed", "cellvit_grouped", "model_evaluation"}
+
+
 def test_asset_graph_snapshot():
     defs = sthelar_definitions.defs
     keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
-    assert keys == ["cell_counts", "cell_types", "clusters", "he_image", "he_registration", "nucleus_counts",
-                    "patches_20x", "patches_40x", "reference_segmentation", "registered_he", "segmentation_agreement",
-                    "slide_export", "tangram_labels", "training_dataset", "xenium_slide"]
+    assert keys == ["cell_counts", "cell_types", "cellvit_detailed", "cellvit_grouped", "clusters", "he_image",
+                    "he_registration", "model_evaluation", "nucleus_counts", "patches_20x", "patches_40x",
+                    "reference_segmentation", "registered_he", "segmentation_agreement", "slide_export",
+                    "slide_predictions", "tangram_labels", "training_dataset", "xenium_slide"]
     checks = sorted(k.name for k in defs.resolve_asset_graph().asset_check_keys)
-    assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "patch_quality",
+    assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "model_targets", "patch_quality",
                       "registration_quality"]
     graph = defs.resolve_asset_graph()
     upstream = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
@@ -96,16 +100,21 @@ def test_asset_graph_snapshot():
     assert upstream["segmentation_agreement"] == ["patches_20x", "patches_40x", "reference_segmentation"]
     assert upstream["slide_export"] == ["cell_counts", "cell_types", "registered_he", "segmentation_agreement"]
     assert upstream["training_dataset"] == ["slide_export"]
+    assert upstream["cellvit_detailed"] == upstream["cellvit_grouped"] == ["training_dataset"]
+    assert upstream["model_evaluation"] == ["cellvit_detailed", "cellvit_grouped"]
+    assert upstream["slide_predictions"] == ["cell_types", "cellvit_detailed", "cellvit_grouped", "he_image",
+                                             "he_registration", "xenium_slide"]
     job = defs.resolve_job_def("slide_pipeline")
     assert job.partitions_def.name == "slides"
     for key in defs.resolve_all_asset_keys():
         spec = defs.resolve_assets_def(key)
         assert spec.code_versions_by_key[key]
-        if key.to_user_string() == "training_dataset":  # cohort asset: one across slides
+        if key.to_user_string() in COHORT:  # cohort assets: one across slides
             assert spec.partitions_def is None
         else:
             assert spec.partitions_def.name == "slides"
     assert defs.resolve_job_def("training_job").partitions_def is None
+    assert defs.resolve_job_def("predictions_job").partitions_def.name == "slides"
 
 
 def test_workspace_loads_with_dagster_cli(tmp_path):
