@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import AssetSelection, Definitions, define_asset_job, multiprocess_executor
+from dagster import AssetSelection, Definitions, ScheduleDefinition, define_asset_job, multiprocess_executor
 
 from assets.annotation import (
     annotation_quality,
@@ -19,6 +19,8 @@ from assets.ingest import he_image, xenium_slide
 from assets.model_evaluation import model_evaluation, model_targets
 from assets.model_training import cellvit_detailed, cellvit_grouped
 from assets.patches import patches_20x, patches_40x
+from assets.qc_dashboard import qc_dashboard
+from assets.qc_models import qc_models
 from assets.reference_segmentation import reference_segmentation
 from assets.segmentation_agreement import patch_quality, segmentation_agreement
 from assets.slide_export import slide_export
@@ -27,6 +29,7 @@ from assets.training_dataset import training_dataset
 from assets.partitions import slides_partitions
 from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
 from resources import ComputeDeviceResource, LineageResource, SlideCatalogResource, StorageResource
+from resources.dbt import dbt_resource
 from sthelar_platform.paths import StorageLayout
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
@@ -40,6 +43,7 @@ def build_resources(home: str | None = None) -> dict:
         "catalog": SlideCatalogResource(path=str(layout.catalog)),
         # torch's device for training, evaluation and predictions: auto (CUDA when present) | cpu | cuda[:N]
         "compute": ComputeDeviceResource(device=os.environ.get("STHELAR_DEVICE", "auto")),
+        "dbt": dbt_resource(),
     }
 
 
@@ -48,6 +52,7 @@ ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he, nucleus_co
               slide_export]
 COHORT_ASSETS = [training_dataset, cellvit_detailed, cellvit_grouped, model_evaluation]
 PREDICTION_ASSETS = [slide_predictions]
+QC_ASSETS = [qc_models, qc_dashboard]
 ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality, patch_quality,
               model_targets]
 
@@ -71,10 +76,23 @@ predictions_job = define_asset_job(
     description="Per slide, after training: whole-slide CellViT predictions linked to the Xenium cells.",
 )
 
+qc_job = define_asset_job(
+    "qc_job",
+    selection=AssetSelection.assets(*QC_ASSETS),
+    description="Refresh the dbt QC models (with their tests) and the QC dashboard.",
+)
+
+# Nightly by default; STHELAR_QC_CRON changes it without a code edit.
+qc_nightly = ScheduleDefinition(
+    name="qc_nightly", job=qc_job, cron_schedule=os.environ.get("STHELAR_QC_CRON", "0 2 * * *"),
+    execution_timezone="UTC", description="Rebuild the dbt QC models and the dashboards every night.",
+)
+
 defs = Definitions(
-    assets=ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS,
+    assets=ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[slide_pipeline, training_job, predictions_job],
+    jobs=[slide_pipeline, training_job, predictions_job, qc_job],
+    schedules=[qc_nightly],
     resources=build_resources(),
     executor=multiprocess_executor.configured({"max_concurrent": 2}),
 )
@@ -93,3 +111,8 @@ def training_job_def():
 def predictions_job_def():
     """Top-level factory for the per-slide predictions job (reconstructable in child processes)."""
     return defs.resolve_job_def("predictions_job")
+
+
+def qc_job_def():
+    """Top-level factory for the QC refresh job (reconstructable in child processes)."""
+    return defs.resolve_job_def("qc_job")

@@ -109,9 +109,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"reusing SYNTHETIC slides in {landing}")
     specs = _add(layout, str(manifest), None, None, None, replace=True)
     ok = _materialize([s.slide_id for s in specs], None)
-    if ok:
-        from sthelar_platform.runner import materialize_cohort
+    from sthelar_platform.runner import materialize_cohort
 
+    if ok:
         t1 = time.perf_counter()
         cohort = materialize_cohort()
         print(f"training dataset, models, evaluation: {'ok' if cohort.success else 'FAILED'} in "
@@ -120,12 +120,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if ok:
         ok &= _materialize([s.slide_id for s in specs], None, "predictions_job")
         _print_model_summary(layout)
+    qc = materialize_cohort("qc_job") if ok else None
+    if qc is not None:
+        print(f"QC models and dashboard: {'ok' if qc.success else 'FAILED'}  run {qc.run_id}")
+        ok &= qc.success
     print(f"\nDemo {'finished' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s.")
     print(f"  outputs:        {layout.warehouse}/<stage>/<slide_id>/")
     print(f"  exports:        {layout.exports}/<slide_id>/ (cellvit/, pannuke/, sdata.zarr, cell_labels.parquet)")
     print(f"  dataset:        {layout.exports}/dataset/<mag>/<grouping>/ (splits.csv, dataset_card.json)")
     print(f"  models:         {layout.models}/cellvit_<grouping>/ (best.pt, model.json), evaluation/")
     print(f"  predictions:    {layout.warehouse}/slide_predictions/<slide_id>/")
+    print(f"  QC dashboard:   {layout.dashboards}/site/index.html   (serve it: sthelar dashboard)")
     print(f"  lineage / QC:   {layout.lineage_db}")
     print(f"  slide catalog:  {layout.catalog}")
     print("  open the UI:    make ui   (http://127.0.0.1:3000, localhost only)")
@@ -142,6 +147,36 @@ def _print_model_summary(layout) -> None:
     for grouping, r in json.loads(path.read_text()).items():
         print(f"  {grouping:9s} detection F1 {r['detection_f1']:.3f}  bPQ {r['bpq']:.3f}  mPQ {r['mpq']:.3f}  "
               f"({r['n_patches']} patches)")
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Refresh the QC models and site (unless --no-build), then serve the site on localhost."""
+    import functools
+    import http.server
+
+    layout = _home(args)
+    site = layout.dashboards / "site"
+    if not args.no_build:
+        from sthelar_platform.runner import materialize_cohort
+
+        out = materialize_cohort("qc_job")
+        if not out.success:
+            print(f"QC refresh FAILED ({', '.join(out.failed_steps)}); run {out.run_id}", file=sys.stderr)
+            if not (site / "index.html").exists():
+                return 1
+            print("serving the last good dashboard", file=sys.stderr)
+    if not (site / "index.html").exists():
+        raise InputError(site, "no dashboard built yet", "run `sthelar dashboard` without --no-build")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer((args.host, args.port), handler)
+    print(f"QC dashboard on http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -183,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(func=cmd_ui)
+
+    db = sub.add_parser("dashboard", help="refresh the dbt QC models and dashboard, then serve it (localhost only)")
+    db.add_argument("--host", default="127.0.0.1")
+    db.add_argument("--port", type=int, default=8765)
+    db.add_argument("--no-build", action="store_true", help="serve the last built site without refreshing")
+    db.set_defaults(func=cmd_dashboard)
 
     sl = sub.add_parser("slides", help="register or list slides")
     slsub = sl.add_subparsers(dest="slides_cmd", required=True)

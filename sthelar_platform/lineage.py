@@ -257,5 +257,31 @@ class LineageStore:
         )
         return rows[0]["data_version"] if rows else None
 
+    def snapshot(self, dest: str | Path) -> Path:
+        """A consistent read-only copy of the database for dbt and dashboards.
+
+        Taken under the writers' lock after a merge, so readers never hold the live file (a
+        writer would otherwise have to wait for a long dbt build) and never see half a merge.
+        The copy is renamed into place: a reader of ``dest`` sees the old or the new snapshot.
+        """
+        import shutil
+
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.flush()
+        tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+        with self._locked() as got:
+            if not got:
+                raise TimeoutError(f"lineage database {self.db_path} stayed locked for {self.lock_timeout_s}s")
+            con = self._connect()
+            try:
+                self.ensure_schema(con)
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            shutil.copyfile(self.db_path, tmp)
+        tmp.replace(dest)
+        return dest
+
     def pending(self) -> int:
         return len(list(self.spool.glob("*.json")))

@@ -41,6 +41,11 @@ class StorageLayout:
         return self.root / "models"
 
     @property
+    def qc(self) -> Path:
+        """The dbt-built QC database and dbt's latest results."""
+        return self.root / "qc"
+
+    @property
     def dashboards(self) -> Path:
         return self.root / "dashboards"
 

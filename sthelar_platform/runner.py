@@ -65,14 +65,15 @@ def materialize_slide(slide_id: str, selection: list[str] | None = None, job_nam
         return RunOutcome(slide_id=slide_id, run_id=result.run_id, success=result.success, failed_steps=failed)
 
 
-def materialize_cohort() -> RunOutcome:
-    """Run the cross-slide job (training dataset, models, evaluation) once, after the slides."""
+def materialize_cohort(job_name: str = "training_job") -> RunOutcome:
+    """Run a cross-slide job once: ``training_job`` (dataset, models, evaluation) or ``qc_job`` (dbt, dashboard)."""
     from dagster import DagsterInstance, execute_job, reconstructable
 
     import sthelar_definitions
 
+    factory = {"training_job": sthelar_definitions.training_job_def, "qc_job": sthelar_definitions.qc_job_def}[job_name]
     with DagsterInstance.get() as instance:
-        result = execute_job(reconstructable(sthelar_definitions.training_job_def), instance=instance,
+        result = execute_job(reconstructable(factory), instance=instance,
                              run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
         failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         return RunOutcome(slide_id="(cohort)", run_id=result.run_id, success=result.success, failed_steps=failed)

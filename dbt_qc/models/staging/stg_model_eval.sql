@@ -1,0 +1,2 @@
+-- The latest evaluation of each model.
+{{ latest_run(source('lineage', 'model_eval'), 'model_id') }}

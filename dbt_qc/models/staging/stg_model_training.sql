@@ -1,0 +1,1 @@
+select * exclude (event_id) from {{ source('lineage', 'model_training') }}
