@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 export STHELAR_HOME ?= $(CURDIR)/sthelar_home
 
-.PHONY: setup demo test ui bench clean-home
+.PHONY: setup demo test ui bench clean-home browser
 
 setup: $(STAMP)
 
@@ -26,7 +26,14 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(VENV)/bin/sthelar demo
 
-test: setup
+# The browser tests drive Debian's chromium through its chromedriver (no download at run time).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { echo "installing Debian's chromium + chromium-driver"; $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: setup browser
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 ui: setup

@@ -2,61 +2,29 @@
 SYNTHETIC slide with a short CPU schedule; and a trained model as the reference segmenter."""
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, materialize
 
 import sthelar_definitions
 from sthelar_platform.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.hashing import sha256_tree
 from sthelar_platform.lineage import LineageStore
-from sthelar_platform.manifest import SlideCatalog, load_manifest
 from sthelar_platform.patches import load_labels
 
-SLIDE = sthelar_definitions.ALL_ASSETS + sthelar_definitions.ALL_CHECKS
-COHORT = sthelar_definitions.COHORT_ASSETS + [sthelar_definitions.ALL_CHECKS[-1]]
+
+@pytest.fixture(scope="module")
+def trained(trained_home):
+    return trained_home
 
 
 def _assets(*names):
     every = sthelar_definitions.ALL_ASSETS + sthelar_definitions.COHORT_ASSETS + sthelar_definitions.PREDICTION_ASSETS
     return [a for a in every if any(k.to_user_string() in names for k in a.keys)]
-
-
-def _short_schedule(config_dir, **overrides):
-    cfg = yaml.safe_load((PACKAGED_CONFIG_DIR / "training.yaml").read_text())
-    cfg["dataset"]["block_px"] = 768  # one tiny slide: small blocks so that val and test get patches
-    cfg["training"]["schedules"]["cpu"].update({"epochs": 3, "batch_size": 4, "max_batches_per_epoch": 5,
-                                                "max_val_batches": 2, "lr": 0.002, **overrides})
-    config_dir.mkdir(exist_ok=True)
-    (config_dir / "training.yaml").write_text(yaml.safe_dump(cfg))
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_cohort):
-    tmp = tmp_path_factory.mktemp("model_home")
-    landing = tmp / "landing"
-    shutil.copytree(tiny_cohort, landing)
-    home = tmp / "home"
-    SlideCatalog(home / "catalog.yaml").add(load_manifest(landing / "manifest.yaml"))
-    config_dir = tmp / "config"
-    _short_schedule(config_dir)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STHELAR_CONFIG_DIR", str(config_dir))
-    mp.setenv("STHELAR_DEVICE", "cpu")
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("slides", ["tiny"])
-    resources = sthelar_definitions.build_resources(str(home))
-    slide = materialize(SLIDE, partition_key="tiny", instance=instance, resources=resources)
-    cohort = materialize(COHORT, instance=instance, resources=resources, raise_on_error=False)
-    predictions = materialize(sthelar_definitions.PREDICTION_ASSETS, partition_key="tiny", instance=instance,
-                              resources=resources, raise_on_error=False)
-    yield home, instance, resources, {"slide": slide, "cohort": cohort, "predictions": predictions}
-    mp.undo()
 
 
 def _meta(result, key):

@@ -1,0 +1,72 @@
+"""`sthelar dashboard` builds the QC site for a slide taken through every stage and serves it on
+localhost; Debian's chromium loads every page with no console error and with its plots drawn."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _browser import chromium, console_errors, free_port, screenshot, wait_for_http
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from sthelar_platform.manifest import SlideCatalog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def served(trained_home):
+    home = trained_home[0]
+    port = free_port()
+    env = {**os.environ, "STHELAR_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "sthelar_platform.cli", "--home", str(home), "dashboard", "--port",
+                             str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/index.html", 600, proc)
+        driver = chromium()
+        try:
+            yield home, f"http://127.0.0.1:{port}", driver
+        finally:
+            driver.quit()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        print(out[-3000:])
+
+
+def _rendered_plots(driver) -> int:
+    return driver.execute_script("return document.querySelectorAll('.plot[data-rendered=true] .main-svg').length")
+
+
+def test_cohort_page_loads_without_console_errors_and_draws_its_plots(served):
+    home, url, driver = served
+    driver.get(f"{url}/index.html")
+    WebDriverWait(driver, 30).until(lambda d: _rendered_plots(d) >= 3)
+    assert console_errors(driver) == []
+    rows = driver.find_elements(By.CSS_SELECTOR, "#slides-table tbody tr")
+    assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == [s.slide_id for s in SlideCatalog(home / "catalog.yaml").list()]
+    assert "cellvit_detailed:" in driver.find_element(By.ID, "model-table").text
+    assert "dbt tests" in driver.find_element(By.ID, "dbt-tests").text
+    assert driver.execute_script("return typeof Plotly") == "object"  # served from assets/, not a CDN
+    assert not driver.execute_script(
+        "return [...document.querySelectorAll('script[src],link[href]')].some(e => /^https?:/.test(e.src || e.href) "
+        "&& !(e.src || e.href).startsWith(location.origin))")
+    assert screenshot(driver, home / "screenshots" / "dashboard_index.png").stat().st_size > 10_000
+
+
+def test_slide_page_shows_registration_cell_types_patches_review_and_model(served):
+    home, url, driver = served
+    driver.get(f"{url}/index.html")
+    driver.find_element(By.LINK_TEXT, "tiny").click()
+    WebDriverWait(driver, 30).until(lambda d: _rendered_plots(d) >= 4)
+    assert driver.current_url.endswith("/slides/tiny.html")
+    assert console_errors(driver) == []
+    overlay = driver.find_element(By.CSS_SELECTOR, "img.figure")
+    assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) > 100
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#review-table tbody tr")) > 0
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#prediction-table tbody tr")) == 9
+    n_points = driver.execute_script("return document.getElementById('plot-patch-map').data[0].x.length")
+    assert n_points > 0
+    assert screenshot(driver, home / "screenshots" / "dashboard_slide_tiny.png").stat().st_size > 10_000
