@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-from dagster import AssetSelection, Definitions, ScheduleDefinition, define_asset_job, multiprocess_executor
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    Definitions,
+    ScheduleDefinition,
+    define_asset_job,
+    multiprocess_executor,
+)
 
 from assets.annotation import (
     annotation_quality,
@@ -15,10 +22,12 @@ from assets.annotation import (
     nucleus_counts,
     tangram_labels,
 )
+from assets.automation import automation_sensor, observe_references_job, reference_watch, slide_landing_sensor
 from assets.ingest import he_image, xenium_slide
 from assets.model_evaluation import model_evaluation, model_targets
 from assets.model_training import cellvit_detailed, cellvit_grouped
 from assets.patches import patches_20x, patches_40x
+from assets.reference_atlas import reference_atlas
 from assets.qc_dashboard import qc_dashboard
 from assets.qc_models import qc_models
 from assets.reference_segmentation import reference_segmentation
@@ -85,14 +94,16 @@ qc_job = define_asset_job(
 # Nightly by default; STHELAR_QC_CRON changes it without a code edit.
 qc_nightly = ScheduleDefinition(
     name="qc_nightly", job=qc_job, cron_schedule=os.environ.get("STHELAR_QC_CRON", "0 2 * * *"),
-    execution_timezone="UTC", description="Rebuild the dbt QC models and the dashboards every night.",
+    execution_timezone="UTC", default_status=DefaultScheduleStatus.RUNNING,
+    description="Rebuild the dbt QC models and the dashboards every night.",
 )
 
 defs = Definitions(
-    assets=ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
+    assets=[reference_atlas] + ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
     asset_checks=ALL_CHECKS,
-    jobs=[slide_pipeline, training_job, predictions_job, qc_job],
-    schedules=[qc_nightly],
+    jobs=[slide_pipeline, training_job, predictions_job, qc_job, observe_references_job],
+    schedules=[qc_nightly, reference_watch],
+    sensors=[slide_landing_sensor, automation_sensor],
     resources=build_resources(),
     executor=multiprocess_executor.configured({"max_concurrent": 2}),
 )

@@ -22,6 +22,7 @@ from dagster import (
 from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.ingest import xenium_slide
 from assets.partitions import slides_partitions
+from assets.reference_atlas import REBUILD_ON_CHANGE, reference_atlas
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform import annotation, annotation_stages, clustering, counts, crosscheck, references, tangram_transfer
 from sthelar_platform import validation
@@ -68,7 +69,8 @@ def _reference_spec(catalog: SlideCatalogResource, storage: StorageResource, sli
 
 @asset(
     partitions_def=slides_partitions,
-    deps=[cell_counts, nucleus_counts],
+    deps=[cell_counts, nucleus_counts, reference_atlas.key],
+    automation_condition=REBUILD_ON_CHANGE,
     code_version=code_version_of(tangram_transfer, references, annotation_stages.write_tangram_labels,
                                  configs=("annotation", "categories")),
     group_name="annotation",
@@ -124,6 +126,7 @@ def clusters(context: AssetExecutionContext, storage: StorageResource, lineage: 
 @asset(
     partitions_def=slides_partitions,
     deps=[tangram_labels, clusters, cell_counts],
+    automation_condition=REBUILD_ON_CHANGE,
     code_version=code_version_of(annotation, crosscheck, annotation_stages.write_cell_types,
                                  configs=("annotation", "categories")),
     group_name="annotation",

@@ -9,6 +9,7 @@ from assets.annotation import cell_types
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
 from assets.registration import he_registration, passed_registration_of
+from assets.reference_atlas import REBUILD_ON_CHANGE
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform import masks, patches
 from sthelar_platform.config import load_config
@@ -21,6 +22,7 @@ def _patches_asset(magnification: str):
         name=stage,
         partitions_def=slides_partitions,
         deps=[he_registration, he_image, xenium_slide, cell_types],
+        automation_condition=REBUILD_ON_CHANGE,
         code_version=code_version_of(patches, masks, configs=("tiling", "categories")),
         group_name="patches",
         kinds={"python", "png", "numpy"},

@@ -7,6 +7,7 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from assets._runtime import code_version_of, run_slide_stage
 from assets.partitions import slides_partitions
 from assets.patches import patches_20x, patches_40x
+from assets.reference_atlas import REBUILD_ON_CHANGE
 from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform import reference_segmentation as segmentation_lib
 from sthelar_platform.config import load_config
@@ -16,6 +17,7 @@ from sthelar_platform.ids import validate_slide_id
 @asset(
     partitions_def=slides_partitions,
     deps=[patches_40x, patches_20x],
+    automation_condition=REBUILD_ON_CHANGE,
     code_version=code_version_of(segmentation_lib, configs=("tiling",)),
     group_name="patches",
     kinds={"python", "numpy"},

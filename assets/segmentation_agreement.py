@@ -19,6 +19,7 @@ from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from assets.patches import patches_20x, patches_40x
 from assets.reference_segmentation import reference_segmentation
+from assets.reference_atlas import REBUILD_ON_CHANGE
 from resources import LineageResource, StorageResource
 from sthelar_platform import segmentation_agreement as agreement_lib
 from sthelar_platform.config import load_config
@@ -34,6 +35,7 @@ QC_COLUMNS = ["slide_id", "magnification", "patch_id", "x0", "y0", "n_nuclei", "
 @asset(
     partitions_def=slides_partitions,
     deps=[patches_40x, patches_20x, reference_segmentation],
+    automation_condition=REBUILD_ON_CHANGE,
     code_version=code_version_of(agreement_lib, configs=("tiling",)),
     group_name="patches",
     kinds={"python", "parquet", "duckdb"},

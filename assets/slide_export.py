@@ -9,6 +9,7 @@ from assets.annotation import cell_counts, cell_types
 from assets.partitions import slides_partitions
 from assets.registration import registration_of, registered_he
 from assets.segmentation_agreement import segmentation_agreement
+from assets.reference_atlas import REBUILD_ON_CHANGE
 from resources import LineageResource, StorageResource
 from sthelar_platform import slide_export as export_lib
 from sthelar_platform.config import load_config
@@ -21,6 +22,7 @@ STAGES = ("xenium_slide", "registered_he", "cell_counts", "cell_types", "patches
 @asset(
     partitions_def=slides_partitions,
     deps=[segmentation_agreement, registered_he, cell_types, cell_counts],
+    automation_condition=REBUILD_ON_CHANGE,
     code_version=code_version_of(export_lib, configs=("tiling", "categories")),
     group_name="exports",
     kinds={"python", "zarr", "numpy", "png"},

@@ -11,6 +11,7 @@ from assets.ingest import he_image, xenium_slide
 from assets.model_training import cellvit_detailed, cellvit_grouped
 from assets.partitions import slides_partitions
 from assets.registration import he_registration, passed_registration_of
+from assets.reference_atlas import REBUILD_ON_CHANGE
 from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform import slide_predictions as predictions_lib
 from sthelar_platform.cellvit import inference
@@ -30,6 +31,7 @@ def _agreement_md(agreement: pd.DataFrame) -> str:
 @asset(
     partitions_def=slides_partitions,
     deps=[cellvit_detailed, cellvit_grouped, he_registration, he_image, xenium_slide, cell_types],
+    automation_condition=REBUILD_ON_CHANGE,
     code_version=code_version_of(predictions_lib, inference, configs=("training", "tiling", "categories")),
     group_name="predictions",
     kinds={"python", "pytorch", "parquet"},
