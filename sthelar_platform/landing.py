@@ -2,10 +2,11 @@
 
 Layout (``$STHELAR_HOME/landing/incoming/<slide_id>/``)::
 
-    slide.yaml        one manifest entry: tissue, and xenium_dir / he_image / alignment_csv /
-                      reference relative to this folder (slide_id defaults to the folder name)
+    slide.yaml        one manifest entry: tissue, and optionally xenium_dir (default xenium/),
+                      he_image (default the *he_image.ome.tif here or in he/), alignment_csv,
+                      reference, all relative to this folder (slide_id = the folder name)
     xenium/           the Xenium output bundle
-    he/…ome.tif       the H&E image (wherever slide.yaml says)
+    *he_image.ome.tif the H&E image
 
 A folder is *ready* when slide.yaml parses, every required Xenium file and the H&E exist,
 and nothing in it changed between two looks that are at least ``settle_s`` apart (same sizes,
@@ -87,6 +88,9 @@ def inspect_folder(folder: Path) -> LandingFolder:
         if not isinstance(row, dict):
             raise InputError(entry, "slide.yaml must be a mapping", "write `tissue: ...` and the file paths")
         row = {"slide_id": slide_id, "xenium_dir": "xenium", **row}
+        if "he_image" not in row:  # default: the one *he_image.ome.tif beside slide.yaml
+            found = sorted(folder.glob("*he_image.ome.tif")) + sorted(folder.glob("he/*he_image.ome.tif"))
+            row["he_image"] = str(found[0].relative_to(folder)) if found else "he_image.ome.tif"
         spec = parse_slide(row, folder, entry, check_files=False)
     except (InputError, yaml.YAMLError) as exc:
         return LandingFolder(**base, error=str(exc))

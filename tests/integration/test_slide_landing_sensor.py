@@ -1,0 +1,92 @@
+"""The real Dagster daemon runs the slide sensor: a half-copied landing folder is left alone; once the
+copy completes, the slide becomes a partition and exactly one slide-pipeline run is requested."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from dagster import DagsterInstance
+
+from sthelar_platform.config import PACKAGED_CONFIG_DIR
+from sthelar_platform.manifest import SlideCatalog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _age(folder: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    for p in folder.rglob("*"):
+        os.utime(p, (t, t))
+
+
+def _sensor_ticks(instance: DagsterInstance, name: str) -> list:
+    for state in instance.all_instigator_state():
+        if state.instigator_name == name:
+            return list(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=100))
+    return []
+
+
+def _landing_runs(instance: DagsterInstance, slide_id: str) -> list:
+    return [r for r in instance.get_runs() if r.tags.get("dagster/partition") == slide_id
+            and r.tags.get("sthelar/source") == "landing"]
+
+
+def _wait(predicate, timeout_s: float, proc, what: str):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        assert proc.poll() is None, f"the daemon exited ({proc.returncode}) while waiting for {what}"
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_daemon_sensor_waits_for_a_complete_upload_then_requests_one_run(tiny_slide, tmp_path, monkeypatch):
+    home, dagster_home, config = tmp_path / "home", tmp_path / "home" / "dagster", tmp_path / "config"
+    dagster_home.mkdir(parents=True)
+    config.mkdir()
+    # runs stay queued (nothing executes): the test is about what the sensor requests
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nrun_queue:\n  max_concurrent_runs: 0\n")
+    pipeline = yaml.safe_load((PACKAGED_CONFIG_DIR / "pipeline.yaml").read_text())
+    pipeline["automation"].update({"landing_interval_s": 1, "landing_settle_s": 1})
+    (config / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    upload = home / "landing" / "incoming" / "landed_slide"
+    shutil.copytree(tiny_slide / "xenium", upload / "xenium", ignore=lambda d, n: ["transcripts.parquet"])
+    shutil.copy2(next((tiny_slide / "he").glob("*he_image.ome.tif")), upload / "he_image.ome.tif")
+    (upload / "slide.yaml").write_text("tissue: breast\nsynthetic: true\n")
+    _age(upload, 600)
+
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "STHELAR_HOME": str(home), "STHELAR_CONFIG_DIR": str(config)}
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        with DagsterInstance.get() as instance:
+            _wait(lambda: len(_sensor_ticks(instance, "slide_landing_sensor")) >= 3, 240, proc, "three sensor ticks")
+            assert _landing_runs(instance, "landed_slide") == []
+            assert not SlideCatalog(home / "catalog.yaml").list()
+            assert "landed_slide" not in instance.get_dynamic_partitions("slides")
+
+            shutil.copy2(tiny_slide / "xenium" / "transcripts.parquet", upload / "xenium" / "transcripts.parquet")
+            _age(upload, 600)
+            runs = _wait(lambda: _landing_runs(instance, "landed_slide"), 120, proc, "the slide's run request")
+            assert runs[0].job_name == "slide_pipeline"
+            assert "landed_slide" in instance.get_dynamic_partitions("slides")
+            spec = SlideCatalog(home / "catalog.yaml").get("landed_slide")
+            assert spec.tissue == "breast" and spec.xenium_dir == upload / "xenium"
+            n = len(_sensor_ticks(instance, "slide_landing_sensor"))
+            _wait(lambda: len(_sensor_ticks(instance, "slide_landing_sensor")) >= n + 2, 60, proc, "two more ticks")
+            assert len(_landing_runs(instance, "landed_slide")) == 1  # the same upload is requested once
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        print(err[-4000:])
