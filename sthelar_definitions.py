@@ -44,6 +44,25 @@ from sthelar_platform.paths import StorageLayout
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
 
 
+def build_executor():
+    """Local runs: the multiprocess executor. ``STHELAR_EXECUTOR=k8s``: one Kubernetes job per step (deploy/k8s),
+    each asset's pod sized by its ``dagster-k8s/config`` tags (config/deployment.yaml)."""
+    kind = os.environ.get("STHELAR_EXECUTOR", "multiprocess")
+    if kind == "multiprocess":
+        return multiprocess_executor.configured({"max_concurrent": 2})
+    if kind == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured({
+            "job_namespace": os.environ.get("STHELAR_K8S_NAMESPACE", "sthelar"),
+            "max_concurrent": int(os.environ.get("STHELAR_K8S_MAX_CONCURRENT", "32")),
+            # at most this many GPU steps of one run at once (the `gpu` pool limits it across runs)
+            "tag_concurrency_limits": [{"key": "sthelar/compute", "value": "gpu", "limit": 1}],
+            "env_vars": ["STHELAR_HOME", "STHELAR_DEVICE", "STHELAR_CONFIG_DIR", "DBT_SEND_ANONYMOUS_USAGE_STATS"],
+        })
+    raise ValueError(f"STHELAR_EXECUTOR={kind!r}: use multiprocess (default) or k8s")
+
+
 def build_resources(home: str | None = None) -> dict:
     layout = StorageLayout.at(home or os.environ.get("STHELAR_HOME", "./sthelar_home"))
     return {
@@ -105,7 +124,7 @@ defs = Definitions(
     schedules=[qc_nightly, reference_watch],
     sensors=[slide_landing_sensor, automation_sensor],
     resources=build_resources(),
-    executor=multiprocess_executor.configured({"max_concurrent": 2}),
+    executor=build_executor(),
 )
 
 

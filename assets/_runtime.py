@@ -18,11 +18,23 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from resources import LineageResource, StorageResource
 from sthelar_platform.atomic import atomic_dir
-from sthelar_platform.config import config_version
+from sthelar_platform.config import config_version, load_config
 from sthelar_platform.hashing import sha256_text, sha256_tree
 from sthelar_platform.ids import validate_slide_id
 from sthelar_platform.lineage import utcnow
 from sthelar_platform.thumbnails import png_data_uri
+
+
+def compute_class(asset_name: str) -> dict[str, Any]:
+    """``op_tags`` and ``pool`` for an asset from config/deployment.yaml (GPU, memory or default class).
+
+    The tags are what the Kubernetes executor reads (``dagster-k8s/config``); locally they are inert.
+    """
+    cfg = load_config("deployment")
+    name = cfg["assets"].get(asset_name, "default")
+    cls = cfg["classes"][name]
+    k8s = {k: cls[k] for k in ("container_config", "pod_spec_config") if k in cls}
+    return {"op_tags": {"sthelar/compute": name, "dagster-k8s/config": k8s}, "pool": cls.get("pool")}
 
 
 def code_version_of(*objects: Any, configs: tuple[str, ...] = ()) -> str:

@@ -19,7 +19,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, md_image, run_slide_stage
+from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.ingest import xenium_slide
 from assets.partitions import slides_partitions
 from assets.reference_atlas import REBUILD_ON_CHANGE, reference_atlas
@@ -68,6 +68,7 @@ def _reference_spec(catalog: SlideCatalogResource, storage: StorageResource, sli
 
 
 @asset(
+    **compute_class("tangram_labels"),
     partitions_def=slides_partitions,
     deps=[cell_counts, nucleus_counts, reference_atlas.key],
     automation_condition=REBUILD_ON_CHANGE,

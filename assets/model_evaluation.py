@@ -13,7 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.model_training import cellvit_detailed, cellvit_grouped
 from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform import model_evaluation as evaluation_lib
@@ -25,6 +25,7 @@ GROUPINGS = ("detailed", "grouped")
 
 
 @asset(
+    **compute_class("model_evaluation"),
     deps=[cellvit_detailed, cellvit_grouped],
     code_version=code_version_of(evaluation_lib, evaluation, inference, configs=("training",)),
     group_name="training",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets._runtime import code_version_of, md_image, run_slide_stage
+from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.training_dataset import training_dataset
 from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform import model_training as training_lib
@@ -31,7 +31,7 @@ def _cellvit_asset(grouping: str):
         code_version=CODE_VERSION,
         group_name="training",
         kinds={"python", "pytorch"},
-        op_tags={"sthelar/compute": "gpu"},
+        **compute_class(name),
         description=f"CellViT (ViT encoder + UNETR decoder, NP / HV / NT + tissue heads) trained on the "
                     f"{grouping} grouping of the training dataset: models/{name}/best.pt with its model card, "
                     "loss curves and per-epoch metrics (lineage table model_training). Resumes a killed run.",

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from assets._runtime import code_version_of, md_image, run_slide_stage
+from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.annotation import cell_types
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
@@ -19,6 +19,7 @@ def _patches_asset(magnification: str):
     stage = f"patches_{magnification}"
 
     @asset(
+        **compute_class(stage),
         name=stage,
         partitions_def=slides_partitions,
         deps=[he_registration, he_image, xenium_slide, cell_types],

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.partitions import slides_partitions
 from assets.patches import patches_20x, patches_40x
 from assets.reference_atlas import REBUILD_ON_CHANGE
@@ -15,6 +15,7 @@ from sthelar_platform.ids import validate_slide_id
 
 
 @asset(
+    **compute_class("reference_segmentation"),
     partitions_def=slides_partitions,
     deps=[patches_40x, patches_20x],
     automation_condition=REBUILD_ON_CHANGE,

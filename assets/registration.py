@@ -17,7 +17,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, md_image, run_slide_stage
+from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
@@ -30,6 +30,7 @@ from sthelar_platform.ids import validate_slide_id
 
 
 @asset(
+    **compute_class("he_registration"),
     partitions_def=slides_partitions,
     deps=[xenium_slide, he_image],
     code_version=code_version_of(reg_lib, stage_lib, configs=("pipeline",)),

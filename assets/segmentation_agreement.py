@@ -15,7 +15,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, md_image, run_slide_stage
+from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from assets.patches import patches_20x, patches_40x
 from assets.reference_segmentation import reference_segmentation
@@ -33,6 +33,7 @@ QC_COLUMNS = ["slide_id", "magnification", "patch_id", "x0", "y0", "n_nuclei", "
 
 
 @asset(
+    **compute_class("segmentation_agreement"),
     partitions_def=slides_partitions,
     deps=[patches_40x, patches_20x, reference_segmentation],
     automation_condition=REBUILD_ON_CHANGE,

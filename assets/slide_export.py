@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.annotation import cell_counts, cell_types
 from assets.partitions import slides_partitions
 from assets.registration import registration_of, registered_he
@@ -20,6 +20,7 @@ STAGES = ("xenium_slide", "registered_he", "cell_counts", "cell_types", "patches
 
 
 @asset(
+    **compute_class("slide_export"),
     partitions_def=slides_partitions,
     deps=[segmentation_agreement, registered_he, cell_types, cell_counts],
     automation_condition=REBUILD_ON_CHANGE,

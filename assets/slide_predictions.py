@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.annotation import cell_types
 from assets.ingest import he_image, xenium_slide
 from assets.model_training import cellvit_detailed, cellvit_grouped
@@ -35,7 +35,7 @@ def _agreement_md(agreement: pd.DataFrame) -> str:
     code_version=code_version_of(predictions_lib, inference, configs=("training", "tiling", "categories")),
     group_name="predictions",
     kinds={"python", "pytorch", "parquet"},
-    op_tags={"sthelar/compute": "gpu"},
+    **compute_class("slide_predictions"),
     description="Every tissue tile of the slide predicted by the trained CellViT (batched, overlapping tiles merged "
                 "so each nucleus is kept once), each nucleus linked to the Xenium cell it overlaps, and the agreement "
                 "with the transcript-derived labels per class (lineage table prediction_agreement).",

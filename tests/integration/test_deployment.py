@@ -1,0 +1,66 @@
+"""The example Kubernetes deployment: the instance config validates against Dagster's schema, the run
+launcher config against K8sRunLauncher's, and the same definitions select the k8s executor with each
+asset's pod sized by its compute class (GPU for training, memory for tiling)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+from dagster_k8s import K8sRunLauncher
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy" / "k8s"
+
+
+def test_instance_config_validates_with_postgres_and_the_k8s_run_launcher(monkeypatch):
+    for var in ("DAGSTER_PG_HOST", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
+        monkeypatch.setenv(var, "x")
+    config, _ = dagster_instance_config(str(DEPLOY))
+    assert "postgres_db" in config["storage"]["postgres"]
+    launcher = config["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    checked = process_config(K8sRunLauncher.config_type(), launcher["config"])
+    assert checked.success, checked.errors
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+
+
+def test_helm_values_run_the_same_definitions_with_the_k8s_executor():
+    values = yaml.safe_load((DEPLOY / "values.yaml").read_text())
+    dep = values["dagster-user-deployments"]["deployments"][0]
+    env = {e["name"]: e["value"] for e in dep["env"]}
+    assert env["STHELAR_EXECUTOR"] == "k8s" and dep["dagsterApiGrpcArgs"][-1] == "sthelar_definitions.py"
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+
+
+def test_definitions_select_the_k8s_executor_and_size_pods_per_asset(tmp_path):
+    code = """
+import json, sthelar_definitions as d
+from dagster import AssetKey
+job = d.defs.resolve_job_def("slide_pipeline")
+def tags(k):
+    a = d.defs.resolve_assets_def(AssetKey(k))
+    return {"tags": {k: json.loads(v) if k == "dagster-k8s/config" else v for k, v in a.op.tags.items()}, "pool": a.op.pool}
+print(json.dumps({"executor": job.executor_def.name, "training": tags("cellvit_detailed"),
+                  "tiling": tags("patches_40x"), "ingest": tags("xenium_slide")}))
+"""
+    env = {**os.environ, "STHELAR_EXECUTOR": "k8s", "STHELAR_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["executor"] == "k8s"
+    gpu = info["training"]["tags"]["dagster-k8s/config"]["container_config"]["resources"]
+    assert gpu["limits"]["nvidia.com/gpu"] == "1" and info["training"]["pool"] == "gpu"
+    tiling = info["tiling"]["tags"]["dagster-k8s/config"]["container_config"]["resources"]
+    assert tiling["limits"]["memory"] == "24Gi" and info["tiling"]["tags"]["sthelar/compute"] == "memory"
+    assert "dagster-k8s/config" not in info["ingest"]["tags"]  # default class: the executor's defaults
+
+
+def test_local_runs_keep_the_multiprocess_executor():
+    import sthelar_definitions
+
+    assert sthelar_definitions.defs.resolve_job_def("slide_pipeline").executor_def.name == "multiprocess"
