@@ -49,7 +49,10 @@ def build_executor():
     each asset's pod sized by its ``dagster-k8s/config`` tags (config/deployment.yaml)."""
     kind = os.environ.get("STHELAR_EXECUTOR", "multiprocess")
     if kind == "multiprocess":
-        return multiprocess_executor.configured({"max_concurrent": 2})
+        # GPU-class steps (training, evaluation, predictions) one at a time: on a CPU they each use
+        # every core, on one GPU they would share it
+        return multiprocess_executor.configured({"max_concurrent": 2, "tag_concurrency_limits": [
+            {"key": "sthelar/compute", "value": "gpu", "limit": 1}]})
     if kind == "k8s":
         from dagster_k8s import k8s_job_executor
 
