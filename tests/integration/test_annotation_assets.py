@@ -102,7 +102,7 @@ def test_asset_graph_orders_annotation_after_counts():
     graph = sthelar_definitions.defs.resolve_asset_graph()
     parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
     assert parents["cell_types"] == {"tangram_labels", "clusters", "cell_counts"}
-    assert parents["tangram_labels"] == {"cell_counts", "nucleus_counts"}
+    assert parents["tangram_labels"] == {"cell_counts", "nucleus_counts", "reference_atlas"}
     assert parents["cell_counts"] == parents["nucleus_counts"] == {"xenium_slide"}
     assert np.isin(["counts_valid", "annotation_quality"],
                    [k.name for k in graph.asset_check_keys]).all()

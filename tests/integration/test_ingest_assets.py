@@ -80,20 +80,28 @@ def test_unregistered_or_unsafe_partition_fails_clearly(home):
     assert not (home / "warehouse").exists() or not any((home / "warehouse").rglob("x"))
 
 
-COHORT = {"training_dataset", "cellvit_detailed", "cellvit_grouped", "model_evaluation"}
+COHORT = {"training_dataset", "cellvit_detailed", "cellvit_grouped", "model_evaluation", "qc_dashboard"}
+PIPELINE = ["cell_counts", "cell_types", "cellvit_detailed", "cellvit_grouped", "clusters", "he_image", "he_registration",
+            "model_evaluation", "nucleus_counts", "patches_20x", "patches_40x", "qc_dashboard", "reference_segmentation",
+            "registered_he", "segmentation_agreement", "slide_export", "slide_predictions", "tangram_labels",
+            "training_dataset", "xenium_slide"]
+DBT_MODELS = ["annotation_review", "model_leaderboard", "output_lineage", "patch_quality", "slide_summary",
+              "staging/stg_annotation_clusters", "staging/stg_annotation_qc", "staging/stg_materializations",
+              "staging/stg_model_eval", "staging/stg_model_training", "staging/stg_patch_qc",
+              "staging/stg_prediction_agreement", "staging/stg_registration_qc", "staging/stg_slide_ingest"]
 
 
 def test_asset_graph_snapshot():
     defs = sthelar_definitions.defs
-    keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
-    assert keys == ["cell_counts", "cell_types", "cellvit_detailed", "cellvit_grouped", "clusters", "he_image",
-                    "he_registration", "model_evaluation", "nucleus_counts", "patches_20x", "patches_40x",
-                    "reference_segmentation", "registered_he", "segmentation_agreement", "slide_export",
-                    "slide_predictions", "tangram_labels", "training_dataset", "xenium_slide"]
-    checks = sorted(k.name for k in defs.resolve_asset_graph().asset_check_keys)
+    graph = defs.resolve_asset_graph()
+    assert sorted(k.to_user_string() for k in graph.materializable_asset_keys) == sorted(PIPELINE + DBT_MODELS)
+    # observed / external: the reference atlases and the lineage tables no Python asset owns alone
+    assert sorted(k.to_user_string() for k in defs.resolve_all_asset_keys() if k not in graph.materializable_asset_keys) \
+        == ["lineage/annotation_clusters", "lineage/materializations", "reference_atlas"]
+    checks = sorted(k.name for k in graph.asset_check_keys if not k.asset_key.to_user_string() in DBT_MODELS)
     assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "model_targets", "patch_quality",
                       "registration_quality"]
-    graph = defs.resolve_asset_graph()
+    assert sum(k.asset_key.to_user_string() in DBT_MODELS for k in graph.asset_check_keys) == 39  # the dbt tests
     upstream = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
                 for k in graph.get_all_asset_keys()}
     assert upstream["patches_40x"] == ["cell_types", "he_image", "he_registration", "xenium_slide"]
@@ -106,7 +114,9 @@ def test_asset_graph_snapshot():
                                              "he_registration", "xenium_slide"]
     job = defs.resolve_job_def("slide_pipeline")
     assert job.partitions_def.name == "slides"
-    for key in defs.resolve_all_asset_keys():
+    for key in graph.materializable_asset_keys:
+        if key.to_user_string() in DBT_MODELS:
+            continue
         spec = defs.resolve_assets_def(key)
         assert spec.code_versions_by_key[key]
         if key.to_user_string() in COHORT:  # cohort assets: one across slides
