@@ -82,3 +82,22 @@ def test_reference_versions_are_the_atlas_hashes_per_slide(world):
     records = instance.fetch_observations(AssetKey("reference_atlas"), limit=50).records
     versions = {r.asset_observation.partition: r.asset_observation.tags["dagster/data_version"] for r in records}
     assert versions == {slide: sha256_text(f"{tissue} atlas v1") for slide, tissue in SLIDES.items()}
+
+
+def test_qc_refresh_is_scheduled_nightly_and_targets_dbt_and_the_dashboard():
+    from dagster import DefaultScheduleStatus, build_schedule_context
+
+    schedule = next(s for s in sthelar_definitions.defs.schedules if s.name == "qc_nightly")
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.default_status == DefaultScheduleStatus.RUNNING
+    requests = schedule.evaluate_tick(build_schedule_context()).run_requests
+    assert len(requests) == 1
+    job = sthelar_definitions.defs.resolve_job_def(schedule.job_name)
+    selected = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
+    assert {"slide_summary", "patch_quality", "qc_dashboard"} <= selected
+
+
+def test_reference_watch_observes_the_atlases_on_a_schedule():
+    schedule = next(s for s in sthelar_definitions.defs.schedules if s.name == "reference_watch")
+    job = sthelar_definitions.defs.resolve_job_def(schedule.job_name)
+    assert schedule.cron_schedule == "*/15 * * * *"
+    assert {k.to_user_string() for k in job.asset_layer.asset_graph.get_all_asset_keys()} >= {"reference_atlas"}
