@@ -90,6 +90,8 @@ def _page_loads(site: Path, slides: list[str]) -> dict:
             driver.get(f"{base}/{name}")
             while driver.execute_script("return document.querySelectorAll('.plot[data-rendered=true]').length") < (
                     1 if name == "index.html" else 3):
+                if time.perf_counter() - t0 > 30:
+                    raise RuntimeError(f"{name}: plots not drawn after 30 s: {console_errors(driver)}")
                 time.sleep(0.01)
             drawn[name] = time.perf_counter() - t0
             times[name] = driver.execute_script(

@@ -37,10 +37,13 @@ function sthelarSlide(d) {
   plot("plot-celltype-map", Object.keys(cm).map((c, i) => ({ type: "scattergl", mode: "markers", name: c, x: cm[c].x, y: cm[c].y,
     marker: { size: 3, color: PALETTE[i % PALETTE.length] } })),
     { title: { text: "cell types in space" + (d.cell_map_sampled ? " (sample)" : "") }, yaxis: { autorange: "reversed", scaleanchor: "x" }, xaxis: { title: { text: "x (µm)" } } });
-  const p = d.patches;
-  plot("plot-patch-map", p.x0.length ? [{ type: "scattergl", mode: "markers", x: p.x0, y: p.y0, text: p.patch_id,
-    marker: { size: 5, symbol: "square", color: p.jaccard, colorscale: QUALITY, cmin: 0, cmax: 1, colorbar: { title: { text: "Jaccard" } } } }] : [],
-    { title: { text: "40x patches by Jaccard" }, yaxis: { autorange: "reversed", scaleanchor: "x" }, xaxis: { title: { text: "x (px, 40x)" } } });
-  plot("plot-patch-hist", ["dice", "jaccard", "bpq", "det_f1"].filter(m => p[m] && p[m].length).map(m => ({ type: "histogram", name: m, x: p[m],
-    opacity: 0.6, xbins: { start: 0, end: 1.0001, size: 0.025 } })), { barmode: "overlay", title: { text: "metric distributions, 40x" }, xaxis: { range: [0, 1] } });
+  const g = d.patch_grid;
+  plot("plot-patch-map", g.n ? [{ type: "heatmap", z: g.z, x: g.x, y: g.y, zmin: 0, zmax: 1, colorscale: QUALITY,
+    hoverongaps: false, colorbar: { title: { text: "Jaccard" } } }] : [],
+    { title: { text: g.n + " patches at 40x by Jaccard" }, yaxis: { autorange: "reversed", scaleanchor: "x" },
+      xaxis: { title: { text: "x (px, 40x)" } } });
+  const h = d.histograms;
+  plot("plot-patch-hist", Object.keys(h.counts).filter(m => h.counts[m].some(c => c > 0)).map(m => ({ type: "bar",
+    name: m, x: h.centers, y: h.counts[m], opacity: 0.6 })), { barmode: "overlay", bargap: 0,
+    title: { text: "metric distributions, 40x" }, xaxis: { range: [0, 1] }, yaxis: { title: { text: "patches" } } });
 }

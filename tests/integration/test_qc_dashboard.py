@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _browser import chromium, console_errors, free_port, screenshot, wait_for_http
 from selenium.webdriver.common.by import By
@@ -67,6 +68,7 @@ def test_slide_page_shows_registration_cell_types_patches_review_and_model(serve
     assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) > 100
     assert len(driver.find_elements(By.CSS_SELECTOR, "#review-table tbody tr")) > 0
     assert len(driver.find_elements(By.CSS_SELECTOR, "#prediction-table tbody tr")) == 9
-    n_points = driver.execute_script("return document.getElementById('plot-patch-map').data[0].x.length")
-    assert n_points > 0
+    cells = driver.execute_script(
+        "return document.getElementById('plot-patch-map').data[0].z.flat().filter(v => v !== null).length")
+    assert cells == len(pd.read_parquet(home / "warehouse" / "patches_40x" / "tiny" / "patches.parquet")) > 0
     assert screenshot(driver, home / "screenshots" / "dashboard_slide_tiny.png").stat().st_size > 10_000

@@ -3,7 +3,9 @@ the embedded JSON cannot close its script tag."""
 
 import json
 
-from sthelar_platform.qc_dashboard import _json, dbt_status, slide_warnings
+import numpy as np
+
+from sthelar_platform.qc_dashboard import _json, dbt_status, metric_histograms, patch_grid, slide_warnings
 
 T = {"max_frac_flagged": 0.5, "flag_below_jaccard": 0.45}
 
@@ -33,3 +35,13 @@ def test_missing_dbt_results_are_reported(tmp_path):
 def test_embedded_json_is_script_safe_and_has_no_nan():
     text = _json({"a": float("nan"), "b": "</script><script>alert(1)</script>"})
     assert "</script>" not in text and json.loads(text)["a"] is None
+
+
+def test_patches_land_in_their_grid_cells_and_histograms_count_defined_values():
+    p = {"x0": np.array([0, 192, 576]), "y0": np.array([0, 0, 384]), "jaccard": np.array([0.5, np.nan, 0.9]),
+         "dice": np.array([0.6, np.nan, 0.95]), "bpq": np.array([0.4, np.nan, 0.8]), "det_f1": np.array([1.0, np.nan, 1.0])}
+    g = patch_grid(p)
+    assert g["x"] == [0, 192, 384, 576] and g["y"] == [0, 192, 384] and g["n"] == 3
+    assert g["z"][0][0] == 0.5 and g["z"][0][1] is None and g["z"][2][3] == 0.9 and g["z"][1][2] is None
+    h = metric_histograms(p)
+    assert sum(h["counts"]["jaccard"]) == 2 and len(h["centers"]) == 40 and h["counts"]["det_f1"][-1] == 2
