@@ -79,6 +79,7 @@ def test_tiny_config_overfits_a_handful_of_patches(tmp_path):
     torch.set_num_threads(2)
     records = _patches(tmp_path / "data")
     ds = PatchDataset(records)
+    torch.manual_seed(0)  # the initial weights too, not only the training run, are seeded (as the assets do)
     model = build_model("tiny", n_types=3, n_tissues=1, img_size=128)
     before = _bpq(model, ds)
     res = train(model, ds, ds, tmp_path / "run", TrainSettings(epochs=30, batch_size=4, lr=2e-3, patience=100))
