@@ -14,15 +14,12 @@ from dagster import (
 )
 
 from assets._runtime import code_version_of, compute_class, run_slide_stage
-from assets.model_training import cellvit_detailed, cellvit_grouped
+from assets.model_training import GROUPINGS, cellvit_detailed, cellvit_grouped
 from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform import model_evaluation as evaluation_lib
 from sthelar_platform.cellvit import evaluation, inference
 from sthelar_platform.config import load_config
 from sthelar_platform.errors import require_stage_output
-
-GROUPINGS = ("detailed", "grouped")
-
 
 @asset(
     **compute_class("model_evaluation"),

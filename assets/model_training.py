@@ -59,10 +59,9 @@ def _cellvit_asset(grouping: str):
 
         def compute_fn(out: Path) -> dict:
             context.log.info(f"{name}: training CellViT-{size} on {device} (dataset version {dataset_version[:12]})")
-            card = training_lib.train_cellvit(layout.exports / "dataset", grouping, cfg, device,
+            card, history = training_lib.train_cellvit(layout.exports / "dataset", grouping, cfg, device,
                                               layout.root / "work" / "training", out, dataset_version, CODE_VERSION,
                                               layout.root, on_epoch)
-            history = training_lib.read_history(out / "history.csv")
             return {"model_card": card, "device": device, "size": size, "best_val_loss": card["best_val_loss"],
                     "best_epoch": card["best_epoch"], "epochs_run": card["epochs_run"],
                     "resumed_from_epoch": card["resumed_from_epoch"], "n_parameters": card["n_parameters"],
@@ -76,5 +75,6 @@ def _cellvit_asset(grouping: str):
     return _asset
 
 
-cellvit_detailed = _cellvit_asset("detailed")
-cellvit_grouped = _cellvit_asset("grouped")
+# the class groupings a model is trained for (config/categories.yaml); evaluation and predictions use the same
+GROUPINGS = ("detailed", "grouped")
+cellvit_detailed, cellvit_grouped = (_cellvit_asset(g) for g in GROUPINGS)

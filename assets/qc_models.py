@@ -37,6 +37,10 @@ def qc_models(context: AssetExecutionContext, dbt: DbtCliResource, storage: Stor
     try:
         yield from invocation.stream()
         results = invocation.target_path / "run_results.json"
+        if not results.exists():
+            raise RuntimeError(f"dbt build wrote no {results.name} (it stopped before running any model; its log is in "
+                               f"this step's output). Fix the dbt profile or project in {qc_dbt_project.project_dir}; "
+                               f"the last good QC database {build.final} is kept")
         summary = qc_lib.summarize_run_results(results)
         broken = [p for p in summary["problems"] if p["kind"] == "model" and p["status"] == "error"]
         models_ok = not broken and build.database.exists()

@@ -8,7 +8,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.annotation import cell_types
 from assets.ingest import he_image, xenium_slide
-from assets.model_training import cellvit_detailed, cellvit_grouped
+from assets.model_training import GROUPINGS, cellvit_detailed, cellvit_grouped
 from assets.partitions import slides_partitions
 from assets.registration import he_registration, passed_registration_of
 from assets.reference_atlas import REBUILD_ON_CHANGE
@@ -46,9 +46,9 @@ def slide_predictions(context: AssetExecutionContext, storage: StorageResource, 
     r = passed_registration_of(storage, slide_id)
     cfg = load_config("training")
     grouping = cfg["inference"]["grouping"]
-    if grouping not in ("detailed", "grouped"):
+    if grouping not in GROUPINGS:
         raise InputError(None, f"inference.grouping {grouping!r} is not a trained grouping",
-                         "set inference.grouping to detailed or grouped in config/training.yaml")
+                         f"set inference.grouping to one of {', '.join(GROUPINGS)} in config/training.yaml")
     ckpt = require_stage_output(storage.layout.models / f"cellvit_{grouping}" / "best.pt", f"cellvit_{grouping}")
     device = compute.resolve()
     model = inference.load_model(ckpt, device, cfg.get("postprocess"))
@@ -60,12 +60,12 @@ def slide_predictions(context: AssetExecutionContext, storage: StorageResource, 
             if done % 10 == 0 or done == total:
                 context.log.info(f"{slide_id}: region {done}/{total}")
 
-        s = predictions_lib.predict_slide(
+        s, agreement = predictions_lib.predict_slide(
             slide_id, storage.stage_dir("he_image", slide_id) / "he_image.ome.tif",
             storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet",
             storage.stage_dir("cell_types", slide_id) / "cell_labels.parquet", r.he_px_to_um,
             r.implied_he_pixel_size_um, model, mid, out, load_config("tiling"), cfg, progress)
-        agreement = holder["agreement"] = pd.read_csv(out / "agreement.csv")
+        holder["agreement"] = agreement
         context.log.info(f"{slide_id}: {s['n_predicted']} nuclei predicted on {s['n_tiles']} tiles "
                          f"({s['tiles_per_s']:.1f} tiles/s on {device}); {s['n_linked']} linked to Xenium cells, "
                          f"label accuracy {s['label_accuracy']:.3f}")

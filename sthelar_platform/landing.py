@@ -3,7 +3,7 @@
 Layout (``$STHELAR_HOME/landing/incoming/<slide_id>/``)::
 
     slide.yaml        one manifest entry: tissue, and optionally xenium_dir (default xenium/),
-                      he_image (default the *he_image.ome.tif here or in he/), alignment_csv,
+                      he_image (default the first *he_image.ome.tif below), alignment_csv,
                       reference, all relative to this folder (slide_id = the folder name)
     xenium/           the Xenium output bundle
     *he_image.ome.tif the H&E image
@@ -26,7 +26,7 @@ import yaml
 from sthelar_platform.errors import InputError
 from sthelar_platform.hashing import sha256_text
 from sthelar_platform.ids import validate_slide_id
-from sthelar_platform.manifest import SlideSpec, parse_slide
+from sthelar_platform.manifest import SlideSpec, find_he_image, parse_slide
 from sthelar_platform.xenium_bundle import REQUIRED_FILES
 
 SLIDE_FILE = "slide.yaml"
@@ -88,9 +88,9 @@ def inspect_folder(folder: Path) -> LandingFolder:
         if not isinstance(row, dict):
             raise InputError(entry, "slide.yaml must be a mapping", "write `tissue: ...` and the file paths")
         row = {"slide_id": slide_id, "xenium_dir": "xenium", **row}
-        if "he_image" not in row:  # default: the one *he_image.ome.tif beside slide.yaml
-            found = sorted(folder.glob("*he_image.ome.tif")) + sorted(folder.glob("he/*he_image.ome.tif"))
-            row["he_image"] = str(found[0].relative_to(folder)) if found else "he_image.ome.tif"
+        if "he_image" not in row:  # default: found as `sthelar slides add --folder` finds it
+            found = find_he_image(folder)
+            row["he_image"] = str(found.relative_to(folder)) if found else "he_image.ome.tif"
         spec = parse_slide(row, folder, entry, check_files=False)
     except (InputError, yaml.YAMLError) as exc:
         return LandingFolder(**base, error=str(exc))

@@ -105,17 +105,23 @@ def load_manifest(path: str | Path, check_files: bool = True) -> list[SlideSpec]
     return specs
 
 
+def find_he_image(folder: Path) -> Path | None:
+    """The H&E of a slide folder: the first ``*he_image.ome.tif`` below it, else any non-morphology OME-TIFF."""
+    hes = sorted(folder.rglob("*he_image.ome.tif")) or sorted(folder.rglob("*.ome.tif*"))
+    hes = [p for p in hes if "morphology" not in p.name]
+    return hes[0] if hes else None
+
+
 def specs_from_folder(folder: str | Path, tissue: str, slide_id: str | None = None) -> SlideSpec:
     """A slide from a folder holding a Xenium bundle (``xenium/`` or the folder itself) and an H&E image."""
     folder = Path(folder).resolve()
     xen = folder / "xenium" if (folder / "xenium" / "experiment.xenium").exists() else folder
-    hes = sorted(folder.rglob("*he_image.ome.tif")) or sorted(folder.rglob("*.ome.tif*"))
-    hes = [p for p in hes if "morphology" not in p.name]
-    if not hes:
+    he = find_he_image(folder)
+    if he is None:
         raise InputError(folder, "no H&E image (*he_image.ome.tif) found", "pass a manifest naming the H&E image instead")
     csvs = sorted(folder.rglob("*alignment.csv"))
     row = {"slide_id": slide_id or folder.name.lower().replace(" ", "_"), "tissue": tissue, "xenium_dir": str(xen),
-           "he_image": str(hes[0])}
+           "he_image": str(he)}
     if csvs:
         row["alignment_csv"] = str(csvs[0])
     return parse_slide(row, folder, folder)

@@ -70,11 +70,6 @@ def run_key(*parts: object) -> str:
     return sha256_text(json.dumps([str(p) for p in parts]))[:16]
 
 
-def read_history(path: Path) -> list[dict]:
-    """The per-epoch rows a training run wrote (``history.csv``)."""
-    return pd.read_csv(require_stage_output(path, "cellvit_*")).to_dict("records")
-
-
 def loss_curve_png(history: list[dict], path: Path) -> Path:
     import matplotlib
 
@@ -96,8 +91,11 @@ def loss_curve_png(history: list[dict], path: Path) -> Path:
 
 def train_cellvit(dataset: Path, grouping: str, cfg: dict, device: str, work_root: Path, out: Path,
                   dataset_version: str, code_version: str, root: Path | None = None,
-                  on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train one grouping's model; writes ``best.pt``, ``model.json``, ``history.csv`` and ``loss_curve.png``."""
+                  on_epoch: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
+    """Train one grouping's model; writes ``best.pt``, ``model.json``, ``history.csv`` and ``loss_curve.png``.
+
+    Returns the model card and the per-epoch rows (resumed epochs included).
+    """
     gdir = grouping_dir(dataset, cfg, grouping)
     classes, weights = dataset_classes(gdir)
     tissues = dataset_tissues(gdir)
@@ -136,4 +134,4 @@ def train_cellvit(dataset: Path, grouping: str, cfg: dict, device: str, work_roo
             "train_patches_per_s": float(np.mean([h["patches_per_s"] for h in result.history])) if result.history else 0.0,
             "work_dir": str(work)}
     (out / "model.json").write_text(json.dumps(card, indent=2, default=str))
-    return card
+    return card, result.history

@@ -116,8 +116,8 @@ def summarize_run_results(path: Path) -> dict:
     nodes = []
     for r in data.get("results", []):
         uid = r.get("unique_id", "")
-        nodes.append({"unique_id": uid, "kind": uid.split(".", 1)[0], "name": uid.rsplit(".", 1)[-1]
-                      if uid.startswith("model.") else uid.split(".")[2] if uid.count(".") >= 2 else uid,
+        parts = uid.split(".")  # model.<project>.<name> / test.<project>.<name>.<hash>
+        nodes.append({"unique_id": uid, "kind": parts[0], "name": parts[2] if len(parts) > 2 else uid,
                       "status": r.get("status"), "failures": r.get("failures"), "message": r.get("message")})
     counts: dict[str, int] = {}
     for n in nodes:

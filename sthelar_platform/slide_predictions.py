@@ -91,8 +91,11 @@ def agreement_by_category(cells: pd.DataFrame, classes: tuple[str, ...]) -> pd.D
 
 def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: Path, he_px_to_um: np.ndarray,
                   level0_um: float, model: LoadedModel, model_id: str, out: Path, tiling_cfg: dict, cfg: dict,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write ``predicted_cells.parquet``, ``agreement.csv``, ``confusion.csv`` and ``summary.json``."""
+                  progress: Callable[[int, int], None] | None = None) -> tuple[dict, pd.DataFrame]:
+    """Write ``predicted_cells.parquet``, ``agreement.csv``, ``confusion.csv`` and ``summary.json``.
+
+    Returns the summary and the per-class agreement table.
+    """
     icfg = cfg["inference"]
     grouping = model.meta.get("grouping")
     mag = model.meta.get("magnification")
@@ -186,7 +189,7 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
         "tiles_per_s": len(tiles) / max(wall, 1e-9), "wall_s": wall,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return summary, agreement
 
 
 def _mark_seen_xenium(xen: np.ndarray, cells: np.ndarray, x0: int, y0: int, tiles: set[tuple[int, int]], stride: int,
