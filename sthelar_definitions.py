@@ -13,7 +13,7 @@ from dagster import (
     multiprocess_executor,
 )
 
-from assets.annotation import (
+from assets.annotation.labels import (
     annotation_quality,
     cell_counts,
     cell_types,
@@ -24,22 +24,22 @@ from assets.annotation import (
 )
 from assets.automation import automation_sensor, observe_references_job, reference_watch, slide_landing_sensor
 from assets.ingest import he_image, xenium_slide
-from assets.model_evaluation import model_evaluation, model_targets
-from assets.model_training import cellvit_detailed, cellvit_grouped
-from assets.patches import patches_20x, patches_40x
-from assets.reference_atlas import reference_atlas
-from assets.qc_dashboard import qc_dashboard
-from assets.qc_models import qc_models
-from assets.reference_segmentation import reference_segmentation
-from assets.segmentation_agreement import patch_quality, segmentation_agreement
-from assets.slide_export import slide_export
-from assets.slide_predictions import slide_predictions
-from assets.training_dataset import training_dataset
+from assets.model.evaluation import model_evaluation, model_targets
+from assets.model.training import cellvit_detailed, cellvit_grouped
+from assets.tiling.patches import patches_20x, patches_40x
+from assets.annotation.reference_atlas import reference_atlas
+from assets.qc.dashboard import qc_dashboard
+from assets.qc.dbt_project import qc_models
+from assets.tiling.reference_segmentation import reference_segmentation
+from assets.tiling.agreement import patch_quality, segmentation_agreement
+from assets.tiling.exports import slide_export
+from assets.model.predictions import slide_predictions
+from assets.model.dataset import training_dataset
 from assets.partitions import slides_partitions
 from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
 from resources import ComputeDeviceResource, LineageResource, SlideCatalogResource, StorageResource
 from resources.dbt import dbt_resource
-from sthelar_platform.paths import StorageLayout
+from sthelar_platform.core.paths import StorageLayout
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
 

@@ -17,12 +17,12 @@ from typing import Any
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
 
 from resources import LineageResource, StorageResource
-from sthelar_platform.atomic import atomic_dir
-from sthelar_platform.config import config_version, load_config
-from sthelar_platform.hashing import sha256_text, sha256_tree
-from sthelar_platform.ids import validate_slide_id
-from sthelar_platform.lineage import utcnow
-from sthelar_platform.thumbnails import png_data_uri
+from sthelar_platform.core.atomic import atomic_dir
+from sthelar_platform.core.config import config_version, load_config
+from sthelar_platform.core.hashing import sha256_text, sha256_tree
+from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.core.lineage import utcnow
+from sthelar_platform.core.thumbnails import png_data_uri
 
 
 def compute_class(asset_name: str) -> dict[str, Any]:

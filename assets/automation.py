@@ -25,12 +25,12 @@ from dagster import (
 )
 
 from assets.partitions import slides_partitions
-from assets.reference_atlas import reference_atlas
+from assets.annotation.reference_atlas import reference_atlas
 from resources import SlideCatalogResource, StorageResource
-from sthelar_platform import landing
-from sthelar_platform.config import load_config
-from sthelar_platform.errors import InputError
-from sthelar_platform.manifest import SlideCatalog
+from sthelar_platform.ingest import landing
+from sthelar_platform.core.config import load_config
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.ingest.manifest import SlideCatalog
 
 AUTOMATION = load_config("pipeline")["automation"]
 

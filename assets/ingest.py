@@ -8,10 +8,10 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
-from sthelar_platform import he_image as he_lib
-from sthelar_platform import ingest as ingest_lib
-from sthelar_platform import xenium_bundle
-from sthelar_platform.config import load_config
+from sthelar_platform.ingest import he_image as he_lib
+from sthelar_platform.ingest import xenium as ingest_lib
+from sthelar_platform.ingest import xenium_bundle
+from sthelar_platform.core.config import load_config
 
 
 @asset(

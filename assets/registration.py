@@ -21,12 +21,12 @@ from assets._runtime import code_version_of, compute_class, md_image, run_slide_
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
-from sthelar_platform import he_registration as stage_lib
-from sthelar_platform import registered_he as registered_lib
-from sthelar_platform import registration as reg_lib
-from sthelar_platform.config import load_config
-from sthelar_platform.errors import InputError
-from sthelar_platform.ids import validate_slide_id
+from sthelar_platform.registration import slide as stage_lib
+from sthelar_platform.registration import registered_he as registered_lib
+from sthelar_platform.registration import transform as reg_lib
+from sthelar_platform.core.config import load_config
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.ids import validate_slide_id
 
 
 @asset(

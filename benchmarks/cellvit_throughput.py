@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sthelar_platform.cellvit.inference import LoadedModel  # noqa: E402
-from sthelar_platform.cellvit.losses import cellvit_loss  # noqa: E402
-from sthelar_platform.cellvit.model import build_model  # noqa: E402
-from sthelar_platform.cellvit.targets import patch_targets  # noqa: E402
+from sthelar_platform.model.cellvit.inference import LoadedModel  # noqa: E402
+from sthelar_platform.model.cellvit.losses import cellvit_loss  # noqa: E402
+from sthelar_platform.model.cellvit.model import build_model  # noqa: E402
+from sthelar_platform.model.cellvit.targets import patch_targets  # noqa: E402
 
 
 def drawn_batch(n: int, seed: int = 0) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:

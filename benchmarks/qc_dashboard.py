@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     from dagster import DagsterInstance, materialize
 
     import sthelar_definitions
-    from assets.qc_dashboard import dashboard_thresholds
-    from sthelar_platform.paths import StorageLayout
-    from sthelar_platform.qc_dashboard import build_dashboard
-    from sthelar_platform.qc_models import qc_database, run_results_path
-    from sthelar_platform.synthetic_qc import write_synthetic_qc
+    from assets.qc.dashboard import dashboard_thresholds
+    from sthelar_platform.core.paths import StorageLayout
+    from sthelar_platform.qc.dashboard import build_dashboard
+    from sthelar_platform.qc.dbt_project import qc_database, run_results_path
+    from synthetic_qc import write_synthetic_qc
 
     home = Path(tempfile.mkdtemp(prefix="qc_bench_"))
     layout = StorageLayout.at(home)

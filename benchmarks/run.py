@@ -6,7 +6,7 @@ JSON per stage in $STHELAR_HOME/bench/<stage>.json: wall_s, throughput (+unit), 
 
 import sys
 
-from sthelar_platform.cli import main
+from sthelar_cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

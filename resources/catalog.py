@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dagster import ConfigurableResource
 
-from sthelar_platform.manifest import SlideCatalog, SlideSpec
+from sthelar_platform.ingest.manifest import SlideCatalog, SlideSpec
 
 
 class SlideCatalogResource(ConfigurableResource):

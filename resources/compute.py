@@ -4,7 +4,7 @@ import os
 
 from dagster import ConfigurableResource
 
-from sthelar_platform.errors import InputError
+from sthelar_platform.core.errors import InputError
 
 
 class ComputeDeviceResource(ConfigurableResource):

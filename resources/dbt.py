@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dagster_dbt import DbtCliResource, DbtProject
 
-from sthelar_platform.qc_models import DBT_PROJECT_DIR, ensure_manifest
+from sthelar_platform.qc.dbt_project import DBT_PROJECT_DIR, ensure_manifest
 
 # The manifest is (re)parsed offline when the dbt project changed: loading the code location
 # never needs a manual `dbt parse`.

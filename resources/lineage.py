@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dagster import ConfigurableResource
 
-from sthelar_platform.lineage import LineageStore
+from sthelar_platform.core.lineage import LineageStore
 
 
 class LineageResource(ConfigurableResource):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from sthelar_platform.paths import StorageLayout
+from sthelar_platform.core.paths import StorageLayout
 
 
 class StorageResource(ConfigurableResource):

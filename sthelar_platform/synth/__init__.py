@@ -18,12 +18,12 @@ import polars as pl
 import scipy.sparse as sp
 import yaml
 
-from sthelar_platform.atomic import atomic_dir, atomic_file
-from sthelar_platform.categories import load_categories
-from sthelar_platform.config import load_config
-from sthelar_platform.errors import InputError
-from sthelar_platform.ids import validate_slide_id
-from sthelar_platform.imaging import write_pyramidal_ome_tiff
+from sthelar_platform.core.atomic import atomic_dir, atomic_file
+from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.config import load_config
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.core.imaging import write_pyramidal_ome_tiff
 from sthelar_platform.synth import xenium_writer as xw
 from sthelar_platform.synth.expression import Programs, build_programs, sample_panel_counts, sample_reference_counts
 from sthelar_platform.synth.layout import GRID_UM, REGION_CODE, build_layout, place_cells

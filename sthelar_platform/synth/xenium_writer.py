@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import zarr
 
-from sthelar_platform.ids import encode_cell_ids
+from sthelar_platform.core.ids import encode_cell_ids
 from sthelar_platform.synth.layout import N_VERTICES, Cells
 from sthelar_platform.synth.render import LabelRenderer
 

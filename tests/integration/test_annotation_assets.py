@@ -11,9 +11,9 @@ from dagster import AssetKey, DagsterInstance, materialize
 from sklearn.metrics import f1_score
 
 import sthelar_definitions
-from sthelar_platform.hashing import sha256_tree
-from sthelar_platform.lineage import LineageStore
-from sthelar_platform.manifest import SlideCatalog, load_manifest
+from sthelar_platform.core.hashing import sha256_tree
+from sthelar_platform.core.lineage import LineageStore
+from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
 
 STAGES = ("xenium_slide", "nucleus_counts", "cell_counts", "tangram_labels", "clusters", "cell_types")
 ASSETS = [a for a in sthelar_definitions.ALL_ASSETS if a.key.to_user_string() in STAGES]

@@ -9,8 +9,8 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance, evaluate_au
 from dagster._core.definitions.observe import observe
 
 import sthelar_definitions
-from assets.reference_atlas import reference_atlas
-from sthelar_platform.manifest import SlideCatalog, SlideSpec
+from assets.annotation.reference_atlas import reference_atlas
+from sthelar_platform.ingest.manifest import SlideCatalog, SlideSpec
 
 SLIDES = {"breast_a": "breast", "breast_b": "breast", "skin_a": "skin"}
 REBUILT = {"tangram_labels", "cell_types", "patches_40x", "patches_20x", "reference_segmentation",
@@ -77,7 +77,7 @@ def test_observing_an_unchanged_atlas_rebuilds_nothing(world):
 
 def test_reference_versions_are_the_atlas_hashes_per_slide(world):
     _, instance, _ = world
-    from sthelar_platform.hashing import sha256_text
+    from sthelar_platform.core.hashing import sha256_text
 
     records = instance.fetch_observations(AssetKey("reference_atlas"), limit=50).records
     versions = {r.asset_observation.partition: r.asset_observation.tags["dagster/data_version"] for r in records}

@@ -7,7 +7,7 @@ import yaml
 
 
 def _cli(*args, home):
-    return subprocess.run([sys.executable, "-m", "sthelar_platform.cli", "--home", str(home), *args],
+    return subprocess.run([sys.executable, "-m", "sthelar_cli", "--home", str(home), *args],
                           capture_output=True, text=True, timeout=600)
 
 

@@ -50,7 +50,7 @@ def _skip_welcome(driver) -> None:
 
 def test_materialize_a_slide_partition_from_the_ui(tiny_cohort, tmp_path, monkeypatch):
     home = tmp_path / "home"
-    r = subprocess.run([sys.executable, "-m", "sthelar_platform.cli", "--home", str(home), "slides", "add",
+    r = subprocess.run([sys.executable, "-m", "sthelar_cli", "--home", str(home), "slides", "add",
                         "--manifest", str(tiny_cohort / "manifest.yaml")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     port = free_port()

@@ -11,10 +11,10 @@ from dagster import DagsterInstance, materialize
 
 import sthelar_definitions
 from assets.ingest import he_image, xenium_slide
-from sthelar_platform.atomic import TMP_MARKER
-from sthelar_platform.hashing import sha256_tree
-from sthelar_platform.lineage import LineageStore
-from sthelar_platform.manifest import SlideCatalog, load_manifest
+from sthelar_platform.core.atomic import TMP_MARKER
+from sthelar_platform.core.hashing import sha256_tree
+from sthelar_platform.core.lineage import LineageStore
+from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,10 +11,10 @@ import yaml
 from dagster import AssetKey, materialize
 
 import sthelar_definitions
-from sthelar_platform.config import PACKAGED_CONFIG_DIR
-from sthelar_platform.hashing import sha256_tree
-from sthelar_platform.lineage import LineageStore
-from sthelar_platform.patches import load_labels
+from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
+from sthelar_platform.core.hashing import sha256_tree
+from sthelar_platform.core.lineage import LineageStore
+from sthelar_platform.tiling.patches import load_labels
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 import sthelar_definitions
-from sthelar_platform.categories import load_categories
-from sthelar_platform.hashing import sha256_tree
-from sthelar_platform.ids import cell_ids_to_mask_ints
-from sthelar_platform.imaging import read_level_region
-from sthelar_platform.lineage import LineageStore
-from sthelar_platform.manifest import SlideCatalog, load_manifest
-from sthelar_platform.patches import load_labels
+from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.hashing import sha256_tree
+from sthelar_platform.core.ids import cell_ids_to_mask_ints
+from sthelar_platform.core.imaging import read_level_region
+from sthelar_platform.core.lineage import LineageStore
+from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
+from sthelar_platform.tiling.patches import load_labels
 from sthelar_platform.synth import synthesize_slide
 
 ALL = sthelar_definitions.ALL_ASSETS + sthelar_definitions.ALL_CHECKS

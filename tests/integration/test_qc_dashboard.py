@@ -12,7 +12,7 @@ from _browser import chromium, console_errors, free_port, screenshot, wait_for_h
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from sthelar_platform.manifest import SlideCatalog
+from sthelar_platform.ingest.manifest import SlideCatalog
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def served(trained_home):
     home = trained_home[0]
     port = free_port()
     env = {**os.environ, "STHELAR_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "sthelar_platform.cli", "--home", str(home), "dashboard", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "sthelar_cli", "--home", str(home), "dashboard", "--port",
                              str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/index.html", 600, proc)

@@ -11,8 +11,8 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 import sthelar_definitions
-from sthelar_platform.lineage import LineageStore
-from sthelar_platform.synthetic_qc import write_synthetic_qc
+from sthelar_platform.core.lineage import LineageStore
+from synthetic_qc import write_synthetic_qc
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,10 +11,10 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 import sthelar_definitions
-from sthelar_platform import registration as reg
-from sthelar_platform.imaging import read_level, write_pyramidal_ome_tiff
-from sthelar_platform.lineage import LineageStore
-from sthelar_platform.manifest import SlideCatalog, load_manifest
+from sthelar_platform.registration import transform as reg
+from sthelar_platform.core.imaging import read_level, write_pyramidal_ome_tiff
+from sthelar_platform.core.lineage import LineageStore
+from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
 from sthelar_platform.synth import synthesize_slide
 
 PIPELINE = [a for a in sthelar_definitions.ALL_ASSETS if a.key.to_user_string() in

@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 
-from sthelar_platform.config import PACKAGED_CONFIG_DIR
-from sthelar_platform.manifest import SlideCatalog
+from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
+from sthelar_platform.ingest.manifest import SlideCatalog
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ def _free_port() -> int:
 
 def test_ui_lists_assets_with_partitions(tiny_cohort, tmp_path):
     home = tmp_path / "home"
-    r = subprocess.run([sys.executable, "-m", "sthelar_platform.cli", "--home", str(home), "slides", "add",
+    r = subprocess.run([sys.executable, "-m", "sthelar_cli", "--home", str(home), "slides", "add",
                         "--manifest", str(tiny_cohort / "manifest.yaml")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     port = _free_port()

@@ -1,0 +1,46 @@
+"""The cross-slide training dataset: leakage-free, class-stratified splits of every exported slide."""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from assets._runtime import code_version_of, run_slide_stage
+from assets.tiling.exports import slide_export
+from resources import LineageResource, SlideCatalogResource, StorageResource
+from sthelar_platform.model import dataset as dataset_lib
+from sthelar_platform.core.config import load_config
+
+
+def _card_table(card: dict) -> str:
+    rows = ["| grouping | train | val | test | dropped (straddling) | classes missing from a split |", "|---|---|---|---|---|---|"]
+    for g, d in card["groupings"].items():
+        missing = "; ".join(f"{s}: {', '.join(c)}" for s, c in d["missing_classes"].items() if c) or "none"
+        rows.append(f"| {g} | {d['patches']['train']} | {d['patches']['val']} | {d['patches']['test']} | "
+                    f"{d['dropped_straddling']} | {missing} |")
+    return "\n".join(rows)
+
+
+@asset(
+    deps=[slide_export],
+    code_version=code_version_of(dataset_lib, configs=("training", "categories")),
+    group_name="training",
+    kinds={"python", "png", "numpy"},
+    description="exports/dataset/<mag>/<grouping>/: CellViT-style folders across slides with splits.csv (by slide "
+                "or spatial block, never by overlapping patch), class weights and a dataset card.",
+)
+def training_dataset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
+                     catalog: SlideCatalogResource) -> MaterializeResult:
+    exports = storage.layout.exports
+    slides, skipped = [], []
+    for spec in catalog.list():
+        (slides if (exports / spec.slide_id / "cellvit").is_dir() else skipped).append(spec.slide_id)
+    if skipped:
+        context.log.warning(f"no export yet (left out of the dataset): {', '.join(skipped)}")
+
+    def compute(out: Path) -> dict:
+        card = dataset_lib.write_training_dataset(exports, slides, out, load_config("training"))
+        return {"slides": slides, "slides_without_export": skipped, "split": card["split"],
+                "dagster/row_count": sum(card["groupings"][next(iter(card["groupings"]))]["patches"].values()),
+                "dataset_card": MetadataValue.md(_card_table(card)), "card": card}
+
+    return run_slide_stage(context, "training_dataset", storage, lineage, compute, final=exports / "dataset")

@@ -1,0 +1,46 @@
+"""The browsable QC site, rendered from the dbt marts after every QC refresh."""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+
+from assets._runtime import code_version_of, run_slide_stage
+from resources import LineageResource, StorageResource
+from sthelar_platform.qc import dashboard as dashboard_lib
+from sthelar_platform.core.config import load_config
+from sthelar_platform.qc.dbt_project import qc_database, run_results_path
+
+MARTS = ("slide_summary", "patch_quality", "annotation_review", "model_leaderboard", "output_lineage")
+
+
+def dashboard_thresholds() -> dict[str, float]:
+    agreement = load_config("tiling")["agreement"]
+    return {"max_frac_flagged": float(agreement["max_frac_flagged"]),
+            "flag_below_jaccard": float(agreement["flag_below_jaccard"])}
+
+
+@asset(
+    deps=[AssetKey(m) for m in MARTS],
+    code_version=code_version_of(dashboard_lib, configs=("tiling",)),
+    group_name="qc",
+    kinds={"html", "plotly"},
+    description="dashboards/: a static QC site (cohort overview + one page per slide: registration residual and "
+                "overlay, cell-type composition and map, patch-quality map and distributions, annotation review, "
+                "model metrics, dbt test results, warnings). Serve it with `sthelar dashboard`.",
+)
+def qc_dashboard(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
+    layout = storage.layout
+    final = layout.dashboards
+
+    def compute(out: Path) -> dict:
+        site = out / "site"
+        s = dashboard_lib.build_dashboard(qc_database(layout), layout, site, run_results_path(layout),
+                                          dashboard_thresholds())
+        context.log.info(f"QC dashboard: {s['n_slides']} slide pages, {s['n_warnings']} warnings, dbt tests "
+                         f"{s['dbt_failed']} failing of {s['dbt_tests']}, built in {s['build_s']}s")
+        index = final / "site" / "index.html"
+        return {**s, "dagster/row_count": s["n_slides"], "index": MetadataValue.path(str(index)),
+                "open": MetadataValue.url(index.as_uri()),
+                "serve": MetadataValue.md("`sthelar dashboard` serves it on http://127.0.0.1:8765/ (localhost only)")}
+
+    return run_slide_stage(context, "qc_dashboard", storage, lineage, compute, final=final)

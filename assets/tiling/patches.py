@@ -1,0 +1,63 @@
+"""Patch assets: 256 px H&E tiles with nucleus instance, cell-type and cell-id masks, at 40x and 20x."""
+
+from pathlib import Path
+
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
+from assets.annotation.labels import cell_types
+from assets.ingest import he_image, xenium_slide
+from assets.partitions import slides_partitions
+from assets.registration import he_registration, passed_registration_of
+from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
+from resources import LineageResource, SlideCatalogResource, StorageResource
+from sthelar_platform.tiling import masks
+from sthelar_platform.tiling import patches
+from sthelar_platform.core.config import load_config
+
+
+def _patches_asset(magnification: str):
+    stage = f"patches_{magnification}"
+
+    @asset(
+        **compute_class(stage),
+        name=stage,
+        partitions_def=slides_partitions,
+        deps=[he_registration, he_image, xenium_slide, cell_types],
+        automation_condition=REBUILD_ON_CHANGE,
+        code_version=code_version_of(patches, masks, configs=("tiling", "categories")),
+        group_name="patches",
+        kinds={"python", "png", "numpy"},
+        description=f"{magnification} 256 px patches (64 px overlap) holding >= 1 nucleus, with inst / type "
+                    "(detailed, grouped) / cell-id masks from the Xenium nucleus polygons.",
+    )
+    def _asset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
+               catalog: SlideCatalogResource) -> MaterializeResult:
+        spec = catalog.get(context.partition_key)
+        slide_id = spec.slide_id
+        r = passed_registration_of(storage, slide_id)
+        cfg = load_config("tiling")
+
+        def compute(out: Path) -> dict:
+            def progress(done: int, total: int) -> None:
+                if done % 50 == 0 or done == total:
+                    context.log.info(f"{slide_id} {magnification}: region {done}/{total}")
+
+            s = patches.write_patches(
+                slide_id, spec.tissue, storage.stage_dir("he_image", slide_id) / "he_image.ome.tif",
+                storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet",
+                storage.stage_dir("cell_types", slide_id) / "cell_labels.parquet", r.he_px_to_um,
+                r.implied_he_pixel_size_um, magnification, out, cfg, progress)
+            context.log.info(f"{slide_id} {magnification}: {s['n_patches']} patches kept of {s['n_tissue']} on tissue, "
+                             f"{s['n_repaired_polygons']} polygons repaired, {s['n_empty_polygons']} empty dropped")
+            return {"dagster/row_count": s["n_patches"], **s,
+                    "overview": md_image(out / "patches_overview.png", "patches", 384)}
+
+        return run_slide_stage(context, stage, storage, lineage, compute,
+                               inputs=("he_registration", "he_image", "xenium_slide", "cell_types"))
+
+    return _asset
+
+
+patches_40x = _patches_asset("40x")
+patches_20x = _patches_asset("20x")

@@ -1,0 +1,284 @@
+"""Benchmark harness: each stage in a fresh process, wall time, throughput and peak RSS as JSON.
+
+Writes ``$STHELAR_HOME/bench/<stage>.json``. The bench slide is generated once and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sthelar_platform.core.atomic import atomic_dir, write_text_atomic
+from sthelar_platform.core.paths import StorageLayout
+
+
+def _stage_synth(data: Path, size: str, seed: int) -> dict[str, Any]:
+    from sthelar_platform.synth import synthesize_cohort
+
+    import polars as pl
+
+    manifest = synthesize_cohort(data, size, seed=seed)
+    truth = pl.concat([pl.read_parquet(p) for p in sorted(data.glob("slides/*/truth/cells.parquet"))])
+    tx = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in data.glob("slides/*/xenium/transcripts.parquet"))
+    return {"manifest": str(manifest), "n_cells": truth.height, "n_transcripts": tx, "_work": truth.height, "_unit": "cells/s"}
+
+
+def _stage_ingest(data: Path, size: str, seed: int) -> dict[str, Any]:
+    from sthelar_platform.ingest.xenium.he_image import ingest_he
+    from sthelar_platform.ingest.xenium.xenium import ingest_xenium
+    from sthelar_platform.ingest.xenium.manifest import load_manifest
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    out = data.parent / "ingest_out"
+    t0 = time.perf_counter()
+    with atomic_dir(out / "xenium_slide") as tmp:
+        s = ingest_xenium(spec.xenium_dir, tmp)
+    t_x = time.perf_counter() - t0
+    with atomic_dir(out / "he_image") as tmp:
+        h = ingest_he(spec.he_image, tmp)
+    return {"n_cells": s.n_cells, "n_transcripts": s.n_transcripts, "xenium_s": round(t_x, 2),
+            "he_s": round(time.perf_counter() - t0 - t_x, 2), "he_px": [h.width, h.height],
+            "morphology_px": s.morphology_levels[0], "_work": s.n_transcripts, "_unit": "transcripts/s"}
+
+
+def _ingested(data: Path) -> Path:
+    out = data.parent / "ingest_out"
+    if not (out / "xenium_slide" / "summary.json").exists() or not (out / "he_image" / "summary.json").exists():
+        raise RuntimeError("run the ingest benchmark stage first (sthelar bench --stage ingest)")
+    return out
+
+
+def _stage_registration(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """The he_registration stage in automatic mode (no CSV), scored against the true transform."""
+    import numpy as np
+    import polars as pl
+
+    from sthelar_platform.registration.transform import transform as reg
+    from sthelar_platform.core.config import load_config
+    from sthelar_platform.registration.transform.slide import register_slide
+    from sthelar_platform.ingest.xenium.manifest import load_manifest
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    ingested = _ingested(data)
+    cfg = load_config("pipeline")["registration"]
+    with atomic_dir(data.parent / "registration_out") as tmp:
+        r = register_slide(ingested / "xenium_slide", ingested / "he_image", None, tmp, cfg)
+    truth = reg.read_alignment_csv(spec.alignment_csv)
+    cells = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["x_um", "y_um"]).to_numpy()
+    err = reg.transform_error_um(np.array(r.qc.transform), truth, reg.apply(np.linalg.inv(truth), cells / 0.2125), 0.2125)
+    return {"source": r.qc.source, "n_he_nuclei": r.qc.n_he_nuclei, "n_xenium_nuclei": r.qc.n_xenium_nuclei,
+            "median_residual_um": round(r.qc.median_residual_um, 3), "p90_residual_um": round(r.qc.p90_residual_um, 3),
+            "matched_fraction": round(r.qc.matched_fraction, 4), "passed": r.passed,
+            "median_error_vs_truth_um": round(float(np.median(err)), 3),
+            "p90_error_vs_truth_um": round(float(np.percentile(err, 90)), 3),
+            "_work": r.qc.n_xenium_nuclei, "_unit": "nuclei/s"}
+
+
+def _stage_registered_he(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """Writing the whole H&E pyramid into the SpatialData zarr (streamed through dask)."""
+    import numpy as np
+
+    from sthelar_platform.registration.transform.slide import SlideRegistration
+    from sthelar_platform.registration.transform.registered_he import write_registered_he
+
+    ingested = _ingested(data)
+    reg_dir = data.parent / "registration_out"
+    if not (reg_dir / "registration.json").exists():
+        raise RuntimeError("run the registration benchmark stage first")
+    r = SlideRegistration.read(reg_dir / "registration.json")
+    he = ingested / "he_image" / "he_image.ome.tif"
+    with atomic_dir(data.parent / "registered_he_out") as tmp:
+        info = write_registered_he(he, np.array(r.qc.transform), ingested / "xenium_slide" / "nucleus_boundaries.parquet",
+                                   r.morphology_pixel_size_um, tmp / "sdata.zarr")
+    h, w = info["levels"][0]
+    return {"he_px": [w, h], "levels": len(info["levels"]), "_work": h * w / 1e6, "_unit": "megapixels/s"}
+
+
+def _stage_counts(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """nucleus + cell + cytoplasm count tables from the ingested transcripts (one polars pass)."""
+    from sthelar_platform.core.config import load_config
+    from sthelar_platform.annotation.rule.counts import slide_count_tables
+
+    tables = slide_count_tables(_ingested(data) / "xenium_slide", load_config("annotation")["counts"]["qv_min"])
+    cell = tables["cell"]
+    return {"n_cells": int(cell.n_obs), "n_genes": int(cell.n_vars), "n_counted": int(cell.X.sum()),
+            "_work": int(cell.X.sum()), "_unit": "transcripts/s"}
+
+
+def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """The whole annotation chain (counts, Tangram x2, clusters, rule + cross-check) with step times."""
+    import polars as pl
+
+    from sthelar_platform.annotation.rule import stages as st
+    from sthelar_platform.core.config import load_config
+    from sthelar_platform.ingest.xenium.manifest import load_manifest
+    from sthelar_platform.annotation.rule.references import reference_spec
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    cfg = load_config("annotation")
+    xen = _ingested(data) / "xenium_slide"
+    work = data.parent / "annotation_out"
+    ref = reference_spec(spec.tissue, data / "references", spec.reference)
+    steps: dict[str, float] = {}
+    dirs = {k: work / k for k in ("nucleus_counts", "cell_counts", "tangram_labels", "clusters", "cell_types")}
+
+    def step(name, fn):
+        t0 = time.perf_counter()
+        with atomic_dir(dirs[name]) as tmp:
+            fn(tmp)
+        steps[name] = round(time.perf_counter() - t0, 1)
+
+    step("nucleus_counts", lambda o: st.write_counts("nucleus_counts", xen, o, cfg))
+    step("cell_counts", lambda o: st.write_counts("cell_counts", xen, o, cfg))
+    step("tangram_labels", lambda o: st.write_tangram_labels(dirs["cell_counts"], dirs["nucleus_counts"], ref, o, cfg, 10))
+    step("clusters", lambda o: st.write_clusters(dirs["cell_counts"], o, cfg, 10))
+    step("cell_types", lambda o: st.write_cell_types(spec.slide_id, xen, dirs["cell_counts"], dirs["tangram_labels"],
+                                                     dirs["clusters"], ref, o, cfg))
+    labels = pl.read_parquet(dirs["cell_types"] / "cell_labels.parquet", columns=["cell_id", "category"])
+    truth = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["cell_id", "category"])
+    j = labels.join(truth, on="cell_id", suffix="_true")
+    acc = float((j["category"] == j["category_true"]).mean())
+    summary = json.loads((dirs["cell_types"] / "summary.json").read_text())
+    return {"n_cells": labels.height, "step_seconds": steps, "accuracy_vs_truth": round(acc, 4),
+            "crosscheck_agreement": round(summary["crosscheck_agreement"], 4), "n_clusters": summary["n_clusters"],
+            "n_flagged_clusters": summary["n_flagged_clusters"], "_work": labels.height, "_unit": "cells/s"}
+
+
+def _stage_patches(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """40x patches + masks + PNG/npz export (the throughput target), then 20x, from the bench outputs."""
+    import numpy as np
+
+    from sthelar_platform.core.config import load_config
+    from sthelar_platform.registration.transform.slide import SlideRegistration
+    from sthelar_platform.ingest.xenium.manifest import load_manifest
+    from sthelar_platform.tiling.patches import write_patches
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    ingested = _ingested(data)
+    labels = data.parent / "annotation_out" / "cell_types" / "cell_labels.parquet"
+    if not labels.exists():
+        raise RuntimeError("run the registration and annotation benchmark stages first")
+    r = SlideRegistration.read(data.parent / "registration_out" / "registration.json")
+    cfg = load_config("tiling")
+    out: dict[str, Any] = {}
+    for mag in ("40x", "20x"):
+        t0 = time.perf_counter()
+        with atomic_dir(data.parent / f"patches_{mag}_out") as tmp:
+            s = write_patches(spec.slide_id, spec.tissue, ingested / "he_image" / "he_image.ome.tif",
+                              ingested / "xenium_slide" / "nucleus_boundaries.parquet", labels, r.he_px_to_um,
+                              r.implied_he_pixel_size_um, mag, tmp, cfg)
+        dt = time.perf_counter() - t0
+        out[mag] = {"n_patches": s["n_patches"], "n_tissue": s["n_tissue"], "seconds": round(dt, 1),
+                    "patches_per_s": round(s["n_patches"] / dt, 1), "level_shape": s["level_shape"]}
+    return {**out, "_work": out["40x"]["n_patches"] + out["20x"]["n_patches"],
+            "_unit": "patches/s (40x and 20x together; each in inputs.<mag>.patches_per_s)"}
+
+
+def _patch_dirs(data: Path) -> dict[str, Path]:
+    dirs = {mag: data.parent / f"patches_{mag}_out" for mag in ("40x", "20x")}
+    if not all((d / "patches.parquet").exists() for d in dirs.values()):
+        raise RuntimeError("run the patches benchmark stage first")
+    return dirs
+
+
+def _stage_reference_segmentation(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """The classical H&E segmenter over every 40x patch (2 threads)."""
+    from sthelar_platform.core.config import load_config
+    from sthelar_platform.tiling.reference_segmentation import make_segmenter, segment_patches
+
+    cfg = load_config("tiling")
+    with atomic_dir(data.parent / "reference_segmentation_out") as tmp:
+        s = segment_patches(_patch_dirs(data)["40x"], tmp / "40x", make_segmenter(cfg["reference_segmentation"]),
+                            workers=int(cfg["patches"]["workers"]))
+    return {"n_patches": s["n_patches"], "n_ref_nuclei": s["n_ref_nuclei"], "_work": s["n_patches"], "_unit": "patches/s"}
+
+
+def _stage_agreement(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """Agreement metrics per 40x patch: the metric alone (arrays in memory, one thread) and end to end."""
+    import numpy as np
+    import pandas as pd
+
+    from sthelar_platform.core.config import load_config
+    from sthelar_platform.tiling.patches import load_labels
+    from sthelar_platform.tiling.agreement import distribution_summary, patch_agreement, slide_agreement
+
+    acfg = load_config("tiling")["agreement"]
+    pdir, ref = _patch_dirs(data)["40x"], data.parent / "reference_segmentation_out" / "40x"
+    names = pd.read_parquet(pdir / "patches.parquet", columns=["name"])["name"].tolist()[:500]  # held in memory: keep the sample small
+    pairs = [(load_labels(pdir / "labels" / f"{n}.npz")["inst_map"], load_labels(ref / f"{n}.npz")["inst_map"])
+             for n in names]
+    t0 = time.perf_counter()
+    for t, p in pairs:
+        patch_agreement(t, p, acfg["detection_radius_px"]["40x"], acfg["match_iou"])
+    metric_ms = (time.perf_counter() - t0) / max(len(pairs), 1) * 1000
+    t0 = time.perf_counter()
+    frame = slide_agreement(pdir, ref, acfg["detection_radius_px"]["40x"], acfg["match_iou"], acfg["flag_below_jaccard"])
+    end_to_end = time.perf_counter() - t0
+    dist = distribution_summary(frame)
+    return {"metric_ms_per_patch": round(metric_ms, 3), "metric_sample": len(pairs),
+            "end_to_end_ms_per_patch": round(end_to_end / len(frame) * 1000, 3), "n_patches": len(frame),
+            "median": {m: dist[m].get("median") for m in ("dice", "jaccard", "bpq", "det_f1")},
+            "frac_flagged": round(dist["frac_flagged"], 4), "nan_count": int(np.isnan(frame["jaccard"]).sum()),
+            "_work": len(frame), "_unit": "patches/s"}
+
+
+STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {
+    "synth": _stage_synth, "ingest": _stage_ingest, "registration": _stage_registration,
+    "registered_he": _stage_registered_he, "counts": _stage_counts, "annotation": _stage_annotation,
+    "patches": _stage_patches, "reference_segmentation": _stage_reference_segmentation, "agreement": _stage_agreement,
+}
+
+
+def _child(fn_name: str, data: str, size: str, seed: int, queue) -> None:
+    t0 = time.perf_counter()
+    try:
+        res = STAGES[fn_name](Path(data), size, seed)
+        res["wall_s"] = time.perf_counter() - t0
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put(("ok", res))
+    except BaseException as exc:  # report, do not hang the parent
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_stage(name: str, data: Path, size: str, seed: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(name, str(data), size, seed, q))
+    p.start()
+    status, res = q.get()
+    p.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark stage {name} failed: {res}")
+    return res
+
+
+def run_benchmarks(layout: StorageLayout, size: str = "bench", stages: list[str] | None = None, seed: int = 0) -> list[dict]:
+    data = layout.bench / f"data_{size}"
+    layout.bench.mkdir(parents=True, exist_ok=True)
+    todo = stages or list(STAGES)
+    results = []
+    for name in todo:
+        if name == "synth" and (data / "manifest.yaml").exists():
+            continue  # generated once, reused
+        if name != "synth" and not (data / "manifest.yaml").exists():
+            results.append(_report(layout, "synth", size, run_stage("synth", data, size, seed)))
+        res = run_stage(name, data, size, seed)
+        results.append(_report(layout, name, size, res))
+    return results
+
+
+def _report(layout: StorageLayout, name: str, size: str, res: dict[str, Any]) -> dict[str, Any]:
+    work = res.pop("_work", None)
+    unit = res.pop("_unit", "runs/s")
+    out = {"stage": name, "size": size, "wall_s": round(res.pop("wall_s"), 2),
+           "throughput_unit": unit, "peak_rss_mb": round(res.pop("peak_rss_mb"), 1), "inputs": res,
+           "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()}}
+    out["throughput"] = round((work or 1) / max(out["wall_s"], 1e-9), 2)
+    write_text_atomic(layout.bench / f"{name}.json", json.dumps(out, indent=2))
+    return out

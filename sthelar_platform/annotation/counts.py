@@ -1,0 +1,100 @@
+"""Transcript counts per nucleus, per cell and per cytoplasm (cell - nucleus) as AnnData tables.
+
+Transcripts are streamed from parquet and aggregated by polars (no per-transcript Python):
+negative-control probes/codewords and transcripts below the quality threshold are dropped.
+With Xenium's own segmentation the transcripts' ``cell_id`` / ``overlaps_nucleus`` say where
+each one belongs; any other segmentation is given as label rasters and looked up per point
+(:func:`labels_at_points`). Tables follow the SpatialData table convention: ``obs`` holds
+``region`` (the boundaries element) and ``cell_id`` (the instance key).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import polars as pl
+from scipy import sparse
+
+from sthelar_platform.core.errors import InputError, require_stage_output
+
+COMPARTMENTS = {"cell": "cell_boundaries", "nucleus": "nucleus_boundaries", "cytoplasm": "cell_boundaries"}
+FIX_TX = "re-run xenium_slide for this slide (its transcripts.parquet is incomplete)"
+
+
+def assigned_transcripts(transcripts: str | Path, qv_min: float) -> pl.LazyFrame:
+    """Gene transcripts of usable quality, with the cell they belong to and whether they lie in its nucleus."""
+    path = Path(transcripts)
+    cols = pl.scan_parquet(path).collect_schema().names()
+    missing = {"cell_id", "feature_name", "qv", "overlaps_nucleus", "is_control"} - set(cols)
+    if missing:
+        raise InputError(path, f"transcripts lack columns {sorted(missing)}", FIX_TX)
+    return (pl.scan_parquet(path)
+            .filter(~pl.col("is_control") & (pl.col("qv") >= qv_min) & pl.col("cell_id").is_not_null()
+                    & (pl.col("cell_id") != "UNASSIGNED"))
+            .select("cell_id", "feature_name", in_nucleus=pl.col("overlaps_nucleus").cast(pl.Boolean)))
+
+
+def labels_at_points(x_px: np.ndarray, y_px: np.ndarray, labels, band: int = 2048) -> np.ndarray:
+    """Label value under each point of a label raster (numpy or zarr array), read in row bands.
+
+    For segmentations other than Xenium's: only one band of the raster is in memory at a time.
+    """
+    h, w = labels.shape[:2]
+    row, col = np.floor(y_px).astype(np.int64), np.floor(x_px).astype(np.int64)
+    out = np.zeros(len(row), dtype=np.int64)
+    inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+    order = np.argsort(row[inside], kind="stable")
+    idx = np.flatnonzero(inside)[order]
+    rows = row[idx]
+    for y0 in range(0, h, band):
+        lo, hi = np.searchsorted(rows, [y0, y0 + band])
+        if lo == hi:
+            continue
+        block = np.asarray(labels[y0 : min(h, y0 + band), :])
+        sel = idx[lo:hi]
+        out[sel] = block[row[sel] - y0, col[sel]]
+    return out
+
+
+def count_tables(assigned: pl.LazyFrame, cell_ids: list[str], genes: list[str]) -> dict[str, ad.AnnData]:
+    """Cells x genes count tables for the cell, nucleus and cytoplasm compartments (same rows/columns)."""
+    if not cell_ids:
+        raise InputError(None, "the slide has zero cells", "check that segmentation ran on this region")
+    agg = (assigned.group_by("cell_id", "feature_name")
+           .agg(total=pl.len().cast(pl.Int32), nucleus=pl.col("in_nucleus").sum().cast(pl.Int32))
+           .collect(engine="streaming"))
+    cells = pl.DataFrame({"cell_id": cell_ids, "row": np.arange(len(cell_ids), dtype=np.int64)})
+    genes_df = pl.DataFrame({"feature_name": genes, "col": np.arange(len(genes), dtype=np.int64)})
+    joined = agg.join(cells, on="cell_id", how="inner").join(genes_df, on="feature_name", how="inner")
+    r, c = joined["row"].to_numpy(), joined["col"].to_numpy()
+    shape = (len(cell_ids), len(genes))
+    total = sparse.csr_matrix((joined["total"].to_numpy(), (r, c)), shape=shape, dtype=np.int32)
+    nucleus = sparse.csr_matrix((joined["nucleus"].to_numpy(), (r, c)), shape=shape, dtype=np.int32)
+    cyto = (total - nucleus).tocsr()
+    cyto.eliminate_zeros()
+    nucleus.eliminate_zeros()
+    return {name: _table(m, cell_ids, genes, name) for name, m in (("cell", total), ("nucleus", nucleus), ("cytoplasm", cyto))}
+
+
+def _table(x: sparse.csr_matrix, cell_ids: list[str], genes: list[str], compartment: str) -> ad.AnnData:
+    from spatialdata.models import TableModel
+
+    obs = pd.DataFrame({"cell_id": cell_ids, "region": pd.Categorical([COMPARTMENTS[compartment]] * len(cell_ids)),
+                        "n_transcripts": np.asarray(x.sum(1)).ravel().astype(np.int64),
+                        "n_genes": np.diff(x.indptr).astype(np.int64)}, index=pd.Index(cell_ids, name=None))
+    table = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes)))
+    table.uns["compartment"] = compartment
+    return TableModel.parse(table, region=COMPARTMENTS[compartment], region_key="region", instance_key="cell_id")
+
+
+def slide_count_tables(xenium_dir: str | Path, qv_min: float) -> dict[str, ad.AnnData]:
+    """Count tables of an ingested slide (``xenium_slide`` output), Xenium segmentation."""
+    xenium_dir = Path(xenium_dir)
+    for name in ("transcripts.parquet", "cells.parquet", "expression.h5ad"):
+        require_stage_output(xenium_dir / name, "xenium_slide")
+    cell_ids = pl.read_parquet(xenium_dir / "cells.parquet", columns=["cell_id"])["cell_id"].to_list()
+    genes = list(ad.read_h5ad(xenium_dir / "expression.h5ad", backed="r").var_names)
+    return count_tables(assigned_transcripts(xenium_dir / "transcripts.parquet", qv_min), cell_ids, genes)

@@ -1,0 +1,92 @@
+"""Reference single-cell atlases: which file serves a tissue, and whether it is usable.
+
+An atlas is an ``.h5ad`` with integer counts and a label column; its labels map to the
+harmonized categories (categories.yaml ``label_map`` plus annotation.yaml additions). Its
+content hash is its data version: a changed file means the slides of that tissue must be
+re-annotated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+from scipy import sparse
+
+from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.config import load_config
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.hashing import sha256_file
+
+FIX_REF = "provide an .h5ad atlas with raw integer counts in X and the label column named in config/annotation.yaml"
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    tissue: str
+    path: Path
+    label_column: str
+
+
+def reference_spec(tissue: str, references_dir: str | Path, override: str | Path | None = None) -> ReferenceSpec:
+    """The configured atlas of ``tissue`` (a slide's own ``reference`` wins)."""
+    cfg = load_config("annotation")["references"]
+    entry = {**cfg["default"], **(cfg["tissues"].get(tissue) or {})}
+    if override is not None:
+        path = Path(override)
+    elif "file" in entry:
+        path = Path(entry["file"])
+        path = path if path.is_absolute() else Path(references_dir) / path
+    else:
+        raise InputError(None, f"no reference atlas configured for tissue {tissue!r}",
+                         "add it under references.tissues in config/annotation.yaml or give the slide a `reference:`")
+    return ReferenceSpec(tissue=tissue, path=path, label_column=entry["label_column"])
+
+
+def label_map() -> dict[str, str]:
+    cats = load_config("categories")
+    return {**cats["label_map"], **(load_config("annotation")["references"].get("extra_label_map") or {})}
+
+
+def _check_counts(x, path: Path) -> None:
+    data = x.data if sparse.issparse(x) else np.asarray(x)
+    if data.size and (not np.isfinite(data).all() or data.min() < 0):
+        raise InputError(path, "reference X has negative or non-finite values (log-normalized or scaled data?)", FIX_REF)
+    if data.size and not np.all(np.equal(np.mod(data, 1), 0)):
+        raise InputError(path, "reference X has non-integer values (normalized data, not counts)", FIX_REF)
+
+
+def load_reference(spec: ReferenceSpec) -> ad.AnnData:
+    """Read and validate the atlas; ``obs['category']`` gets each label's harmonized category."""
+    path = spec.path
+    if not path.exists():
+        raise InputError(path, f"reference atlas for tissue {spec.tissue!r} not found", FIX_REF)
+    try:
+        ref = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for a corrupt file
+        raise InputError(path, f"not a readable .h5ad file ({type(exc).__name__}: {exc})", FIX_REF) from exc
+    if spec.label_column not in ref.obs:
+        raise InputError(path, f"reference has no label column {spec.label_column!r} (columns: {list(ref.obs.columns)})",
+                         "set references.default.label_column (or the tissue's) in config/annotation.yaml")
+    if ref.n_obs == 0 or ref.n_vars == 0:
+        raise InputError(path, f"reference is empty ({ref.n_obs} cells x {ref.n_vars} genes)", FIX_REF)
+    _check_counts(ref.X, path)
+    labels = ref.obs[spec.label_column].astype(str)
+    mapping = label_map()
+    cats = load_categories()
+    unknown = sorted(set(labels) - set(mapping))
+    if unknown:
+        raise InputError(path, f"labels without a category: {unknown[:8]}{' …' if len(unknown) > 8 else ''}",
+                         "map them in references.extra_label_map (config/annotation.yaml)")
+    bad = sorted({mapping[lb] for lb in set(labels)} - set(cats.categories) - set(cats.special_labels))
+    if bad:
+        raise InputError(None, f"label_map points to unknown categories {bad}", "fix config/annotation.yaml")
+    small = labels.value_counts()
+    small = small[small < load_config("annotation")["references"]["min_cells_per_label"]]
+    ref = ref[~labels.isin(small.index)].copy()
+    ref.obs["label"] = ref.obs[spec.label_column].astype(str).values
+    ref.obs["category"] = [mapping[lb] for lb in ref.obs["label"]]
+    ref.uns["sha256"] = sha256_file(path)
+    return ref

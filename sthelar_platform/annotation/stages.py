@@ -1,0 +1,165 @@
+"""The counting and annotation stages as file-in / file-out steps (what the assets call).
+
+Each ``write_*`` reads the previous stage's folder, validates it, and writes its own folder
+(which the caller makes atomic). Inputs that cannot give a meaningful answer stop with an
+:class:`InputError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from sthelar_platform.annotation import rule as annotation
+from sthelar_platform.annotation import clustering
+from sthelar_platform.annotation import counts
+from sthelar_platform.annotation import crosscheck
+from sthelar_platform.annotation import references
+from sthelar_platform.annotation import tangram as tangram_transfer
+from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.errors import InputError, require_stage_output
+
+COUNT_FILES = {"nucleus_counts": ("nucleus",), "cell_counts": ("cell", "cytoplasm")}
+
+
+def write_counts(stage: str, xenium_dir: Path, out: Path, cfg: dict) -> dict:
+    """``nucleus_counts`` -> nucleus.h5ad; ``cell_counts`` -> cell.h5ad + cytoplasm.h5ad."""
+    tables = counts.slide_count_tables(xenium_dir, cfg["counts"]["qv_min"])
+    summary = {}
+    for name in COUNT_FILES[stage]:
+        t = tables[name]
+        t.write_h5ad(out / f"{name}.h5ad", compression="gzip")
+        summary[name] = {"n_cells": int(t.n_obs), "n_genes": int(t.n_vars), "n_transcripts": int(t.X.sum()),
+                         "cells_with_counts": int((t.obs["n_transcripts"] > 0).sum()),
+                         "median_transcripts": float(np.median(t.obs["n_transcripts"]))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@dataclass(frozen=True)
+class TangramOutcome:
+    n_cells: int
+    n_shared_genes: int
+    reference_sha256: str
+    device: str
+    compartments: list[str]
+
+
+def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references.ReferenceSpec, out: Path, cfg: dict,
+                         less10_max: int, progress=None) -> TangramOutcome:
+    """Tangram labels per cell (and per nucleus) with per-category probabilities."""
+    tcfg = cfg["tangram"]
+    ref = references.load_reference(ref_spec)
+    cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
+    genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
+    device = tangram_transfer.resolve_device(tcfg["device"])
+    label_fraction = ref.obs["label"].value_counts(normalize=True)
+    to_cat = dict(zip(ref.obs["label"], ref.obs["category"], strict=False))
+    frames = []
+    for comp in tcfg["compartments"]:
+        table = cell if comp == "cell" else ad.read_h5ad(require_stage_output(nucleus_dir / "nucleus.h5ad", "nucleus_counts"))
+        keep = table.obs["n_transcripts"].to_numpy() > (less10_max if comp == "cell" else 0)
+        if not keep.any():
+            if comp == "cell":
+                raise InputError(cell_dir / "cell.h5ad", f"every cell has at most {less10_max} transcripts",
+                                 "check the slide's transcripts (all Less10: nothing to annotate)")
+            continue
+        q = table[keep]
+        scores = tangram_transfer.raw_scores(q, ref, genes, tcfg, device, progress)
+        hard = tangram_transfer.hard_labels(scores, label_fraction, tcfg)
+        hard["category"] = [to_cat.get(lb, "Unknown") for lb in hard["label"]]
+        if comp == "cell":
+            lp = tangram_transfer.label_probabilities(scores, label_fraction, tcfg["mode"])
+            probs = lp.T.groupby([to_cat[c] for c in scores.columns]).sum().T
+            probs.index.name = "cell_id"
+            probs.reset_index().to_parquet(out / "category_probabilities.parquet")
+        frames.append(pd.DataFrame({"cell_id": hard.index, "compartment": comp, "label": hard["label"].astype(str),
+                                    "category": hard["category"], "score": hard["score"], "margin": hard["margin"]}))
+    labels = pd.concat(frames, ignore_index=True)
+    labels.to_parquet(out / "tangram_labels.parquet")
+    outcome = TangramOutcome(n_cells=int((labels["compartment"] == "cell").sum()), n_shared_genes=len(genes),
+                             reference_sha256=ref.uns["sha256"], device=device, compartments=list(tcfg["compartments"]))
+    (out / "summary.json").write_text(json.dumps({**outcome.__dict__, "reference": str(ref_spec.path)}, indent=2))
+    return outcome
+
+
+def write_clusters(cell_dir: Path, out: Path, cfg: dict, less10_max: int) -> dict:
+    """Leiden clusters of the cells above the Less10 threshold, Wilcoxon markers and marker scores."""
+    cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
+    keep = cell.obs["n_transcripts"].to_numpy() > less10_max
+    if keep.sum() < 3:
+        raise InputError(cell_dir / "cell.h5ad", f"only {int(keep.sum())} cells have more than {less10_max} transcripts",
+                         "nothing to cluster: check the slide's transcripts")
+    res = clustering.run_clustering(cell[keep], cfg["clustering"], cfg["markers"])
+    pd.DataFrame({"cell_id": res.clusters.index, "cluster": res.clusters.values, "pc1": res.embedding[:, 0],
+                  "pc2": res.embedding[:, 1]}).to_parquet(out / "clusters.parquet")
+    res.markers.to_parquet(out / "markers.parquet")
+    ms = res.marker_scores.copy()
+    ms.insert(0, "marker_label", res.marker_label)
+    ms.index.name = "cluster"
+    ms.reset_index().to_parquet(out / "marker_scores.parquet")
+    summary = {"n_cells": int(keep.sum()), "n_clusters": int(res.clusters.nunique()),
+               "marker_labels": {str(k): str(v) for k, v in res.marker_label.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_dir: Path, clusters_dir: Path,
+                     ref_spec: references.ReferenceSpec, out: Path, cfg: dict) -> dict:
+    """Apply the rule, harmonize, cross-check; write cell_labels / cluster_review / crosscheck tables."""
+    cats = load_categories()
+    cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
+    tg = pd.read_parquet(require_stage_output(tangram_dir / "tangram_labels.parquet", "tangram_labels"))
+    probs = pd.read_parquet(tangram_dir / "category_probabilities.parquet").set_index("cell_id")
+    cl = pd.read_parquet(require_stage_output(clusters_dir / "clusters.parquet", "clusters")).set_index("cell_id")
+    ms = pd.read_parquet(clusters_dir / "marker_scores.parquet").set_index("cluster")
+    cells = pd.DataFrame({"n_transcripts": cell.obs["n_transcripts"].to_numpy()}, index=cell.obs_names)
+    cells.index.name = "cell_id"
+    tg_cell = tg[tg["compartment"] == "cell"].set_index("cell_id")
+    tg_nuc = tg[tg["compartment"] == "nucleus"].set_index("cell_id")
+    cells["tangram_label"] = tg_cell["label"].reindex(cells.index)
+    cells["tangram_category"] = tg_cell["category"].reindex(cells.index)
+    cells["tangram_margin"] = tg_cell["margin"].reindex(cells.index)
+    cells["tangram_nucleus_category"] = tg_nuc["category"].reindex(cells.index) if len(tg_nuc) else None
+    cells["cluster"] = cl["cluster"].reindex(cells.index)
+    review = annotation.decide_clusters(cells, ms["marker_label"], cfg["rule"]["flag_disagreeing_fraction"])
+    overrides = annotation.load_overrides(slide_id)
+    labels = annotation.label_cells(cells, review, probs, overrides, cats.less10_max_transcripts,
+                                    cfg["rule"]["keep_own_label_min_probability"])
+    ref = references.load_reference(ref_spec)
+    genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
+    active = labels.index[labels["category"] != "Less10"]
+    cross = crosscheck.centroid_labels(cell[active], ref, genes, cfg["clustering"]["target_sum"])
+    labels = labels.join(cross)
+    xy = pl.read_parquet(xenium_dir / "cells.parquet", columns=["cell_id", "x_centroid", "y_centroid"]).to_pandas()
+    labels = labels.join(xy.set_index("cell_id"))
+    scored = labels.loc[active]
+    agree = crosscheck.agreement_by_category(scored["category"], scored["crosscheck_label"])
+    overall = float((scored["category"] == scored["crosscheck_label"]).mean()) if len(scored) else float("nan")
+    labels.reset_index().to_parquet(out / "cell_labels.parquet")
+    review = review.merge(ms.reset_index(), on=["cluster", "marker_label"], how="left")
+    top = (pd.read_parquet(clusters_dir / "markers.parquet").groupby("cluster", observed=True)["gene"]
+           .apply(lambda g: ", ".join(g.head(5))).rename("top_markers"))
+    review = review.merge(top, left_on="cluster", right_index=True, how="left")
+    review.to_parquet(out / "cluster_review.parquet")
+    agree.to_parquet(out / "crosscheck_agreement.parquet")
+    n = len(labels)
+    summary = {
+        "n_cells": n, "composition": annotation.composition(labels["category"]),
+        "frac_unknown": float((labels["category"] == "Unknown").mean()),
+        "frac_less10": float((labels["category"] == "Less10").mean()),
+        "crosscheck_agreement": overall,
+        "crosscheck_by_category": {r.category: round(float(r.agreement), 4) for r in agree.itertuples()},
+        "n_clusters": int(len(review)), "n_flagged_clusters": int(review["flagged"].sum()),
+        "frac_flagged_clusters": float(review["flagged"].mean()) if len(review) else 0.0,
+        "decisions": {k: int(v) for k, v in review["decision"].value_counts().items()},
+        "override_file": overrides.get("path"), "reference_sha256": ref.uns["sha256"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,5 +1,0 @@
-"""CellViT in plain torch: ViT encoder, UNETR-style decoders, HoVer-Net post-processing."""
-
-from sthelar_platform.cellvit.model import CONFIGS, CellViT, CellViTConfig
-
-__all__ = ["CONFIGS", "CellViT", "CellViTConfig"]

@@ -1,0 +1,162 @@
+"""Tiled pyramidal OME-TIFF writing and lazy reading, tile by tile.
+
+Writers take a ``render(level, y0, x0, h, w)`` callable and never hold a whole level
+in memory; readers go through tifffile's zarr view so level 0 is never loaded whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+from sthelar_platform.core.errors import InputError
+
+TILE = 512
+RenderFn = Callable[[int, int, int, int, int], np.ndarray]
+
+
+def pyramid_shapes(height: int, width: int, min_size: int = 256) -> list[tuple[int, int]]:
+    shapes = [(height, width)]
+    while max(shapes[-1]) // 2 >= min_size:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def _tiles(render: RenderFn, level: int, shape: tuple[int, int], channels: int | None, dtype, workers: int) -> Iterator[np.ndarray]:
+    h, w = shape
+    coords = [(y, x) for y in range(0, h, TILE) for x in range(0, w, TILE)]
+
+    def one(yx: tuple[int, int]) -> np.ndarray:
+        y, x = yx
+        th, tw = min(TILE, h - y), min(TILE, w - x)
+        tile = render(level, y, x, th, tw)
+        if (th, tw) != (TILE, TILE):  # tifffile wants full tiles; pad the border ones
+            full = np.zeros((TILE, TILE) + (() if channels is None else (channels,)), dtype)
+            full[:th, :tw] = tile
+            tile = full
+        return tile.astype(dtype, copy=False)
+
+    with ThreadPoolExecutor(workers) as pool:
+        # Bounded look-ahead keeps memory flat for any image size.
+        batch = 4 * workers
+        for i in range(0, len(coords), batch):
+            yield from pool.map(one, coords[i : i + batch])
+
+
+def write_pyramidal_ome_tiff(path: str | Path, shape: tuple[int, int], render: RenderFn, *, dtype, channels: int | None,
+                             pixel_size_um: float, channel_names: list[str] | None = None, workers: int = 2,
+                             progress: Callable[[int], None] | None = None) -> list[tuple[int, int]]:
+    """Write a tiled pyramid; level k is rendered at 2**k downsampling. Returns the level shapes."""
+    shapes = pyramid_shapes(*shape)
+    rgb = channels == 3
+    axes = "YXS" if rgb else "YX"
+    meta = {"axes": axes, "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um,
+            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+    if channel_names:
+        meta["Channel"] = {"Name": channel_names}
+    common = dict(tile=(TILE, TILE), dtype=dtype, photometric="rgb" if rgb else "minisblack",
+                  compression="zlib", compressionargs={"level": 1}, maxworkers=workers)
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        for level, lshape in enumerate(shapes):
+            full = lshape + ((channels,) if channels else ())
+            scale = 2**level
+            res = 1e4 / (pixel_size_um * scale)
+            tif.write(
+                _tiles(render, level, lshape, channels, dtype, workers), shape=full,
+                subifds=len(shapes) - 1 if level == 0 else None, subfiletype=0 if level == 0 else 1,
+                metadata=meta if level == 0 else None, resolution=(res, res), resolutionunit="CENTIMETER", **common,
+            )
+            if progress:
+                progress(level)
+    return shapes
+
+
+@dataclass(frozen=True)
+class PyramidInfo:
+    path: Path
+    level_shapes: list[tuple[int, ...]]
+    dtype: str
+    pixel_size_um: float | None
+    axes: str
+
+    @property
+    def height(self) -> int:
+        return int(self.level_shapes[0][0])
+
+    @property
+    def width(self) -> int:
+        return int(self.level_shapes[0][1])
+
+
+def _pixel_size_from_tiff(tf: tifffile.TiffFile) -> float | None:
+    if tf.is_ome and tf.ome_metadata:
+        import re
+
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
+        if m:
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
+            value = float(m.group(1))
+            if unit and unit.group(1) in ("nm",):
+                value /= 1000
+            elif unit and unit.group(1) in ("mm",):
+                value *= 1000
+            return value
+    page = tf.pages.first
+    tag = page.tags.get("XResolution")
+    unit = page.tags.get("ResolutionUnit")
+    if tag is not None and unit is not None and tag.value[0]:
+        per_unit = tag.value[0] / tag.value[1]
+        if unit.value == 3:  # centimetre
+            return 1e4 / per_unit
+        if unit.value == 2:  # inch
+            return 25400 / per_unit
+    return None
+
+
+def open_pyramid(path: str | Path) -> PyramidInfo:
+    """Inspect a (pyramidal) TIFF without reading pixel data; clear error when it is not an image."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "image file does not exist", "check the path in the slide manifest")
+    try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]
+            levels = [tuple(lv.shape) for lv in series.levels]
+            axes = series.axes
+            dtype = str(series.dtype)
+            px = _pixel_size_from_tiff(tf)
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
+        raise InputError(path, f"not a readable TIFF/OME-TIFF image ({exc})",
+                         "export the image as a tiled pyramidal (OME-)TIFF, e.g. with bfconvert or QuPath") from exc
+    return PyramidInfo(path=path, level_shapes=levels, dtype=dtype, pixel_size_um=px, axes=axes)
+
+
+def read_level_region(path: str | Path, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Read one window of one pyramid level lazily (only the tiles it touches)."""
+    store = tifffile.imread(path, aszarr=True, level=level)
+    try:
+        arr = zarr.open(store, mode="r")
+        return np.asarray(arr[y0 : y0 + h, x0 : x0 + w])
+    finally:
+        store.close()
+
+
+def read_level(path: str | Path, level: int) -> np.ndarray:
+    """Read a whole (small, low-resolution) level; callers pick a level that fits in memory."""
+    with tifffile.TiffFile(path) as tf:
+        return tf.series[0].levels[level].asarray()
+
+
+def thumbnail_level(info: PyramidInfo, max_px: int) -> int:
+    """Index of the first level whose longest side is at most ``max_px`` (or the smallest level)."""
+    for i, shape in enumerate(info.level_shapes):
+        if max(shape[0], shape[1]) <= max_px:
+            return i
+    return len(info.level_shapes) - 1

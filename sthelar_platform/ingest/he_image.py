@@ -1,0 +1,67 @@
+"""The H&E whole-slide image as given: validated, measured and kept as a lazy pyramid.
+
+Registration (a later stage) decides how it maps onto Xenium; here we only make sure it
+is a readable RGB pyramid and report its magnification from its pixel size.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sthelar_platform.core.config import load_config
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, thumbnail_level
+from sthelar_platform.core.thumbnails import save_png
+
+FIX_IMAGE = "export the H&E as an RGB tiled pyramidal OME-TIFF (e.g. bfconvert, QuPath or vips tiffsave --pyramid)"
+
+
+@dataclass(frozen=True)
+class HEImageSummary:
+    width: int
+    height: int
+    n_levels: int
+    level_shapes: list[list[int]]
+    pixel_size_um: float | None
+    magnification: str
+    dtype: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def magnification_of(pixel_size_um: float | None) -> str:
+    if pixel_size_um is None:
+        return "unknown"
+    for name, (lo, hi) in load_config("pipeline")["he_image"]["magnification_um_per_px"].items():
+        if lo <= pixel_size_um <= hi:
+            return name
+    return f"other ({pixel_size_um:.3f} µm/px)"
+
+
+def validate_he(path: str | Path) -> PyramidInfo:
+    info = open_pyramid(path)
+    shape0 = info.level_shapes[0]
+    if len(shape0) != 3 or 3 not in (shape0[-1], shape0[0]):
+        raise InputError(path, f"not an RGB image (level 0 shape {shape0}, axes {info.axes})", FIX_IMAGE)
+    if info.dtype != "uint8":
+        raise InputError(path, f"H&E pixels are {info.dtype}, expected uint8 RGB", FIX_IMAGE)
+    if min(shape0[:2] if shape0[-1] == 3 else shape0[1:]) < 256:
+        raise InputError(path, f"image too small ({shape0}) for 256 px patches", "use the full-resolution whole-slide image")
+    return info
+
+
+def ingest_he(path: str | Path, out_dir: str | Path, thumbnail_px: int = 512) -> HEImageSummary:
+    """Validate and copy the H&E pyramid into ``out_dir`` with a thumbnail and summary."""
+    info = validate_he(path)
+    dst = Path(out_dir) / "he_image.ome.tif"
+    shutil.copyfile(path, dst)
+    save_png(read_level(dst, thumbnail_level(info, thumbnail_px)), Path(out_dir) / "thumbnail_he.png", max_px=thumbnail_px)
+    summary = HEImageSummary(width=info.width, height=info.height, n_levels=len(info.level_shapes),
+                             level_shapes=[list(s) for s in info.level_shapes], pixel_size_um=info.pixel_size_um,
+                             magnification=magnification_of(info.pixel_size_um), dtype=info.dtype)
+    (Path(out_dir) / "summary.json").write_text(summary.to_json())
+    return summary

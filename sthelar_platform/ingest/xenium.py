@@ -1,0 +1,126 @@
+"""Ingest: read a Xenium bundle with spatialdata-io and persist what later stages need.
+
+Output folder (``warehouse/xenium_slide/<slide_id>/``):
+``expression.h5ad`` (cells x genes counts, obs = cells metadata), ``cells.parquet``,
+``nucleus_boundaries.parquet`` / ``cell_boundaries.parquet`` (one row per vertex, µm),
+``transcripts.parquet`` (streamed, typed, with ``is_control``), ``morphology_focus.ome.tif``
+(the DAPI pyramid), ``thumbnail_dapi.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import shapely
+
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.ids import cell_ids_to_mask_ints
+from sthelar_platform.core.imaging import open_pyramid, read_level, thumbnail_level
+from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.ingest.xenium_bundle import CONTROL_PREFIXES, validate_bundle
+
+TRANSCRIPT_COLUMNS = {"transcript_id": pl.UInt64, "cell_id": pl.String, "overlaps_nucleus": pl.UInt8,
+                      "feature_name": pl.String, "x_location": pl.Float32, "y_location": pl.Float32,
+                      "z_location": pl.Float32, "qv": pl.Float32}
+
+
+@dataclass(frozen=True)
+class XeniumIngestSummary:
+    n_cells: int
+    n_genes: int
+    n_transcripts: int
+    n_controls: int
+    n_unassigned: int
+    n_nuclei: int
+    pixel_size_um: float
+    analysis_sw_version: str
+    morphology_levels: list[list[int]]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _read_with_spatialdata_io(bundle: Path):
+    from spatialdata_io import xenium
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            # Transcripts are streamed separately (polars) so a 10^8-row table never sits in memory.
+            return xenium(bundle, transcripts=False, aligned_images=False)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(bundle, f"spatialdata-io could not read the Xenium bundle ({type(exc).__name__}: {exc})",
+                         "check the bundle comes from Xenium Onboard Analysis >= 1.3 and is complete") from exc
+
+
+def _vertices(gdf, id_column: str | None) -> pl.DataFrame:
+    coords, owner = shapely.get_coordinates(gdf.geometry.values, return_index=True)
+    ids = gdf.index.to_numpy() if id_column is None else gdf[id_column].to_numpy()
+    frame = {"cell_id": ids[owner].astype(str), "vertex_x": coords[:, 0].astype(np.float32),
+             "vertex_y": coords[:, 1].astype(np.float32)}
+    if id_column is not None:
+        frame["label_id"] = gdf.index.to_numpy()[owner].astype(np.int64)
+    return pl.DataFrame(frame)
+
+
+def stream_transcripts(src: Path, dst: Path) -> dict[str, int]:
+    """Typed copy of the transcripts with an ``is_control`` flag, streamed (constant memory)."""
+    lf = pl.scan_parquet(src)
+    names = lf.collect_schema().names()
+    cols = [pl.col(c).cast(t) for c, t in TRANSCRIPT_COLUMNS.items() if c in names]
+    is_control = pl.col("feature_name").str.starts_with(CONTROL_PREFIXES[0])
+    for p in CONTROL_PREFIXES[1:]:
+        is_control = is_control | pl.col("feature_name").str.starts_with(p)
+    try:
+        lf.select(cols).with_columns(is_control.alias("is_control")).sink_parquet(dst, compression="zstd", row_group_size=1_000_000)
+        stats = (pl.scan_parquet(dst).select(
+            pl.len().alias("n"), pl.col("is_control").sum().alias("controls"),
+            (pl.col("cell_id") == "UNASSIGNED").sum().alias("unassigned"),
+            pl.col("feature_name").filter(~pl.col("is_control")).n_unique().alias("genes"),
+        ).collect().row(0, named=True))
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(src, f"cannot stream transcripts ({exc})", "re-copy transcripts.parquet; it may be truncated") from exc
+    return {k: int(v) for k, v in stats.items()}
+
+
+def ingest_xenium(bundle: str | Path, out_dir: str | Path, thumbnail_px: int = 512) -> XeniumIngestSummary:
+    """Validate, read and persist a Xenium bundle into ``out_dir`` (which the caller makes atomic)."""
+    bundle, out_dir = Path(bundle), Path(out_dir)
+    info = validate_bundle(bundle)
+    sdata = _read_with_spatialdata_io(bundle)
+    table = sdata["table"]
+    if table.n_obs == 0:
+        raise InputError(bundle / "cells.parquet", "the slide has zero cells", "check that segmentation ran on this region")
+    obs = table.obs.copy()
+    obs["x_centroid"], obs["y_centroid"] = table.obsm["spatial"][:, 0], table.obsm["spatial"][:, 1]
+    keep = [c for c in obs.columns if c not in ("region",)]
+    cells = pl.from_pandas(obs[keep].reset_index(drop=True).astype({"cell_id": str}))
+    cells = cells.with_columns(pl.Series("mask_id", cell_ids_to_mask_ints(cells["cell_id"].to_numpy())))
+    cells.write_parquet(out_dir / "cells.parquet")
+    out = table.copy()
+    out.obs = out.obs.drop(columns=["region"], errors="ignore")
+    out.uns.pop("spatialdata_attrs", None)
+    out.write_h5ad(out_dir / "expression.h5ad")
+    nuclei = _vertices(sdata["nucleus_boundaries"], "cell_id")
+    nuclei.write_parquet(out_dir / "nucleus_boundaries.parquet")
+    _vertices(sdata["cell_boundaries"], None).write_parquet(out_dir / "cell_boundaries.parquet")
+    tx = stream_transcripts(bundle / "transcripts.parquet", out_dir / "transcripts.parquet")
+    shutil.copyfile(info.morphology_image, out_dir / "morphology_focus.ome.tif")
+    pyr = open_pyramid(out_dir / "morphology_focus.ome.tif")
+    level = thumbnail_level(pyr, thumbnail_px)
+    save_png(read_level(out_dir / "morphology_focus.ome.tif", level), out_dir / "thumbnail_dapi.png", max_px=thumbnail_px)
+    summary = XeniumIngestSummary(
+        n_cells=int(table.n_obs), n_genes=int(table.n_vars), n_transcripts=tx["n"], n_controls=tx["controls"],
+        n_unassigned=tx["unassigned"], n_nuclei=int(nuclei["label_id"].n_unique()), pixel_size_um=info.pixel_size_um,
+        analysis_sw_version=info.analysis_sw_version, morphology_levels=[list(s) for s in pyr.level_shapes],
+    )
+    (out_dir / "summary.json").write_text(summary.to_json())
+    return summary

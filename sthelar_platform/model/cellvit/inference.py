@@ -1,0 +1,117 @@
+"""A trained CellViT as a callable: checkpoint in, nucleus instances with types out.
+
+A checkpoint written by ``training.train`` carries the model config and ``meta`` (class
+names, tissues, magnification, µm per pixel), so it alone rebuilds the model. Used by the
+evaluation, the whole-slide predictions and as a reference segmenter for the agreement QC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from sthelar_platform.model.cellvit.data import MEAN, STD
+from sthelar_platform.model.cellvit.model import CellViT, CellViTConfig
+from sthelar_platform.model.cellvit.postprocess import instance_types, instances_from_maps
+from sthelar_platform.model.cellvit.training import apply_weights, load_checkpoint
+from sthelar_platform.core.errors import InputError
+
+
+@dataclass
+class TilePrediction:
+    """One tile's post-processed prediction (instance ids 1..n; arrays indexed by id - 1)."""
+
+    inst: np.ndarray            # (H, W) int32
+    types: np.ndarray           # (n,) class index 1..C (0 = no foreground vote)
+    centroids: np.ndarray       # (n, 2) x, y in tile pixels
+    areas: np.ndarray           # (n,) pixels
+    type_confidence: np.ndarray  # (n,) mean softmax probability of the chosen class
+    tissue: int = 0
+    tissue_probs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def type_map(self) -> np.ndarray:
+        return np.r_[0, self.types].astype(np.int32)[self.inst]
+
+
+@dataclass
+class LoadedModel:
+    model: CellViT
+    meta: dict
+    device: str = "cpu"
+    postprocess: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.meta.get("classes", [f"class_{k}" for k in range(1, self.model.cfg.n_types)]))
+
+    @torch.no_grad()
+    def predict(self, rgb: np.ndarray) -> list[TilePrediction]:
+        """Predict a batch (n, H, W, 3) uint8, H and W multiples of 16."""
+        x = torch.from_numpy(((rgb.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2).copy())
+        out = self.model(x.to(self.device))
+        np_prob = out["np"].float().softmax(1)[:, 1].cpu().numpy()
+        hv = torch.tanh(out["hv"].float()).cpu().numpy()
+        nt_prob = out["nt"].float().softmax(1)
+        nt_arg = nt_prob.argmax(1).cpu().numpy()
+        nt_prob = nt_prob.cpu().numpy()
+        tissue = out["tissue"].float().softmax(1).cpu().numpy()
+        preds = []
+        for i in range(len(rgb)):
+            inst = instances_from_maps(np_prob[i], hv[i], **self.postprocess)
+            types, xy = instance_types(inst, nt_arg[i], self.model.cfg.n_types)
+            n = len(types)
+            areas = np.bincount(inst.ravel(), minlength=n + 1)[1:]
+            conf = np.zeros(n)
+            if n:
+                chosen = nt_prob[i][types[np.maximum(inst - 1, 0)], np.arange(inst.shape[0])[:, None],
+                                    np.arange(inst.shape[1])[None]]
+                conf = np.bincount(inst.ravel(), weights=np.where(inst > 0, chosen, 0).ravel(),
+                                   minlength=n + 1)[1:] / np.maximum(areas, 1)
+            preds.append(TilePrediction(inst, types, xy, areas, conf, int(tissue[i].argmax()), tissue[i]))
+        return preds
+
+
+def load_model(path: str | Path, device: str = "cpu", postprocess: dict | None = None) -> LoadedModel:
+    """Rebuild the model a checkpoint was trained as and load its weights (``weights_only=True``)."""
+    ckpt = load_checkpoint(path)
+    cfg = ckpt.get("config")
+    if not isinstance(cfg, dict):
+        raise InputError(path, "checkpoint has no model config (not written by this platform's training)",
+                         "use a best.pt / last.pt from a cellvit_* asset, or train a model first")
+    cfg = {**cfg, "decoder_channels": tuple(cfg["decoder_channels"])}
+    model = CellViT(CellViTConfig(**cfg))
+    apply_weights(model, ckpt, path)
+    model.to(device).eval()
+    return LoadedModel(model, dict(ckpt.get("meta") or {}), device, dict(postprocess or {}))
+
+
+@dataclass
+class CellViTSegmenter:
+    """A trained model behind the ``NucleusSegmenter`` interface of the reference segmentation.
+
+    Patches at another pixel size than the model was trained at are resized to it and the
+    instances resized back (nearest neighbour), so a 40x model also segments 20x patches.
+    """
+
+    checkpoint: str
+    device: str = "cpu"
+    name: str = "cellvit"
+
+    def __post_init__(self) -> None:
+        self._model = load_model(self.checkpoint, self.device)
+
+    def segment(self, rgb: np.ndarray, um_per_px: float) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        trained_um = float(self._model.meta.get("um_per_px") or um_per_px)
+        f = um_per_px / trained_um
+        size = (max(16, int(round(w * f / 16)) * 16), max(16, int(round(h * f / 16)) * 16))
+        img = rgb[..., :3] if size == (w, h) else cv2.resize(rgb[..., :3], size, interpolation=cv2.INTER_LINEAR)
+        inst = self._model.predict(np.ascontiguousarray(img)[None])[0].inst
+        if inst.shape != (h, w):
+            inst = cv2.resize(inst, (w, h), interpolation=cv2.INTER_NEAREST)
+        return inst.astype(np.int32)

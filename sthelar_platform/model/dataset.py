@@ -1,0 +1,153 @@
+"""The cross-slide training dataset: a leakage-free, class-stratified split of the exported patches.
+
+Splits are made of whole slides or of square spatial blocks, never of single patches: 256 px
+patches overlap by 64 px, so a patch-level split shares pixels between train and test. With
+blocks, a patch whose footprint reaches into a block of another split is dropped. Blocks (or
+slides) are assigned greedily, rarest class first, to the split furthest below its share of
+that class, so rare classes appear in every split whenever there are enough units to spread.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.tiling.exports import link_or_copy
+
+SPLITS = ("train", "val", "test")
+
+
+def assign_units(counts: pd.DataFrame, fractions: dict[str, float], seed: int = 0,
+                 fixed: dict[str, str] | None = None) -> dict[str, str]:
+    """Assign each unit (row: per-class nucleus counts) to a split, stratified by class.
+
+    Units are taken in order of their rarest class (scarcest first); each goes to the split
+    furthest below its target share of that class, in relative terms, so a split that has none
+    of a class yet comes first.
+    """
+    fixed = dict(fixed or {})
+    frac = np.array([fractions[s] for s in SPLITS], float)
+    frac = frac / frac.sum()
+    totals = counts.sum(0).to_numpy(float)
+    have = np.zeros((len(SPLITS), counts.shape[1]))
+    n_units = np.zeros(len(SPLITS))
+    out: dict[str, str] = {}
+    for unit, split in fixed.items():
+        have[SPLITS.index(split)] += counts.loc[unit].to_numpy()
+        n_units[SPLITS.index(split)] += 1
+        out[unit] = split
+    rng = np.random.default_rng(seed)
+    rest = [u for u in counts.index if u not in fixed]
+    rarity = totals / max(totals.sum(), 1)
+    order = sorted(rest, key=lambda u: (float(np.min(np.where(counts.loc[u].to_numpy() > 0, rarity, np.inf))),
+                                        rng.random()))
+    target_units = frac * len(counts)
+    for unit in order:
+        c = counts.loc[unit].to_numpy(float)
+        if c.sum() == 0:
+            split = int(np.argmax(target_units - n_units))
+        else:
+            k = int(np.argmin(np.where(c > 0, rarity, np.inf)))  # this unit's rarest class
+            target = frac * max(totals[k], 1)
+            deficit = (target - have[:, k]) / target  # relative: a split still without the class comes first
+            # a split that has used up its share of units only takes one when every split has
+            deficit = np.where(n_units < np.ceil(target_units), deficit, deficit - 2.0)
+            split = int(np.argmax(deficit))
+        have[split] += c
+        n_units[split] += 1
+        out[unit] = SPLITS[split]
+    return out
+
+
+def block_of(x0: np.ndarray, y0: np.ndarray, block_px: int) -> np.ndarray:
+    return np.char.add(np.char.add((y0 // block_px).astype(str), "_"), (x0 // block_px).astype(str))
+
+
+def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: dict, size: int = 256) -> pd.DataFrame:
+    """``patches`` (slide_id, name, x0, y0, one count column per class) with ``unit`` and ``split`` added;
+    patches straddling two splits are removed (``split`` = 'dropped')."""
+    frame = patches.copy()
+    mode = cfg["split"]
+    if mode == "slide":
+        if frame["slide_id"].nunique() < 3:
+            raise InputError(None, f"split: slide needs at least 3 slides, got {frame['slide_id'].nunique()}",
+                             "add slides, or set dataset.split to block in config/training.yaml")
+        frame["unit"] = frame["slide_id"]
+        fixed = {s: "test" for s in cfg.get("test_slides") or []}
+    elif mode == "block":
+        b = int(cfg["block_px"])
+        frame["unit"] = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy(), frame["y0"].to_numpy(), b)
+        fixed = {}
+    else:
+        raise InputError(None, f"unknown split {mode!r}", "set dataset.split to slide or block in config/training.yaml")
+    unit_counts = frame.groupby("unit")[list(classes)].sum()
+    assignment = assign_units(unit_counts, cfg["fractions"], int(cfg.get("seed", 0)), fixed)
+    frame["split"] = frame["unit"].map(assignment)
+    if mode == "block":
+        b = int(cfg["block_px"])
+        corners = [(dx, dy) for dx in (0, size - 1) for dy in (0, size - 1)]
+        for dx, dy in corners:
+            other = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy() + dx, frame["y0"].to_numpy() + dy, b)
+            crossing = other.map(assignment).fillna(frame["split"]) != frame["split"]
+            frame.loc[crossing.to_numpy(), "split"] = "dropped"
+    return frame
+
+
+def class_weights(train_counts: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weights over the classes (background first, weight 1), mean 1 over seen classes."""
+    c = np.asarray(train_counts, float)
+    w = np.where(c > 0, c.sum() / np.maximum(c, 1) / max((c > 0).sum(), 1), 0.0)
+    w = w / w[c > 0].mean() if (c > 0).any() else w
+    return np.r_[1.0, w]
+
+
+def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: dict) -> dict:
+    """Assemble ``<mag>/<grouping>/`` CellViT folders with splits.csv across slides."""
+    cats = load_categories()
+    dcfg = cfg["dataset"]
+    mag = dcfg["magnification"]
+    card: dict = {"magnification": mag, "split": dcfg["split"], "slides": slide_ids, "groupings": {}}
+    if not slide_ids:
+        raise InputError(exports, "no exported slides", "materialize slide_export for at least one slide")
+    for grouping in dcfg["groupings"]:
+        classes = cats.groupings[grouping].classes
+        frames = []
+        for slide in slide_ids:
+            d = exports / slide / "cellvit" / mag / grouping
+            cc = pd.read_csv(require_stage_output(d / "cell_count.csv", "slide_export"))
+            qc = pd.read_csv(d / "patches.csv", usecols=["name", "x0", "y0", "tissue"])
+            cc["name"] = cc["Image"].str.removesuffix(".png")
+            frames.append(cc.merge(qc, on="name").assign(slide_id=slide, source=str(d)))
+        patches = pd.concat(frames, ignore_index=True)
+        split = split_patches(patches, classes, dcfg)
+        target = out / mag / grouping
+        (target / "images").mkdir(parents=True)
+        (target / "labels").mkdir()
+        kept = split[split["split"] != "dropped"]
+        for row in kept.itertuples(index=False):
+            link_or_copy(Path(row.source) / "images" / f"{row.name}.png", target / "images" / f"{row.name}.png")
+            link_or_copy(Path(row.source) / "labels" / f"{row.name}.npz", target / "labels" / f"{row.name}.npz")
+        kept[["Image", *classes]].to_csv(target / "cell_count.csv", index=False)
+        pd.DataFrame({"img": kept["Image"], "type": kept["tissue"]}).to_csv(target / "types.csv", index=False)
+        kept[["Image", "split", "slide_id", "unit"]].rename(columns={"Image": "img"}).to_csv(target / "splits.csv",
+                                                                                          index=False)
+        per_split = kept.groupby("split")[list(classes)].sum().reindex(list(SPLITS)).fillna(0).astype(int)
+        weights = class_weights(per_split.loc["train"].to_numpy())
+        (target / "class_weights.json").write_text(json.dumps(
+            {"classes": ["background", *classes], "weights": [round(float(w), 6) for w in weights]}, indent=2))
+        card["groupings"][grouping] = {
+            "patches": {s: int((kept["split"] == s).sum()) for s in SPLITS},
+            "dropped_straddling": int((split["split"] == "dropped").sum()),
+            "nuclei_per_class": {s: per_split.loc[s].to_dict() for s in SPLITS},
+            "patches_per_tissue": {s: kept[kept["split"] == s]["tissue"].value_counts().to_dict() for s in SPLITS},
+            "missing_classes": {s: [c for c in classes if per_split.loc[s, c] == 0 and per_split[c].sum() > 0]
+                                for s in SPLITS},
+            "class_weights": dict(zip(["background", *classes], [round(float(w), 4) for w in weights], strict=True)),
+        }
+    (out / "dataset_card.json").write_text(json.dumps(card, indent=2, default=int))
+    return card

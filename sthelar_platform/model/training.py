@@ -1,0 +1,137 @@
+"""CellViT training on the cross-slide training dataset, one model per class grouping.
+
+Training runs in a work folder keyed by everything that defines the run (dataset version,
+schedule, code): a killed run resumes from its ``last.pt`` there, while a changed dataset or
+schedule starts afresh. Only a finished run publishes ``best.pt`` with its model card.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sthelar_platform.model.cellvit.data import PatchDataset, PatchRecord
+from sthelar_platform.model.cellvit.model import build_model
+from sthelar_platform.model.cellvit.training import TrainSettings, load_weights, train
+from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.hashing import sha256_text
+
+NOMINAL_UM_PER_PX = {"40x": 0.25, "20x": 0.5}
+
+
+def grouping_dir(dataset: Path, cfg: dict, grouping: str) -> Path:
+    return dataset / cfg["dataset"]["magnification"] / grouping
+
+
+def dataset_classes(gdir: Path) -> tuple[list[str], list[float]]:
+    """Class names (background excluded) and the class weights, background first."""
+    w = json.loads(require_stage_output(gdir / "class_weights.json", "training_dataset").read_text())
+    return list(w["classes"][1:]), [float(v) for v in w["weights"]]
+
+
+def dataset_tissues(gdir: Path) -> list[str]:
+    return sorted(pd.read_csv(require_stage_output(gdir / "types.csv", "training_dataset"))["type"].astype(str).unique())
+
+
+def split_records(gdir: Path, split: str, tissues: list[str]) -> list[PatchRecord]:
+    """The patches of one split; an empty split is an InputError naming the fix."""
+    splits = pd.read_csv(require_stage_output(gdir / "splits.csv", "training_dataset"))
+    types = pd.read_csv(gdir / "types.csv").set_index("img")["type"].astype(str)
+    index = {t: i for i, t in enumerate(tissues)}
+    names = splits.loc[splits["split"] == split, "img"].tolist()
+    if not names:
+        raise InputError(gdir / "splits.csv", f"the {split!r} split holds no patches",
+                         "add slides or change dataset.fractions / dataset.split in config/training.yaml")
+    return [PatchRecord(gdir / "images" / n, gdir / "labels" / n.replace(".png", ".npz"), index.get(types[n], 0))
+            for n in names]
+
+
+def schedule_for(cfg: dict, device: str) -> tuple[str, TrainSettings]:
+    """Model size and settings for the device class (``cpu`` or ``cuda``) from config/training.yaml."""
+    t = cfg["training"]
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    if kind not in t["schedules"]:
+        raise InputError(None, f"no training schedule for {kind}", f"add training.schedules.{kind} to config/training.yaml")
+    s = dict(t["schedules"][kind])
+    size = s.pop("size")
+    settings = TrainSettings(**s, weight_decay=float(t["weight_decay"]), seed=int(t["seed"]), device=device,
+                             amp=bool(t["amp"]), loss_weights=dict(t.get("loss_weights") or {}))
+    return size, settings
+
+
+def run_key(*parts: object) -> str:
+    return sha256_text(json.dumps([str(p) for p in parts]))[:16]
+
+
+def loss_curve_png(history: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ep = [h["epoch"] for h in history]
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(ep, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def train_cellvit(dataset: Path, grouping: str, cfg: dict, device: str, work_root: Path, out: Path,
+                  dataset_version: str, code_version: str, root: Path | None = None,
+                  on_epoch: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
+    """Train one grouping's model; writes ``best.pt``, ``model.json``, ``history.csv`` and ``loss_curve.png``.
+
+    Returns the model card and the per-epoch rows (resumed epochs included).
+    """
+    gdir = grouping_dir(dataset, cfg, grouping)
+    classes, weights = dataset_classes(gdir)
+    tissues = dataset_tissues(gdir)
+    tcfg = cfg["training"]
+    train_ds = PatchDataset(split_records(gdir, "train", tissues), augment=bool(tcfg["augment"]), seed=int(tcfg["seed"]))
+    val_ds = PatchDataset(split_records(gdir, "val", tissues))
+    size, settings = schedule_for(cfg, device)
+    mag = cfg["dataset"]["magnification"]
+    meta = {"grouping": grouping, "classes": classes, "tissues": tissues, "magnification": mag,
+            "um_per_px": NOMINAL_UM_PER_PX.get(mag), "size": size, "dataset_version": dataset_version}
+    torch.manual_seed(settings.seed)
+    model = build_model(size, n_types=len(classes) + 1, n_tissues=len(tissues))
+    init = tcfg.get("init_checkpoint")
+    work = work_root / f"cellvit_{grouping}-{run_key(dataset_version, size, settings, init, code_version)}"
+    if init and not (work / "last.pt").exists():
+        path = Path(init) if Path(init).is_absolute() or root is None else Path(root) / init
+        load_weights(model, path)  # InputError on a missing, corrupt or mismatched checkpoint
+    result = train(model, train_ds, val_ds, work, settings, torch.tensor(weights, dtype=torch.float32), on_epoch, meta)
+    best = work / "best.pt"
+    if not best.exists():
+        raise InputError(work, "training finished without a best checkpoint", "check the validation split")
+    shutil.copy2(best, out / "best.pt")  # the work folder keeps its copy until the asset publishes
+    with (out / "history.csv").open("w", newline="") as fh:
+        keys = sorted({k for h in result.history for k in h}, key=lambda k: (k != "epoch", k))
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(result.history)
+    loss_curve_png(result.history, out / "loss_curve.png")
+    card = {**meta, "n_parameters": int(sum(p.numel() for p in model.parameters())), "device": device,
+            "settings": {k: v for k, v in vars(settings).items() if k != "loss_weights"},
+            "loss_weights": settings.loss_weights, "init_checkpoint": init,
+            "n_train_patches": len(train_ds), "n_val_patches": len(val_ds), "epochs_run": len(result.history),
+            "resumed_from_epoch": result.resumed_from, "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
+            "final_train_loss": result.history[-1]["train_loss"] if result.history else float("nan"),
+            "train_patches_per_s": float(np.mean([h["patches_per_s"] for h in result.history])) if result.history else 0.0,
+            "work_dir": str(work)}
+    (out / "model.json").write_text(json.dumps(card, indent=2, default=str))
+    return card, result.history

@@ -1,0 +1,280 @@
+"""H&E -> Xenium registration: apply, refine or estimate the affine, and measure it in µm.
+
+Transforms are 3x3 matrices mapping H&E level-0 pixels to Xenium morphology pixels
+(the Xenium Explorer convention); µm = morphology px x pixel size. Everything works on
+nucleus point sets (H&E nuclei detected on a low-resolution level by colour
+deconvolution, Xenium nucleus centroids), never on full-resolution images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.imaging import open_pyramid, read_level_region
+
+DIHEDRAL = [np.array(m, float) for m in ([[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]],
+                                         [[-1, 0], [0, 1]], [[0, 1], [1, 0]], [[1, 0], [0, -1]], [[0, -1], [-1, 0]])]
+FIX_CSV = "export the alignment again from Xenium Explorer (3 lines of 3 numbers: H&E px -> morphology px), or omit it to register automatically"
+
+
+@dataclass(frozen=True)
+class RegistrationQC:
+    source: str  # csv / refined / automatic
+    median_residual_um: float
+    p90_residual_um: float
+    matched_fraction: float
+    n_he_nuclei: int
+    n_xenium_nuclei: int
+    transform: list[list[float]]  # H&E px -> morphology px
+    residual_grid_um: list[list[float | None]]  # median residual per region (rows = y)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def read_alignment_csv(path: str | Path, expected_scale: float | None = None, tolerance: float = 0.5) -> np.ndarray:
+    """Parse and validate a Xenium Explorer alignment CSV (a header line is accepted)."""
+    path = Path(path)
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read alignment CSV ({exc})", FIX_CSV) from exc
+    rows = []
+    for ln in lines:
+        parts = [p.strip().strip('"') for p in ln.split(",")]
+        try:
+            rows.append([float(p) for p in parts])
+        except ValueError:
+            if rows or len(lines) != 4:  # only a single leading header line is allowed
+                raise InputError(path, f"non-numeric line {ln!r}", FIX_CSV) from None
+    m = np.array(rows, dtype=float) if rows and len({len(r) for r in rows}) == 1 else None
+    if m is None or m.shape != (3, 3):
+        raise InputError(path, f"expected a 3x3 matrix, found {len(rows)} rows of {sorted({len(r) for r in rows})} values", FIX_CSV)
+    if not np.isfinite(m).all():
+        raise InputError(path, "matrix has non-finite values", FIX_CSV)
+    if not np.allclose(m[2], [0, 0, 1], atol=1e-6):
+        raise InputError(path, f"last row is {m[2].tolist()}, expected [0, 0, 1] for an affine transform", FIX_CSV)
+    det = np.linalg.det(m[:2, :2])
+    if abs(det) < 1e-9:
+        raise InputError(path, "matrix is not invertible (determinant 0)", FIX_CSV)
+    if expected_scale is not None:
+        scale = np.sqrt(abs(det))
+        if not (1 - tolerance) * expected_scale <= scale <= (1 + tolerance) * expected_scale:
+            raise InputError(path, f"matrix scale {scale:.3f} is far from the pixel-size ratio {expected_scale:.3f} "
+                             "(H&E of another magnification, or another slide's alignment?)", FIX_CSV)
+    return m
+
+
+def detection_level(info, target_um: float) -> tuple[int, float]:
+    """Pyramid level whose pixel size is closest to ``target_um`` and that pixel size."""
+    base = info.pixel_size_um or 0.25
+    best, best_px = 0, base
+    for i, shape in enumerate(info.level_shapes):
+        px = base * info.level_shapes[0][0] / shape[0]
+        if abs(np.log(px / target_um)) < abs(np.log(best_px / target_um)):
+            best, best_px = i, px
+    return best, best_px
+
+
+def hematoxylin(rgb: np.ndarray) -> np.ndarray:
+    """Hematoxylin optical density by colour deconvolution (Ruifrok & Johnston)."""
+    from skimage.color import rgb2hed
+
+    return rgb2hed(rgb)[..., 0].astype(np.float32)
+
+
+def detect_he_nuclei(he_path: str | Path, target_um: float = 0.5, sigma_um: float = 1.2, min_distance_um: float = 3.0,
+                     tile: int = 2048) -> np.ndarray:
+    """Nucleus centroids (level-0 H&E px), detected tile by tile on a low-resolution level."""
+    from skimage.feature import peak_local_max
+
+    info = open_pyramid(he_path)
+    level, px = detection_level(info, target_um)
+    h, w = info.level_shapes[level][:2]
+    down = info.level_shapes[0][0] / h
+    sigma = sigma_um / px
+    min_d = max(1, int(round(min_distance_um / px)))
+    pad = int(4 * sigma) + min_d
+    found = []
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            y0, x0 = max(0, y - pad), max(0, x - pad)
+            win = read_level_region(he_path, level, y0, x0, min(h, y + tile + pad) - y0, min(w, x + tile + pad) - x0)
+            hem = ndimage.gaussian_filter(hematoxylin(win), sigma)
+            if hem.max() <= 0:
+                continue
+            thr = max(0.02, float(np.percentile(hem, 50)) + 0.5 * float(hem.std()))
+            pk = peak_local_max(hem, min_distance=min_d, threshold_abs=thr, exclude_border=False)
+            gy, gx = pk[:, 0] + y0, pk[:, 1] + x0
+            own = (gy >= y) & (gy < y + tile) & (gx >= x) & (gx < x + tile)
+            found.append(np.column_stack([gx[own], gy[own]]))
+    pts = np.concatenate(found) if found else np.zeros((0, 2))
+    return (pts + 0.5) * down
+
+
+def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ m[:2, :2].T + m[:2, 2]
+
+
+def fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    a = np.column_stack([src, np.ones(len(src))])
+    sol, *_ = np.linalg.lstsq(a, dst, rcond=None)
+    m = np.eye(3)
+    m[:2, :] = sol.T
+    return m
+
+
+def _mutual_pairs(moved: np.ndarray, tree: cKDTree, target: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d, j = tree.query(moved, distance_upper_bound=radius)
+    ok = np.isfinite(d)
+    i = np.flatnonzero(ok)
+    j = j[ok]
+    _, back_i = cKDTree(moved).query(target[j])
+    mutual = back_i == i
+    return i[mutual], j[mutual], d[ok][mutual]
+
+
+def refine(m: np.ndarray, he_pts: np.ndarray, xen_px: np.ndarray, morph_um: float, radii_um: list[float],
+           ransac_iterations: int = 600, seed: int = 0) -> np.ndarray:
+    """RANSAC on tentative nearest-neighbour matches, then ICP with shrinking radii."""
+    tree = cKDTree(xen_px)
+    rng = np.random.default_rng(seed)
+    i, j, _ = _mutual_pairs(apply(m, he_pts), tree, xen_px, radii_um[0] / morph_um)
+    if len(i) >= 3:
+        src, dst = he_pts[i], xen_px[j]
+        tol = radii_um[-1] / morph_um
+        best, best_n = m, (np.linalg.norm(apply(m, src) - dst, axis=1) < tol).sum()
+        for _ in range(ransac_iterations):
+            s = rng.choice(len(i), 3, replace=False)
+            a = np.column_stack([src[s], np.ones(3)])
+            if abs(np.linalg.det(a)) < 1e-6:
+                continue
+            cand = fit_affine(src[s], dst[s])
+            n = (np.linalg.norm(apply(cand, src) - dst, axis=1) < tol).sum()
+            if n > best_n:
+                best, best_n = cand, n
+        m = best
+    for r in radii_um:
+        for _ in range(5):
+            i, j, _ = _mutual_pairs(apply(m, he_pts), tree, xen_px, r / morph_um)
+            if len(i) < 3:
+                break
+            new = fit_affine(he_pts[i], xen_px[j])
+            if np.abs(new - m).max() < 1e-4:
+                m = new
+                break
+            m = new
+    return m
+
+
+def _density(pts_um: np.ndarray, origin: np.ndarray, shape: tuple[int, int], bin_um: float) -> np.ndarray:
+    idx = np.floor((pts_um - origin) / bin_um).astype(int)
+    ok = (idx[:, 0] >= 0) & (idx[:, 1] >= 0) & (idx[:, 0] < shape[1]) & (idx[:, 1] < shape[0])
+    img = np.zeros(shape, np.float32)
+    np.add.at(img, (idx[ok, 1], idx[ok, 0]), 1)
+    return ndimage.gaussian_filter(img, 1.0)
+
+
+def _rotation(deg: float) -> np.ndarray:
+    t = np.deg2rad(deg)
+    return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+def automatic_candidates(rotations: tuple[float, float, float], scales: tuple[float, float, float]) -> list[np.ndarray]:
+    """Every 90° turn and flip x rotation x scale (H&E µm -> Xenium µm linear parts)."""
+    return [s * _rotation(th) @ d for d in DIHEDRAL
+            for th in np.arange(rotations[0], rotations[1] + 1e-9, rotations[2])
+            for s in np.arange(scales[0], scales[1] + 1e-9, scales[2])]
+
+
+def local_candidates(lin_um: np.ndarray, max_deg: float = 3.0, step_deg: float = 0.5, max_scale: float = 0.03,
+                     step_scale: float = 0.01) -> list[np.ndarray]:
+    """Small rotations and scalings around a given linear part (to refine an alignment CSV)."""
+    return [s * _rotation(th) @ lin_um for th in np.arange(-max_deg, max_deg + 1e-9, step_deg)
+            for s in np.arange(1 - max_scale, 1 + max_scale + 1e-9, step_scale)]
+
+
+def coarse_search(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: float, bin_um: float,
+                  candidates: list[np.ndarray]) -> np.ndarray:
+    """Best linear candidate + translation by FFT cross-correlation of nucleus density maps.
+
+    Returns the H&E px -> morphology px matrix.
+    """
+    lo = xen_um.min(0) - 200
+    hi = xen_um.max(0) + 200
+    shape = (int(np.ceil((hi - lo)[1] / bin_um)) * 2, int(np.ceil((hi - lo)[0] / bin_um)) * 2)
+    origin = lo - (np.array(shape[::-1]) * bin_um - (hi - lo)) / 2
+    ref = _density(xen_um, origin, shape, bin_um)
+    ref_f = np.fft.rfft2(ref - ref.mean())
+    center = (lo + hi) / 2
+    mean_he = (he_pts * he_um).mean(0)
+    he_c = he_pts * he_um - mean_he
+    best_score, best = -np.inf, None
+    for lin in candidates:
+        img = _density(he_c @ lin.T + center, origin, shape, bin_um)
+        cc = np.fft.irfft2(ref_f * np.conj(np.fft.rfft2(img - img.mean())), s=shape)
+        k = int(np.argmax(cc))
+        score = cc.flat[k] / (np.linalg.norm(img - img.mean()) + 1e-9)
+        if score > best_score:
+            dy, dx = np.unravel_index(k, shape)
+            dy = dy - shape[0] if dy > shape[0] // 2 else dy
+            dx = dx - shape[1] if dx > shape[1] // 2 else dx
+            best_score, best = score, (lin, center + np.array([dx, dy]) * bin_um)
+    lin, shifted_center = best
+    # Xenium µm = lin @ (H&E px * he_um - mean_he) + shifted_center, expressed as H&E px -> morphology px
+    m = np.eye(3)
+    m[:2, :2] = lin * he_um / morph_um
+    m[:2, 2] = (shifted_center - lin @ mean_he) / morph_um
+    return m
+
+
+def measure(m: np.ndarray, he_pts: np.ndarray, xen_px: np.ndarray, morph_um: float, radius_um: float, source: str,
+            grid: int = 4) -> RegistrationQC:
+    """Residuals (µm) between matched H&E nuclei and Xenium nuclei, overall and per region."""
+    tree = cKDTree(xen_px)
+    i, j, d = _mutual_pairs(apply(m, he_pts), tree, xen_px, radius_um / morph_um)
+    res = d * morph_um
+    lo, hi = xen_px.min(0), xen_px.max(0) + 1e-9
+    cells = np.floor((xen_px[j] - lo) / (hi - lo) * grid).astype(int) if len(j) else np.zeros((0, 2), int)
+    grid_med = [[(float(np.median(res[(cells[:, 1] == gy) & (cells[:, 0] == gx)]))
+                  if ((cells[:, 1] == gy) & (cells[:, 0] == gx)).any() else None) for gx in range(grid)] for gy in range(grid)]
+    return RegistrationQC(
+        source=source, median_residual_um=float(np.median(res)) if len(res) else float("inf"),
+        p90_residual_um=float(np.percentile(res, 90)) if len(res) else float("inf"),
+        matched_fraction=len(j) / max(len(xen_px), 1), n_he_nuclei=len(he_pts), n_xenium_nuclei=len(xen_px),
+        transform=m.tolist(), residual_grid_um=grid_med)
+
+
+def register(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: float, cfg: dict,
+             csv_matrix: np.ndarray | None = None) -> RegistrationQC:
+    """Refine a given matrix, or estimate one when none is given; always measure the result."""
+    xen_px = xen_um / morph_um
+    if len(he_pts) < 10 or len(xen_px) < 10:
+        raise InputError(None, f"too few nuclei to register ({len(he_pts)} in H&E, {len(xen_px)} in Xenium)",
+                         "check that the H&E shows the same tissue as the Xenium run")
+    if csv_matrix is not None:
+        candidates = local_candidates(csv_matrix[:2, :2] * morph_um / he_um)
+        source = "refined"
+    else:
+        candidates = automatic_candidates(tuple(cfg["coarse_rotations_deg"]), tuple(cfg["coarse_scales"]))
+        source = "automatic"
+    m0 = coarse_search(he_pts, he_um, xen_um, morph_um, cfg["coarse_bin_um"], candidates)
+    if csv_matrix is not None:
+        # keep the CSV when it is already at least as good as the coarse estimate
+        q_csv = measure(csv_matrix, he_pts, xen_px, morph_um, cfg["match_radius_um"], source)
+        q_m0 = measure(m0, he_pts, xen_px, morph_um, cfg["match_radius_um"], source)
+        m0 = csv_matrix if q_csv.matched_fraction >= q_m0.matched_fraction else m0
+    m = refine(m0, he_pts, xen_px, morph_um, cfg["coarse_radii_um"] + list(cfg["icp_radii_um"]), cfg["ransac_iterations"])
+    return measure(m, he_pts, xen_px, morph_um, cfg["match_radius_um"], source)
+
+
+def transform_error_um(m: np.ndarray, truth: np.ndarray, he_pts: np.ndarray, morph_um: float) -> np.ndarray:
+    """Per-point error (µm) of ``m`` against the true matrix, evaluated at H&E points."""
+    return np.linalg.norm(apply(m, he_pts) - apply(truth, he_pts), axis=1) * morph_um

@@ -1,0 +1,120 @@
+"""An independent H&E nucleus segmentation of every patch, the other side of the agreement QC.
+
+The default is classical and needs no downloaded weights: hematoxylin by colour
+deconvolution, smoothing, a threshold, and a distance-transform watershed that splits
+touching nuclei. Any object with a ``segment(rgb, um_per_px) -> int32 instances`` method
+(``NucleusSegmenter``) can replace it, e.g. a trained CellViT model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.tiling.patches import save_npz
+from sthelar_platform.registration.transform import hematoxylin
+
+
+class NucleusSegmenter(Protocol):
+    name: str
+
+    def segment(self, rgb: np.ndarray, um_per_px: float) -> np.ndarray:
+        """(H, W) int32 nucleus instances (0 = background) of an (H, W, 3) uint8 image."""
+
+
+@dataclass(frozen=True)
+class ClassicalSegmenter:
+    smoothing_sigma_um: float = 0.4
+    threshold: float | str = "otsu"
+    min_threshold: float = 0.08
+    min_area_um2: float = 6.0
+    peak_min_distance_um: float = 2.5
+    peak_footprint_um: float = 2.0
+    name: str = "classical"
+
+    def segment(self, rgb: np.ndarray, um_per_px: float) -> np.ndarray:
+        from skimage.feature import peak_local_max
+        from skimage.filters import threshold_otsu
+        from skimage.segmentation import watershed
+
+        hem = ndimage.gaussian_filter(hematoxylin(rgb[..., :3]), self.smoothing_sigma_um / um_per_px)
+        if self.threshold == "otsu":
+            thr = max(float(threshold_otsu(hem)) if np.ptp(hem) > 0 else np.inf, self.min_threshold)
+        else:
+            thr = float(self.threshold)
+        fg = ndimage.binary_fill_holes(hem > thr)
+        min_px = self.min_area_um2 / um_per_px**2
+        comp, n = ndimage.label(fg)
+        if n == 0:
+            return np.zeros(fg.shape, np.int32)
+        sizes = np.bincount(comp.ravel())
+        fg = (sizes >= min_px)[comp] & fg
+        dist = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 5)
+        dist = ndimage.gaussian_filter(dist, 1.0)
+        min_d = max(1, int(round(self.peak_min_distance_um / um_per_px)))
+        peaks = peak_local_max(dist, min_distance=min_d, labels=ndimage.label(fg)[0], exclude_border=False)
+        markers = np.zeros(fg.shape, np.int32)
+        markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
+        return watershed(-dist, markers, mask=fg).astype(np.int32)
+
+
+def make_segmenter(cfg: dict, root: Path | None = None, device: str = "cpu") -> NucleusSegmenter:
+    """The configured segmenter (``reference_segmentation`` in config/tiling.yaml).
+
+    ``method: cellvit`` uses a trained model; its ``checkpoint`` is relative to the storage
+    root ``root`` unless absolute (e.g. ``models/cellvit_detailed/best.pt``).
+    """
+    method = cfg.get("method", "classical")
+    if method == "classical":
+        return ClassicalSegmenter(**cfg.get("classical", {}))
+    if method == "cellvit":
+        from sthelar_platform.model.cellvit.inference import CellViTSegmenter
+
+        ckpt = Path(str((cfg.get("cellvit") or {}).get("checkpoint") or ""))
+        if not str(ckpt) or str(ckpt) == ".":
+            raise InputError(None, "reference_segmentation.method is cellvit but no cellvit.checkpoint is set",
+                             "set reference_segmentation.cellvit.checkpoint (e.g. models/cellvit_detailed/best.pt)")
+        if not ckpt.is_absolute() and root is not None:
+            ckpt = Path(root) / ckpt
+        return CellViTSegmenter(str(ckpt), device)
+    raise InputError(None, f"unknown reference segmentation method {method!r}",
+                     "set reference_segmentation.method to 'classical' or 'cellvit' in config/tiling.yaml")
+
+
+def segment_patches(patches_dir: Path, out: Path, segmenter: NucleusSegmenter, compresslevel: int = 1,
+                    workers: int = 2, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Segment every patch image of one magnification; writes ``<name>.npz`` (inst_map) per patch."""
+    table = pd.read_parquet(require_stage_output(patches_dir / "patches.parquet", "patches"))
+    summary = json.loads((patches_dir / "summary.json").read_text())
+    um = float(summary["um_per_px"])
+    out.mkdir(parents=True, exist_ok=True)
+
+    def one(name: str) -> int:
+        path = patches_dir / "images" / f"{name}.png"
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InputError(path, "patch image missing or unreadable", "materialize the patches asset again")
+        inst = segmenter.segment(bgr[..., ::-1], um)
+        save_npz(out / f"{name}.npz", {"inst_map": inst}, compresslevel)
+        return int(inst.max())
+
+    counts = []
+    names = table["name"].tolist()
+    with ThreadPoolExecutor(workers) as pool:
+        for i, n in enumerate(pool.map(one, names)):
+            counts.append(n)
+            if progress and (i + 1) % 64 == 0:
+                progress(i + 1, len(names))
+    pd.DataFrame({"name": names, "n_ref_nuclei": np.asarray(counts, int)}).to_parquet(out / "counts.parquet")
+    return {"magnification": summary["magnification"], "n_patches": len(names), "segmenter": segmenter.name,
+            "n_ref_nuclei": int(np.sum(counts)) if counts else 0}

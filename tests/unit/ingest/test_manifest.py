@@ -1,0 +1,70 @@
+import pytest
+import yaml
+
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest, specs_from_folder
+
+
+def _write(path, slides):
+    path.write_text(yaml.safe_dump({"slides": slides}))
+    return path
+
+
+def _entry(slide, sid="s1"):
+    return {"slide_id": sid, "tissue": "breast", "xenium_dir": str(slide / "xenium"),
+            "he_image": str(slide / "he" / "tiny_he_image.ome.tif")}
+
+
+def test_generated_manifest_loads_with_relative_paths(tiny_cohort):
+    (spec,) = load_manifest(tiny_cohort / "manifest.yaml")
+    assert spec.slide_id == "tiny" and spec.synthetic and spec.xenium_dir.is_dir() and spec.reference.exists()
+
+
+def test_csv_manifest(tiny_slide, tmp_path):
+    p = tmp_path / "m.csv"
+    e = _entry(tiny_slide)
+    p.write_text(",".join(e) + "\n" + ",".join(e.values()) + "\n")
+    assert load_manifest(p)[0].he_image.name == "tiny_he_image.ome.tif"
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda e: e.update(xenium_dir="/does/not/exist"), "does not exist"),
+    (lambda e: e.update(slide_id="../x"), "invalid slide id"),
+    (lambda e: e.update(slide_id="has space"), "invalid slide id"),
+    (lambda e: e.pop("he_image"), "lacks he_image"),
+    (lambda e: e.update(colour="red"), "unknown manifest field"),
+])
+def test_bad_entries_fail_naming_manifest_and_fix(tiny_slide, tmp_path, mutate, expected):
+    e = _entry(tiny_slide)
+    mutate(e)
+    p = _write(tmp_path / "m.yaml", [e])
+    with pytest.raises(InputError) as err:
+        load_manifest(p)
+    assert str(p) in str(err.value) and expected in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_duplicate_slide_ids_rejected(tiny_slide, tmp_path):
+    p = _write(tmp_path / "m.yaml", [_entry(tiny_slide), _entry(tiny_slide)])
+    with pytest.raises(InputError, match="duplicate slide id 's1'"):
+        load_manifest(p)
+
+
+def test_not_a_manifest(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text("just text")
+    with pytest.raises(InputError, match="no 'slides:' list"):
+        load_manifest(p)
+
+
+def test_catalog_refuses_repointing_without_replace(tiny_slide, tmp_path):
+    cat = SlideCatalog(tmp_path / "catalog.yaml")
+    spec = specs_from_folder(tiny_slide, "breast", "s1")
+    cat.add([spec])
+    cat.add([spec])  # same slide again is idempotent
+    other = specs_from_folder(tiny_slide, "skin", "s1")
+    with pytest.raises(InputError, match="already registered"):
+        cat.add([other])
+    cat.add([other], replace=True)
+    assert cat.get("s1").tissue == "skin"
+    with pytest.raises(InputError, match="not registered"):
+        cat.get("s2")

@@ -1,0 +1,149 @@
+"""CellViT in plain torch: shapes, targets, post-processing, checkpoints and the CPU overfit check."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sthelar_platform.model.cellvit.data import PatchDataset, PatchRecord
+from sthelar_platform.model.cellvit.model import build_model
+from sthelar_platform.model.cellvit.postprocess import instance_types, instances_from_maps
+from sthelar_platform.model.cellvit.targets import hv_maps
+from sthelar_platform.model.cellvit.training import TrainSettings, TrainingDiverged, load_weights, train
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.tiling.patches import save_npz
+from sthelar_platform.tiling.agreement import patch_agreement
+
+PINK, HEMATOXYLIN = (230, 160, 220), (70, 40, 120)
+
+
+def _patches(tmp_path, n=4, size=128, seed=0):
+    """Drawn patches: dark discs (class 1 small, class 2 large) on pink, in the CellViT export layout."""
+    rng = np.random.default_rng(seed)
+    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "labels").mkdir(exist_ok=True)
+    records = []
+    for i in range(n):
+        img = np.full((size, size, 3), PINK, np.uint8)
+        inst = np.zeros((size, size), np.int32)
+        types = np.zeros((size, size), np.int32)
+        k = 0
+        for _ in range(6):
+            x, y = (int(v) for v in rng.integers(14, size - 14, 2))
+            if inst[y, x]:
+                continue
+            k += 1
+            big = bool(rng.integers(2))
+            r = 11 if big else 6
+            cv2.circle(img, (x, y), r, HEMATOXYLIN, -1)
+            cv2.circle(inst, (x, y), r, k, -1)
+            cv2.circle(types, (x, y), r, 2 if big else 1, -1)
+        cv2.imwrite(str(tmp_path / "images" / f"p{i}.png"), img[..., ::-1])
+        save_npz(tmp_path / "labels" / f"p{i}.npz", {"inst_map": inst, "type_map": types}, 1)
+        records.append(PatchRecord(tmp_path / "images" / f"p{i}.png", tmp_path / "labels" / f"p{i}.npz", 0))
+    return records
+
+
+def test_model_outputs_have_the_heads_shapes():
+    m = build_model("tiny", n_types=10, n_tissues=3)
+    out = m(torch.randn(2, 3, 256, 256))
+    assert out["np"].shape == (2, 2, 256, 256) and out["hv"].shape == (2, 2, 256, 256)
+    assert out["nt"].shape == (2, 10, 256, 256) and out["tissue"].shape == (2, 3)
+
+
+def test_hv_targets_and_postprocessing_split_touching_nuclei():
+    inst = np.zeros((128, 128), np.int32)
+    cv2.circle(inst, (50, 60), 14, 1, -1)
+    cv2.circle(inst, (76, 60), 14, 2, -1)
+    hv = hv_maps(inst)
+    assert hv.min() == -1 and hv.max() == 1 and (hv[:, inst == 0] == 0).all()
+    out = instances_from_maps((inst > 0).astype(float), hv)
+    assert out.max() == 2 and patch_agreement(inst, out, 12)["bpq"] > 0.9
+    types, xy = instance_types(out, np.where(inst == 1, 3, np.where(inst == 2, 5, 0)), 10)
+    assert sorted(types.tolist()) == [3, 5] and xy.shape == (2, 2)
+
+
+def _bpq(model, ds):
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for i in range(len(ds)):
+            b = ds[i]
+            out = model(b["image"][None])
+            inst = instances_from_maps(out["np"].softmax(1)[0, 1].numpy(), torch.tanh(out["hv"])[0].numpy())
+            scores.append(patch_agreement(b["inst"].numpy(), inst, 12)["bpq"])
+    return float(np.mean(scores))
+
+
+def test_tiny_config_overfits_a_handful_of_patches(tmp_path):
+    torch.set_num_threads(2)
+    records = _patches(tmp_path / "data")
+    ds = PatchDataset(records)
+    torch.manual_seed(0)  # the initial weights too, not only the training run, are seeded (as the assets do)
+    model = build_model("tiny", n_types=3, n_tissues=1, img_size=128)
+    before = _bpq(model, ds)
+    res = train(model, ds, ds, tmp_path / "run", TrainSettings(epochs=30, batch_size=4, lr=2e-3, patience=100))
+    losses = [h["train_loss"] for h in res.history]
+    after = _bpq(model, ds)
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert after > before + 0.3 and after > 0.5, (before, after)
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    ds = PatchDataset(_patches(tmp_path / "data", n=2))
+    run = tmp_path / "run"
+    m = build_model("tiny", n_types=3, n_tissues=1, img_size=128)
+    first = train(m, ds, ds, run, TrainSettings(epochs=2, batch_size=2))
+    assert first.epochs_run == 2 and first.resumed_from is None
+    m2 = build_model("tiny", n_types=3, n_tissues=1, img_size=128)  # a new process after a kill
+    second = train(m2, ds, ds, run, TrainSettings(epochs=3, batch_size=2))
+    assert second.resumed_from == 2 and second.epochs_run == 1 and len(second.history) == 3
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    ds = PatchDataset(_patches(tmp_path / "data", n=2))
+    run = tmp_path / "run"
+    train(build_model("tiny", n_types=3, n_tissues=1, img_size=128), ds, ds, run, TrainSettings(epochs=1, batch_size=2))
+    good = (run / "last.pt").read_bytes()
+    diverging = TrainSettings(epochs=2, batch_size=2, loss_weights={"np_dice": float("nan")})
+    with pytest.raises(TrainingDiverged, match="loss is nan"):
+        train(build_model("tiny", n_types=3, n_tissues=1, img_size=128), ds, ds, run, diverging)
+    assert (run / "last.pt").read_bytes() == good and not list(run.glob("*.tmp-*"))
+
+
+def test_checkpoint_for_other_classes_or_corrupt_file_is_a_clear_error(tmp_path):
+    ds = PatchDataset(_patches(tmp_path / "data", n=1))
+    m = build_model("tiny", n_types=3, n_tissues=1, img_size=128)
+    train(m, ds, ds, tmp_path / "run", TrainSettings(epochs=1, batch_size=1))
+    other = build_model("tiny", n_types=10, n_tissues=1, img_size=128)
+    with pytest.raises(InputError, match="does not fit this model.*nt_branch.*Fix: use a checkpoint trained"):
+        load_weights(other, tmp_path / "run" / "best.pt")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes((tmp_path / "run" / "best.pt").read_bytes()[:1000])
+    with pytest.raises(InputError, match="not a readable checkpoint"):
+        load_weights(m, bad)
+
+
+def test_empty_split_is_a_clear_error():
+    with pytest.raises(InputError, match="holds no patches"):
+        PatchDataset([])
+
+
+def test_evaluation_by_hand():
+    from sthelar_platform.model.cellvit.evaluation import EvaluationTotals
+
+    inst = np.zeros((64, 64), np.int32)
+    types = np.zeros((64, 64), np.int32)
+    inst[5:15, 5:15], types[5:15, 5:15] = 1, 1
+    inst[30:40, 30:40], types[30:40, 30:40] = 2, 2
+    perfect = EvaluationTotals(n_classes=2, radius_px=12)
+    perfect.add(inst, types, inst, types)
+    r = perfect.result(("a", "b"))
+    assert r["detection_f1"] == 1 and r["bpq"] == 1 and r["mpq"] == 1
+    assert r["per_class"]["a"]["f1"] == 1 and r["per_class"]["b"]["support"] == 1
+    swapped = EvaluationTotals(n_classes=2, radius_px=12)
+    swapped.add(inst, types, inst, np.where(types == 1, 2, np.where(types == 2, 1, 0)))
+    s = swapped.result(("a", "b"))
+    assert s["detection_f1"] == 1 and s["bpq"] == 1 and s["mpq"] == 0
+    # paired, wrong type: TP_a = TN_a = 0, FP_a = FN_a = 1 -> F1 = 0
+    assert s["per_class"]["a"]["f1"] == 0

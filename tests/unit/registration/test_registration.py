@@ -1,0 +1,144 @@
+"""Registration accuracy against the known synthetic transform, and bad alignment inputs."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sthelar_platform.registration import transform as reg
+from sthelar_platform.core.config import load_config
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.synth import synthesize_slide
+from sthelar_platform.synth.transform import TransformSpec, write_alignment_csv
+
+MORPH_UM, HE_UM = 0.2125, 0.2738
+CFG = load_config("pipeline")["registration"]
+
+
+def _inputs(folder):
+    truth = np.array(json.loads((folder / "truth" / "transform.json").read_text())["he_to_morphology"])
+    cells = pl.read_parquet(folder / "truth" / "cells.parquet").filter(pl.col("has_nucleus"))
+    xen_um = cells.select("x_um", "y_um").to_numpy()
+    he_pts = reg.detect_he_nuclei(next((folder / "he").glob("*.ome.tif")))
+    all_he = reg.apply(np.linalg.inv(truth), xen_um / MORPH_UM)  # every cell, in H&E px
+    return truth, xen_um, he_pts, all_he
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tiny_slide):
+    return _inputs(tiny_slide)
+
+
+def test_csv_path_error_below_half_micron(tiny_slide, tiny_inputs):
+    truth, xen_um, he_pts, all_he = tiny_inputs
+    m = reg.read_alignment_csv(tiny_slide / "he" / "tiny_he_imagealignment.csv", HE_UM / MORPH_UM)
+    qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG, csv_matrix=m)
+    err = reg.transform_error_um(np.array(qc.transform), truth, all_he, MORPH_UM)
+    assert np.median(err) <= 0.5 and qc.source == "refined"
+    assert qc.matched_fraction > 0.9 and qc.median_residual_um < CFG["max_median_residual_um"]
+
+
+def test_perturbed_csv_is_refined_back(tiny_inputs):
+    truth, xen_um, he_pts, all_he = tiny_inputs
+    t = np.deg2rad(2.0)
+    perturb = np.array([[np.cos(t), -np.sin(t), 20 / MORPH_UM], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    bad = perturb @ truth
+    assert np.median(reg.transform_error_um(bad, truth, all_he, MORPH_UM)) > 15
+    qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG, csv_matrix=bad)
+    assert np.median(reg.transform_error_um(np.array(qc.transform), truth, all_he, MORPH_UM)) <= 1.0
+
+
+@pytest.mark.parametrize("spec", [
+    TransformSpec(rotation_deg=-9.0, scale_jitter=0.08, quarter_turns=1, flip=True),
+    TransformSpec(rotation_deg=7.5, scale_jitter=-0.08, quarter_turns=3, flip=False),
+    TransformSpec(rotation_deg=3.0, scale_jitter=0.0, quarter_turns=2, flip=True),
+])
+def test_automatic_registration_any_turn_flip_rotation_scale(tmp_path, spec):
+    slide = synthesize_slide(tmp_path, "auto", "breast", "tiny", seed=11, transform=spec)
+    truth, xen_um, he_pts, all_he = _inputs(slide.folder)
+    qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG)
+    err = reg.transform_error_um(np.array(qc.transform), truth, all_he, MORPH_UM)
+    assert qc.source == "automatic" and np.median(err) <= 1.0, (np.median(err), qc.matched_fraction)
+
+
+def test_alignment_of_another_slide_fails_the_quality_thresholds(tmp_path, tiny_inputs):
+    other = synthesize_slide(tmp_path, "other", "skin", "tiny", seed=5)
+    _, xen_um, he_pts, _ = tiny_inputs
+    wrong = reg.read_alignment_csv(other.alignment_csv)
+    qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG, csv_matrix=wrong)
+    assert qc.matched_fraction < CFG["min_matched_fraction"] or qc.median_residual_um > CFG["max_median_residual_um"]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("1,0,0\n0,0,0\n0,0,1\n", "not invertible"),
+    ("1,0,nan\n0,1,0\n0,0,1\n", "non-finite"),
+    ("1,0\n0,1\n", "expected a 3x3 matrix"),
+    ("hello world\n", "non-numeric line"),
+    ("1,0,0\n0,1,0\n0,0,1\n1,2,3\n", "expected a 3x3 matrix"),
+    ("1,0,0\n0,1,0\n0.1,0,1\n", "last row"),
+])
+def test_bad_alignment_csv(tmp_path, text, problem):
+    p = tmp_path / "align.csv"
+    p.write_text(text)
+    with pytest.raises(InputError) as e:
+        reg.read_alignment_csv(p)
+    assert problem in str(e.value) and "align.csv" in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_header_line_is_accepted(tmp_path):
+    p = tmp_path / "align.csv"
+    write_alignment_csv(p, np.array([[1.2, 0, 5], [0, 1.2, 7], [0, 0, 1]]))
+    p.write_text("a,b,c\n" + p.read_text())
+    assert reg.read_alignment_csv(p)[0, 2] == 5
+
+
+def test_he_at_10x_passed_as_40x_is_caught_by_scale(tiny_slide):
+    # a 10x image has 4x larger pixels: its true matrix scale is 4x the 40x pixel-size ratio
+    m = reg.read_alignment_csv(tiny_slide / "he" / "tiny_he_imagealignment.csv")
+    p = tiny_slide.parent / "x10.csv"
+    write_alignment_csv(p, np.diag([4, 4, 1]) @ m)
+    with pytest.raises(InputError, match="far from the pixel-size ratio"):
+        reg.read_alignment_csv(p, expected_scale=HE_UM / MORPH_UM, tolerance=CFG["scale_tolerance"])
+    p.unlink()
+
+
+def test_he_without_tissue_overlap_has_too_few_nuclei(tmp_path):
+    import tifffile
+
+    blank = tmp_path / "blank.ome.tif"
+    tifffile.imwrite(blank, np.full((1024, 1024, 3), 245, np.uint8), photometric="rgb")
+    assert len(reg.detect_he_nuclei(blank)) < 10
+    with pytest.raises(InputError, match="too few nuclei"):
+        reg.register(np.zeros((0, 2)), HE_UM, np.random.default_rng(0).uniform(0, 100, (50, 2)), MORPH_UM, CFG)
+
+
+def test_nucleus_centroids_are_polygon_area_centroids(tmp_path):
+    from sthelar_platform.registration.slide import nucleus_centroids_um
+
+    # an L-shaped nucleus (area centroid differs from the vertex mean) and a closed square
+    l_shape = [(0, 0), (4, 0), (4, 1), (1, 1), (1, 4), (0, 4), (0, 0)]
+    square = [(10, 10), (12, 10), (12, 12), (10, 12), (10, 10)]
+    # a small nucleus far from the origin, stored as float32 as Xenium does (cancellation trap)
+    far = [(6543.25 + x, 6012.5 + y) for x, y in [(0, 0), (3, 0), (3, 2), (0, 2), (0, 0)]]
+    rows = [("a", x, y) for x, y in l_shape] + [("b", x, y) for x, y in square] + [("c", x, y) for x, y in far]
+    pl.DataFrame(rows, schema={"cell_id": pl.String, "vertex_x": pl.Float32, "vertex_y": pl.Float32},
+                 orient="row").write_parquet(tmp_path / "n.parquet")
+    c = nucleus_centroids_um(tmp_path / "n.parquet")
+    got = {tuple(np.round(p, 4)) for p in c}
+    # L = 4x1 bar (centre 2, 0.5) + 1x3 bar (centre 0.5, 2.5): area-weighted centroid (8/7·…)
+    cx = (4 * 2 + 3 * 0.5) / 7
+    cy = (4 * 0.5 + 3 * 2.5) / 7
+    assert got == {(round(cx, 4), round(cy, 4)), (11.0, 11.0), (6544.75, 6013.5)}
+
+
+def test_quality_failures_name_each_reason():
+    from sthelar_platform.registration.slide import quality_failures
+
+    good = reg.RegistrationQC("refined", 0.8, 1.6, 0.97, 500, 480, np.eye(3).tolist(), [[0.8]])
+    assert quality_failures(good, 0.274, 0.2738, "metadata", CFG) == []
+    bad = reg.RegistrationQC("automatic", 2.4, 2.9, 0.2, 500, 480, np.eye(3).tolist(), [[2.4]])
+    reasons = quality_failures(bad, 1.1, 0.2738, "metadata", CFG)
+    assert len(reasons) == 4 and "matched" in reasons[0] and "median" in reasons[1] and "10x" in reasons[3]
+    # an assumed pixel size cannot contradict the fit
+    assert len(quality_failures(bad, 1.1, 0.25, "assumed", CFG)) == 3

@@ -1,0 +1,40 @@
+"""The classical H&E nucleus segmenter on drawn images."""
+
+import cv2
+import numpy as np
+import pytest
+
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.tiling.reference_segmentation import ClassicalSegmenter, make_segmenter
+from sthelar_platform.tiling.agreement import patch_agreement
+
+PINK, HEMATOXYLIN = (230, 160, 220), (70, 40, 120)
+
+
+def _image(discs):
+    img = np.full((256, 256, 3), PINK, np.uint8)
+    truth = np.zeros((256, 256), np.int32)
+    for i, (x, y, r) in enumerate(discs, 1):
+        cv2.circle(img, (x, y), r, HEMATOXYLIN, -1)
+        cv2.circle(truth, (x, y), r, i, -1)
+    return img, truth
+
+
+def test_separate_and_touching_nuclei_are_found_and_split():
+    img, truth = _image([(40, 40, 14), (120, 60, 12), (100, 180, 15), (129, 180, 15)])  # last two touch
+    inst = ClassicalSegmenter().segment(img, um_per_px=0.25)
+    assert inst.dtype == np.int32 and len(np.unique(inst)) - 1 == 4
+    m = patch_agreement(truth, inst, radius_px=12)
+    assert m["det_f1"] == 1.0 and m["dice"] > 0.9 and m["bpq"] > 0.75
+
+
+def test_blank_tissue_gives_no_nucleus():
+    img = np.full((256, 256, 3), PINK, np.uint8)
+    assert ClassicalSegmenter().segment(img, 0.25).max() == 0
+    assert ClassicalSegmenter().segment(np.full((256, 256, 3), 255, np.uint8), 0.25).max() == 0
+
+
+def test_unknown_method_is_a_clear_error():
+    assert make_segmenter({"method": "classical", "classical": {"min_area_um2": 4.0}}).min_area_um2 == 4.0
+    with pytest.raises(InputError, match="unknown reference segmentation method 'sam'.*Fix"):
+        make_segmenter({"method": "sam"})
