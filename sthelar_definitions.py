@@ -22,21 +22,21 @@ from assets.annotation.labels import (
     nucleus_counts,
     tangram_labels,
 )
+from assets.annotation.reference_atlas import reference_atlas
 from assets.automation import automation_sensor, observe_references_job, reference_watch, slide_landing_sensor
 from assets.ingest import he_image, xenium_slide
+from assets.model.dataset import training_dataset
 from assets.model.evaluation import model_evaluation, model_targets
+from assets.model.predictions import slide_predictions
 from assets.model.training import cellvit_detailed, cellvit_grouped
-from assets.tiling.patches import patches_20x, patches_40x
-from assets.annotation.reference_atlas import reference_atlas
+from assets.partitions import slides_partitions
 from assets.qc.dashboard import qc_dashboard
 from assets.qc.dbt_project import qc_models
-from assets.tiling.reference_segmentation import reference_segmentation
+from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
 from assets.tiling.agreement import patch_quality, segmentation_agreement
 from assets.tiling.exports import slide_export
-from assets.model.predictions import slide_predictions
-from assets.model.dataset import training_dataset
-from assets.partitions import slides_partitions
-from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
+from assets.tiling.patches import patches_20x, patches_40x
+from assets.tiling.reference_segmentation import reference_segmentation
 from resources import ComputeDeviceResource, LineageResource, SlideCatalogResource, StorageResource
 from resources.dbt import dbt_resource
 from sthelar_platform.core.paths import StorageLayout

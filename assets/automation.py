@@ -24,12 +24,12 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import slides_partitions
 from assets.annotation.reference_atlas import reference_atlas
+from assets.partitions import slides_partitions
 from resources import SlideCatalogResource, StorageResource
-from sthelar_platform.ingest import landing
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.ingest import landing
 from sthelar_platform.ingest.manifest import SlideCatalog
 
 AUTOMATION = load_config("pipeline")["automation"]

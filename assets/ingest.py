@@ -8,10 +8,10 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
+from sthelar_platform.core.config import load_config
 from sthelar_platform.ingest import he_image as he_lib
 from sthelar_platform.ingest import xenium as ingest_lib
 from sthelar_platform.ingest import xenium_bundle
-from sthelar_platform.core.config import load_config
 
 
 @asset(
@@ -24,10 +24,10 @@ from sthelar_platform.core.config import load_config
 def xenium_slide(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                  catalog: SlideCatalogResource) -> MaterializeResult:
     spec = catalog.get(context.partition_key)
-    px = load_config("pipeline")["ingest"]["thumbnail_max_px"]
+    pipeline = load_config("pipeline")
 
     def compute(out: Path) -> dict:
-        s = ingest_lib.ingest_xenium(spec.xenium_dir, out, thumbnail_px=px)
+        s = ingest_lib.ingest_xenium(spec.xenium_dir, out, pipeline.ingest)
         context.log.info(f"{spec.slide_id}: {s.n_cells} cells, {s.n_transcripts} transcripts, {s.n_genes} genes")
         return {
             "dagster/row_count": s.n_cells, "n_cells": s.n_cells, "n_transcripts": s.n_transcripts,
@@ -59,10 +59,11 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
 def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
              catalog: SlideCatalogResource) -> MaterializeResult:
     spec = catalog.get(context.partition_key)
-    px = load_config("pipeline")["ingest"]["thumbnail_max_px"]
+    pipeline = load_config("pipeline")
 
     def compute(out: Path) -> dict:
-        s = he_lib.ingest_he(spec.he_image, out, thumbnail_px=px)
+        s = he_lib.ingest_he(spec.he_image, out, pipeline.he_image.magnification_um_per_px,
+                             thumbnail_px=pipeline.ingest.thumbnail_max_px)
         context.log.info(f"{spec.slide_id}: H&E {s.width}x{s.height} px, {s.pixel_size_um} µm/px ({s.magnification})")
         return {
             "width": s.width, "height": s.height, "n_levels": s.n_levels, "level_shapes": s.level_shapes,

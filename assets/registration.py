@@ -21,12 +21,12 @@ from assets._runtime import code_version_of, compute_class, md_image, run_slide_
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
-from sthelar_platform.registration import slide as stage_lib
-from sthelar_platform.registration import registered_he as registered_lib
-from sthelar_platform.registration import transform as reg_lib
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.registration import registered_he as registered_lib
+from sthelar_platform.registration import slide as stage_lib
+from sthelar_platform.registration import transform as reg_lib
 
 
 @asset(
@@ -46,7 +46,8 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
     holder: dict = {}
 
     def compute(out: Path) -> dict:
-        r = stage_lib.register_slide(xen_dir, he_dir, spec.alignment_csv, out, cfg)
+        r = stage_lib.register_slide(xen_dir, he_dir, spec.alignment_csv, out, cfg,
+                                     load_config("pipeline").he_image.magnification_um_per_px)
         holder["r"] = r
         q = r.qc
         context.log.info(f"{spec.slide_id}: {q.source} registration, median residual {q.median_residual_um:.2f} µm, "

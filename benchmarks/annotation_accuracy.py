@@ -14,8 +14,8 @@ import pandas as pd
 import polars as pl
 from sklearn.metrics import f1_score
 
-from sthelar_platform.ingest.xenium.manifest import SlideCatalog
 from sthelar_platform.core.paths import StorageLayout
+from sthelar_platform.ingest.manifest import SlideCatalog
 
 
 def main() -> None:

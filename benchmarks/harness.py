@@ -19,29 +19,32 @@ from sthelar_platform.core.paths import StorageLayout
 
 
 def _stage_synth(data: Path, size: str, seed: int) -> dict[str, Any]:
-    from sthelar_platform.synth import synthesize_cohort
-
     import polars as pl
 
-    manifest = synthesize_cohort(data, size, seed=seed)
+    from sthelar_platform.core.config import load_categories, load_synthetic
+    from sthelar_platform.synth import synthesize_cohort
+
+    manifest = synthesize_cohort(data, size, load_synthetic(), load_categories(), seed=seed)
     truth = pl.concat([pl.read_parquet(p) for p in sorted(data.glob("slides/*/truth/cells.parquet"))])
     tx = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in data.glob("slides/*/xenium/transcripts.parquet"))
     return {"manifest": str(manifest), "n_cells": truth.height, "n_transcripts": tx, "_work": truth.height, "_unit": "cells/s"}
 
 
 def _stage_ingest(data: Path, size: str, seed: int) -> dict[str, Any]:
-    from sthelar_platform.ingest.xenium.he_image import ingest_he
-    from sthelar_platform.ingest.xenium.xenium import ingest_xenium
-    from sthelar_platform.ingest.xenium.manifest import load_manifest
+    from sthelar_platform.core.config import load_config
+    from sthelar_platform.ingest.he_image import ingest_he
+    from sthelar_platform.ingest.manifest import load_manifest
+    from sthelar_platform.ingest.xenium import ingest_xenium
 
     spec = load_manifest(data / "manifest.yaml")[0]
+    pipeline = load_config("pipeline")
     out = data.parent / "ingest_out"
     t0 = time.perf_counter()
     with atomic_dir(out / "xenium_slide") as tmp:
-        s = ingest_xenium(spec.xenium_dir, tmp)
+        s = ingest_xenium(spec.xenium_dir, tmp, pipeline.ingest)
     t_x = time.perf_counter() - t0
     with atomic_dir(out / "he_image") as tmp:
-        h = ingest_he(spec.he_image, tmp)
+        h = ingest_he(spec.he_image, tmp, pipeline.he_image.magnification_um_per_px)
     return {"n_cells": s.n_cells, "n_transcripts": s.n_transcripts, "xenium_s": round(t_x, 2),
             "he_s": round(time.perf_counter() - t0 - t_x, 2), "he_px": [h.width, h.height],
             "morphology_px": s.morphology_levels[0], "_work": s.n_transcripts, "_unit": "transcripts/s"}
@@ -59,16 +62,18 @@ def _stage_registration(data: Path, size: str, seed: int) -> dict[str, Any]:
     import numpy as np
     import polars as pl
 
-    from sthelar_platform.registration.transform import transform as reg
     from sthelar_platform.core.config import load_config
-    from sthelar_platform.registration.transform.slide import register_slide
-    from sthelar_platform.ingest.xenium.manifest import load_manifest
+    from sthelar_platform.ingest.manifest import load_manifest
+    from sthelar_platform.registration import transform as reg
+    from sthelar_platform.registration.slide import register_slide
 
     spec = load_manifest(data / "manifest.yaml")[0]
     ingested = _ingested(data)
-    cfg = load_config("pipeline")["registration"]
+    pipeline = load_config("pipeline")
+    cfg = pipeline.registration
     with atomic_dir(data.parent / "registration_out") as tmp:
-        r = register_slide(ingested / "xenium_slide", ingested / "he_image", None, tmp, cfg)
+        r = register_slide(ingested / "xenium_slide", ingested / "he_image", None, tmp, cfg,
+                           pipeline.he_image.magnification_um_per_px)
     truth = reg.read_alignment_csv(spec.alignment_csv)
     cells = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["x_um", "y_um"]).to_numpy()
     err = reg.transform_error_um(np.array(r.qc.transform), truth, reg.apply(np.linalg.inv(truth), cells / 0.2125), 0.2125)
@@ -84,8 +89,8 @@ def _stage_registered_he(data: Path, size: str, seed: int) -> dict[str, Any]:
     """Writing the whole H&E pyramid into the SpatialData zarr (streamed through dask)."""
     import numpy as np
 
-    from sthelar_platform.registration.transform.slide import SlideRegistration
-    from sthelar_platform.registration.transform.registered_he import write_registered_he
+    from sthelar_platform.registration.registered_he import write_registered_he
+    from sthelar_platform.registration.slide import SlideRegistration
 
     ingested = _ingested(data)
     reg_dir = data.parent / "registration_out"
@@ -102,8 +107,8 @@ def _stage_registered_he(data: Path, size: str, seed: int) -> dict[str, Any]:
 
 def _stage_counts(data: Path, size: str, seed: int) -> dict[str, Any]:
     """nucleus + cell + cytoplasm count tables from the ingested transcripts (one polars pass)."""
+    from sthelar_platform.annotation.counts import slide_count_tables
     from sthelar_platform.core.config import load_config
-    from sthelar_platform.annotation.rule.counts import slide_count_tables
 
     tables = slide_count_tables(_ingested(data) / "xenium_slide", load_config("annotation")["counts"]["qv_min"])
     cell = tables["cell"]
@@ -115,16 +120,16 @@ def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
     """The whole annotation chain (counts, Tangram x2, clusters, rule + cross-check) with step times."""
     import polars as pl
 
-    from sthelar_platform.annotation.rule import stages as st
-    from sthelar_platform.core.config import load_config
-    from sthelar_platform.ingest.xenium.manifest import load_manifest
-    from sthelar_platform.annotation.rule.references import reference_spec
+    from sthelar_platform.annotation import stages as st
+    from sthelar_platform.annotation.references import reference_spec
+    from sthelar_platform.core.config import load_categories, load_config, overrides_dir
+    from sthelar_platform.ingest.manifest import load_manifest
 
     spec = load_manifest(data / "manifest.yaml")[0]
-    cfg = load_config("annotation")
+    cfg, cats = load_config("annotation"), load_categories()
     xen = _ingested(data) / "xenium_slide"
     work = data.parent / "annotation_out"
-    ref = reference_spec(spec.tissue, data / "references", spec.reference)
+    ref = reference_spec(spec.tissue, data / "references", cfg.references, spec.reference)
     steps: dict[str, float] = {}
     dirs = {k: work / k for k in ("nucleus_counts", "cell_counts", "tangram_labels", "clusters", "cell_types")}
 
@@ -136,10 +141,10 @@ def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
 
     step("nucleus_counts", lambda o: st.write_counts("nucleus_counts", xen, o, cfg))
     step("cell_counts", lambda o: st.write_counts("cell_counts", xen, o, cfg))
-    step("tangram_labels", lambda o: st.write_tangram_labels(dirs["cell_counts"], dirs["nucleus_counts"], ref, o, cfg, 10))
-    step("clusters", lambda o: st.write_clusters(dirs["cell_counts"], o, cfg, 10))
+    step("tangram_labels", lambda o: st.write_tangram_labels(dirs["cell_counts"], dirs["nucleus_counts"], ref, o, cfg, cats))
+    step("clusters", lambda o: st.write_clusters(dirs["cell_counts"], o, cfg, cats.less10_max_transcripts))
     step("cell_types", lambda o: st.write_cell_types(spec.slide_id, xen, dirs["cell_counts"], dirs["tangram_labels"],
-                                                     dirs["clusters"], ref, o, cfg))
+                                                     dirs["clusters"], ref, o, cfg, cats, overrides_dir()))
     labels = pl.read_parquet(dirs["cell_types"] / "cell_labels.parquet", columns=["cell_id", "category"])
     truth = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["cell_id", "category"])
     j = labels.join(truth, on="cell_id", suffix="_true")
@@ -152,11 +157,10 @@ def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
 
 def _stage_patches(data: Path, size: str, seed: int) -> dict[str, Any]:
     """40x patches + masks + PNG/npz export (the throughput target), then 20x, from the bench outputs."""
-    import numpy as np
 
-    from sthelar_platform.core.config import load_config
-    from sthelar_platform.registration.transform.slide import SlideRegistration
-    from sthelar_platform.ingest.xenium.manifest import load_manifest
+    from sthelar_platform.core.config import load_categories, load_config
+    from sthelar_platform.ingest.manifest import load_manifest
+    from sthelar_platform.registration.slide import SlideRegistration
     from sthelar_platform.tiling.patches import write_patches
 
     spec = load_manifest(data / "manifest.yaml")[0]
@@ -172,7 +176,7 @@ def _stage_patches(data: Path, size: str, seed: int) -> dict[str, Any]:
         with atomic_dir(data.parent / f"patches_{mag}_out") as tmp:
             s = write_patches(spec.slide_id, spec.tissue, ingested / "he_image" / "he_image.ome.tif",
                               ingested / "xenium_slide" / "nucleus_boundaries.parquet", labels, r.he_px_to_um,
-                              r.implied_he_pixel_size_um, mag, tmp, cfg)
+                              r.implied_he_pixel_size_um, mag, tmp, cfg, load_categories())
         dt = time.perf_counter() - t0
         out[mag] = {"n_patches": s["n_patches"], "n_tissue": s["n_tissue"], "seconds": round(dt, 1),
                     "patches_per_s": round(s["n_patches"] / dt, 1), "level_shape": s["level_shape"]}
@@ -205,8 +209,8 @@ def _stage_agreement(data: Path, size: str, seed: int) -> dict[str, Any]:
     import pandas as pd
 
     from sthelar_platform.core.config import load_config
-    from sthelar_platform.tiling.patches import load_labels
     from sthelar_platform.tiling.agreement import distribution_summary, patch_agreement, slide_agreement
+    from sthelar_platform.tiling.patches import load_labels
 
     acfg = load_config("tiling")["agreement"]
     pdir, ref = _patch_dirs(data)["40x"], data.parent / "reference_segmentation_out" / "40x"

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
+from sthelar_platform.annotation.crosscheck import centroid_labels
+from sthelar_platform.annotation.tangram import hard_labels, raw_scores
 from sthelar_platform.core.config import load_config
-from sthelar_platform.annotation.rule.crosscheck import centroid_labels
-from sthelar_platform.annotation.rule.tangram import hard_labels, raw_scores
 
 
 def main() -> None:

@@ -33,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
     from dagster import DagsterInstance, materialize
+    from synthetic_qc import write_synthetic_qc
 
     import sthelar_definitions
     from assets.qc.dashboard import dashboard_thresholds
     from sthelar_platform.core.paths import StorageLayout
     from sthelar_platform.qc.dashboard import build_dashboard
     from sthelar_platform.qc.dbt_project import qc_database, run_results_path
-    from synthetic_qc import write_synthetic_qc
 
     home = Path(tempfile.mkdtemp(prefix="qc_bench_"))
     layout = StorageLayout.at(home)

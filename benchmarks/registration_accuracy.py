@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sthelar_platform.registration.transform import transform as reg
 from sthelar_platform.core.config import load_config
-from sthelar_platform.ingest.xenium.manifest import load_manifest
+from sthelar_platform.ingest.manifest import load_manifest
+from sthelar_platform.registration import transform as reg
 
 MORPH_UM = 0.2125
 

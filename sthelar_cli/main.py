@@ -23,6 +23,7 @@ def _home(args: argparse.Namespace):
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from sthelar_platform.core.config import load_categories, load_synthetic
     from sthelar_platform.synth import synthesize_cohort
 
     bar = tqdm(desc=f"synthetic {args.size} slides", unit="step", bar_format="{desc}: {n} steps [{elapsed}] {postfix}")
@@ -31,15 +32,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
         bar.set_postfix_str(msg)
         bar.update()
 
-    manifest = synthesize_cohort(args.out, args.size, seed=args.seed, progress=progress)
+    manifest = synthesize_cohort(args.out, args.size, load_synthetic(), load_categories(), seed=args.seed, progress=progress)
     bar.close()
     print(f"SYNTHETIC {args.size} slides written; manifest: {manifest}")
     return 0
 
 
 def _add(layout, manifest: str | None, folder: str | None, tissue: str | None, slide_id: str | None, replace: bool) -> list:
-    from sthelar_platform.ingest.xenium.manifest import SlideCatalog, load_manifest, specs_from_folder
     from sthelar_cli.runner import register_partitions
+    from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest, specs_from_folder
 
     if manifest:
         specs = load_manifest(manifest)
@@ -55,7 +56,7 @@ def _add(layout, manifest: str | None, folder: str | None, tissue: str | None, s
 
 
 def cmd_slides(args: argparse.Namespace) -> int:
-    from sthelar_platform.ingest.xenium.manifest import SlideCatalog
+    from sthelar_platform.ingest.manifest import SlideCatalog
 
     layout = _home(args)
     if args.slides_cmd == "add":
@@ -85,7 +86,7 @@ def _materialize(slide_ids: list[str], selection: list[str] | None, job_name: st
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    from sthelar_platform.ingest.xenium.manifest import SlideCatalog
+    from sthelar_platform.ingest.manifest import SlideCatalog
 
     layout = _home(args)
     slides = args.slide or [s.slide_id for s in SlideCatalog(layout.catalog).list()]
@@ -95,6 +96,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from sthelar_platform.core.config import load_categories, load_synthetic
     from sthelar_platform.synth import synthesize_cohort
 
     layout = _home(args)
@@ -104,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not manifest.exists():
         print(f"generating SYNTHETIC {args.size} slides in {landing} ...")
         with tqdm(desc="synthesis", unit="step") as bar:
-            synthesize_cohort(landing, args.size, seed=args.seed, progress=lambda m: (bar.set_postfix_str(m), bar.update()))
+            synthesize_cohort(landing, args.size, load_synthetic(), load_categories(), seed=args.seed, progress=lambda m: (bar.set_postfix_str(m), bar.update()))
     else:
         print(f"reusing SYNTHETIC slides in {landing}")
     specs = _add(layout, str(manifest), None, None, None, replace=True)

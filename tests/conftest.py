@@ -13,10 +13,11 @@ os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
+    from sthelar_platform.core.config import load_categories, load_synthetic
     from sthelar_platform.synth import synthesize_cohort
 
     out = tmp_path_factory.mktemp("tiny_cohort")
-    synthesize_cohort(out, "tiny", seed=0)
+    synthesize_cohort(out, "tiny", load_synthetic(), load_categories(), seed=0)
     return out
 
 

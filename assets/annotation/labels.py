@@ -20,20 +20,16 @@ from dagster import (
 )
 
 from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
+from assets.annotation.reference_atlas import REBUILD_ON_CHANGE, reference_atlas
 from assets.ingest import xenium_slide
 from assets.partitions import slides_partitions
-from assets.annotation.reference_atlas import REBUILD_ON_CHANGE, reference_atlas
 from resources import LineageResource, SlideCatalogResource, StorageResource
+from sthelar_platform.annotation import clustering, counts, crosscheck, references
 from sthelar_platform.annotation import rule as annotation
 from sthelar_platform.annotation import stages as annotation_stages
-from sthelar_platform.annotation import clustering
-from sthelar_platform.annotation import counts
-from sthelar_platform.annotation import crosscheck
-from sthelar_platform.annotation import references
 from sthelar_platform.annotation import tangram as tangram_transfer
 from sthelar_platform.core import validation
-from sthelar_platform.core.categories import load_categories
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import load_categories, load_config, overrides_dir
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.plots import category_map_png
 
@@ -70,7 +66,8 @@ cell_counts = _counts_asset("cell_counts", "Transcripts per cell and per cytopla
 
 def _reference_spec(catalog: SlideCatalogResource, storage: StorageResource, slide_id: str) -> references.ReferenceSpec:
     spec = catalog.get(slide_id)
-    return references.reference_spec(spec.tissue, Path(storage.root) / "references", spec.reference)
+    return references.reference_spec(spec.tissue, Path(storage.root) / "references", load_config("annotation").references,
+                                     spec.reference)
 
 
 @asset(
@@ -96,7 +93,7 @@ def tangram_labels(context: AssetExecutionContext, storage: StorageResource, lin
 
         o = annotation_stages.write_tangram_labels(
             storage.stage_dir("cell_counts", slide_id), storage.stage_dir("nucleus_counts", slide_id), ref, out,
-            load_config("annotation"), load_categories().less10_max_transcripts, progress)
+            load_config("annotation"), load_categories(), progress)
         labels = pd.read_parquet(out / "tangram_labels.parquet")
         comp = labels[labels["compartment"] == "cell"]["category"].value_counts().to_dict()
         return {"dagster/row_count": o.n_cells, "n_shared_genes": o.n_shared_genes, "device": o.device,
@@ -152,7 +149,7 @@ def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage
         s = annotation_stages.write_cell_types(
             slide_id, storage.stage_dir("xenium_slide", slide_id), storage.stage_dir("cell_counts", slide_id),
             storage.stage_dir("tangram_labels", slide_id), storage.stage_dir("clusters", slide_id), ref, out,
-            load_config("annotation"))
+            load_config("annotation"), load_categories(), overrides_dir())
         holder["s"] = s
         labels = pd.read_parquet(out / "cell_labels.parquet")
         category_map_png(labels, out / "category_map.png")

@@ -13,8 +13,9 @@ from dagster import AutomationCondition, DataVersion, DataVersionsByPartition, o
 
 from assets.partitions import slides_partitions
 from resources import SlideCatalogResource, StorageResource
-from sthelar_platform.core.hashing import sha256_file
 from sthelar_platform.annotation.references import reference_spec
+from sthelar_platform.core.config import load_config
+from sthelar_platform.core.hashing import sha256_file
 
 # Rebuild a partition when an upstream partition got a *new data version* (not merely a new
 # observation or a rerun that produced the same bytes), including parents requested in the same tick.
@@ -31,7 +32,8 @@ def reference_atlas(storage: StorageResource, catalog: SlideCatalogResource) -> 
     hashes: dict[Path, str] = {}
     versions = {}
     for spec in catalog.list():
-        ref = reference_spec(spec.tissue, Path(storage.root) / "references", spec.reference)
+        ref = reference_spec(spec.tissue, Path(storage.root) / "references", load_config("annotation").references,
+                             spec.reference)
         if ref.path not in hashes:
             hashes[ref.path] = sha256_file(ref.path) if ref.path.exists() else "missing"
         versions[spec.slide_id] = DataVersion(hashes[ref.path])

@@ -7,8 +7,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from assets._runtime import code_version_of, run_slide_stage
 from assets.tiling.exports import slide_export
 from resources import LineageResource, SlideCatalogResource, StorageResource
+from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.model import dataset as dataset_lib
-from sthelar_platform.core.config import load_config
 
 
 def _card_table(card: dict) -> str:
@@ -38,7 +38,8 @@ def training_dataset(context: AssetExecutionContext, storage: StorageResource, l
         context.log.warning(f"no export yet (left out of the dataset): {', '.join(skipped)}")
 
     def compute(out: Path) -> dict:
-        card = dataset_lib.write_training_dataset(exports, slides, out, load_config("training"))
+        card = dataset_lib.write_training_dataset(exports, slides, out, load_config("training"),
+                                                  load_categories())
         return {"slides": slides, "slides_without_export": skipped, "split": card["split"],
                 "dagster/row_count": sum(card["groupings"][next(iter(card["groupings"]))]["patches"].values()),
                 "dataset_card": MetadataValue.md(_card_table(card)), "card": card}

@@ -16,10 +16,11 @@ from dagster import (
 from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.model.training import GROUPINGS, cellvit_detailed, cellvit_grouped
 from resources import ComputeDeviceResource, LineageResource, StorageResource
-from sthelar_platform.model import evaluation as evaluation_lib
-from sthelar_platform.model.cellvit import evaluation, inference
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import require_stage_output
+from sthelar_platform.model import evaluation as evaluation_lib
+from sthelar_platform.model.cellvit import evaluation, inference
+
 
 @asset(
     **compute_class("model_evaluation"),

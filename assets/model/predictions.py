@@ -7,17 +7,17 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.annotation.labels import cell_types
+from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from assets.ingest import he_image, xenium_slide
 from assets.model.training import GROUPINGS, cellvit_detailed, cellvit_grouped
 from assets.partitions import slides_partitions
 from assets.registration import he_registration, passed_registration_of
-from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from resources import ComputeDeviceResource, LineageResource, StorageResource
-from sthelar_platform.model import predictions as predictions_lib
-from sthelar_platform.model.cellvit import inference
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.model import predictions as predictions_lib
+from sthelar_platform.model.cellvit import inference
 from sthelar_platform.model.evaluation import model_id
 
 
@@ -64,7 +64,8 @@ def slide_predictions(context: AssetExecutionContext, storage: StorageResource, 
             slide_id, storage.stage_dir("he_image", slide_id) / "he_image.ome.tif",
             storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet",
             storage.stage_dir("cell_types", slide_id) / "cell_labels.parquet", r.he_px_to_um,
-            r.implied_he_pixel_size_um, model, mid, out, load_config("tiling"), cfg, progress)
+            r.implied_he_pixel_size_um, model, mid, out, load_config("tiling"), cfg, load_categories(),
+            progress)
         holder["agreement"] = agreement
         context.log.info(f"{slide_id}: {s['n_predicted']} nuclei predicted on {s['n_tiles']} tiles "
                          f"({s['tiles_per_s']:.1f} tiles/s on {device}); {s['n_linked']} linked to Xenium cells, "

@@ -7,10 +7,10 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.model.dataset import training_dataset
 from resources import ComputeDeviceResource, LineageResource, StorageResource
-from sthelar_platform.model import training as training_lib
-from sthelar_platform.model.cellvit import data, losses, model, postprocess, targets, training
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.model import training as training_lib
+from sthelar_platform.model.cellvit import data, losses, model, postprocess, targets, training
 
 CODE_VERSION = code_version_of(training_lib, model, losses, targets, data, training, postprocess, configs=("training",))
 

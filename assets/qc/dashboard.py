@@ -6,8 +6,8 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 
 from assets._runtime import code_version_of, run_slide_stage
 from resources import LineageResource, StorageResource
-from sthelar_platform.qc import dashboard as dashboard_lib
 from sthelar_platform.core.config import load_config
+from sthelar_platform.qc import dashboard as dashboard_lib
 from sthelar_platform.qc.dbt_project import qc_database, run_results_path
 
 MARTS = ("slide_summary", "patch_quality", "annotation_review", "model_leaderboard", "output_lineage")

@@ -16,16 +16,16 @@ from dagster import (
 )
 
 from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
+from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from assets.partitions import slides_partitions
 from assets.tiling.patches import patches_20x, patches_40x
 from assets.tiling.reference_segmentation import reference_segmentation
-from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from resources import LineageResource, StorageResource
-from sthelar_platform.tiling import agreement as agreement_lib
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import require_stage_output
-from sthelar_platform.ingest.he_image import validate_he
 from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.ingest.he_image import validate_he
+from sthelar_platform.tiling import agreement as agreement_lib
 from sthelar_platform.tiling.patches import PatchLevel, draw_patch_overview
 
 QC_COLUMNS = ["slide_id", "magnification", "patch_id", "x0", "y0", "n_nuclei", "dice", "jaccard", "bpq", "det_f1",

@@ -6,14 +6,14 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 
 from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.annotation.labels import cell_counts, cell_types
-from assets.partitions import slides_partitions
-from assets.registration import registration_of, registered_he
-from assets.tiling.agreement import segmentation_agreement
 from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
+from assets.partitions import slides_partitions
+from assets.registration import registered_he, registration_of
+from assets.tiling.agreement import segmentation_agreement
 from resources import LineageResource, StorageResource
-from sthelar_platform.tiling import exports as export_lib
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.tiling import exports as export_lib
 
 STAGES = ("xenium_slide", "registered_he", "cell_counts", "cell_types", "patches_40x", "patches_20x",
           "segmentation_agreement")
@@ -37,7 +37,7 @@ def slide_export(context: AssetExecutionContext, storage: StorageResource, linea
 
     def compute(out: Path) -> dict:
         s = export_lib.write_slide_export(slide_id, {st: storage.stage_dir(st, slide_id) for st in STAGES},
-                                          r.morphology_pixel_size_um, out, load_config("tiling"),
+                                          r.morphology_pixel_size_um, out, load_config("tiling"), load_categories(),
                                           lambda step: context.log.info(f"{slide_id}: exporting {step}"))
         return {**s, "dagster/row_count": sum(s["cellvit"].values()),
                 "read_with": MetadataValue.md(f"`spatialdata.read_zarr('{final / 'sdata.zarr'}')`")}

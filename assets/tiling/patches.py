@@ -6,14 +6,13 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.annotation.labels import cell_types
+from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from assets.ingest import he_image, xenium_slide
 from assets.partitions import slides_partitions
 from assets.registration import he_registration, passed_registration_of
-from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from resources import LineageResource, SlideCatalogResource, StorageResource
-from sthelar_platform.tiling import masks
-from sthelar_platform.tiling import patches
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import load_categories, load_config
+from sthelar_platform.tiling import masks, patches
 
 
 def _patches_asset(magnification: str):
@@ -36,7 +35,7 @@ def _patches_asset(magnification: str):
         spec = catalog.get(context.partition_key)
         slide_id = spec.slide_id
         r = passed_registration_of(storage, slide_id)
-        cfg = load_config("tiling")
+        cfg, categories = load_config("tiling"), load_categories()
 
         def compute(out: Path) -> dict:
             def progress(done: int, total: int) -> None:
@@ -47,7 +46,7 @@ def _patches_asset(magnification: str):
                 slide_id, spec.tissue, storage.stage_dir("he_image", slide_id) / "he_image.ome.tif",
                 storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet",
                 storage.stage_dir("cell_types", slide_id) / "cell_labels.parquet", r.he_px_to_um,
-                r.implied_he_pixel_size_um, magnification, out, cfg, progress)
+                r.implied_he_pixel_size_um, magnification, out, cfg, categories, progress)
             context.log.info(f"{slide_id} {magnification}: {s['n_patches']} patches kept of {s['n_tissue']} on tissue, "
                              f"{s['n_repaired_polygons']} polygons repaired, {s['n_empty_polygons']} empty dropped")
             return {"dagster/row_count": s["n_patches"], **s,

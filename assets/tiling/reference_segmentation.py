@@ -5,13 +5,13 @@ from pathlib import Path
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from assets._runtime import code_version_of, compute_class, run_slide_stage
+from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from assets.partitions import slides_partitions
 from assets.tiling.patches import patches_20x, patches_40x
-from assets.annotation.reference_atlas import REBUILD_ON_CHANGE
 from resources import ComputeDeviceResource, LineageResource, StorageResource
-from sthelar_platform.tiling import reference_segmentation as segmentation_lib
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.tiling import reference_segmentation as segmentation_lib
 
 
 @asset(

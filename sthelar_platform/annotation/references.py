@@ -15,8 +15,8 @@ import anndata as ad
 import numpy as np
 from scipy import sparse
 
-from sthelar_platform.core.categories import load_categories
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.categories import CategorySystem
+from sthelar_platform.core.config import ReferencesConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.hashing import sha256_file
 
@@ -30,9 +30,9 @@ class ReferenceSpec:
     label_column: str
 
 
-def reference_spec(tissue: str, references_dir: str | Path, override: str | Path | None = None) -> ReferenceSpec:
+def reference_spec(tissue: str, references_dir: str | Path, cfg: ReferencesConfig,
+                   override: str | Path | None = None) -> ReferenceSpec:
     """The configured atlas of ``tissue`` (a slide's own ``reference`` wins)."""
-    cfg = load_config("annotation")["references"]
     entry = {**cfg["default"], **(cfg["tissues"].get(tissue) or {})}
     if override is not None:
         path = Path(override)
@@ -45,9 +45,9 @@ def reference_spec(tissue: str, references_dir: str | Path, override: str | Path
     return ReferenceSpec(tissue=tissue, path=path, label_column=entry["label_column"])
 
 
-def label_map() -> dict[str, str]:
-    cats = load_config("categories")
-    return {**cats["label_map"], **(load_config("annotation")["references"].get("extra_label_map") or {})}
+def label_map(categories: CategorySystem, cfg: ReferencesConfig) -> dict[str, str]:
+    """Reference label -> category: categories.yaml's map plus the annotation config's additions."""
+    return {**categories.label_map, **(cfg.get("extra_label_map") or {})}
 
 
 def _check_counts(x, path: Path) -> None:
@@ -58,7 +58,7 @@ def _check_counts(x, path: Path) -> None:
         raise InputError(path, "reference X has non-integer values (normalized data, not counts)", FIX_REF)
 
 
-def load_reference(spec: ReferenceSpec) -> ad.AnnData:
+def load_reference(spec: ReferenceSpec, categories: CategorySystem, cfg: ReferencesConfig) -> ad.AnnData:
     """Read and validate the atlas; ``obs['category']`` gets each label's harmonized category."""
     path = spec.path
     if not path.exists():
@@ -74,8 +74,8 @@ def load_reference(spec: ReferenceSpec) -> ad.AnnData:
         raise InputError(path, f"reference is empty ({ref.n_obs} cells x {ref.n_vars} genes)", FIX_REF)
     _check_counts(ref.X, path)
     labels = ref.obs[spec.label_column].astype(str)
-    mapping = label_map()
-    cats = load_categories()
+    mapping = label_map(categories, cfg)
+    cats = categories
     unknown = sorted(set(labels) - set(mapping))
     if unknown:
         raise InputError(path, f"labels without a category: {unknown[:8]}{' …' if len(unknown) > 8 else ''}",
@@ -84,7 +84,7 @@ def load_reference(spec: ReferenceSpec) -> ad.AnnData:
     if bad:
         raise InputError(None, f"label_map points to unknown categories {bad}", "fix config/annotation.yaml")
     small = labels.value_counts()
-    small = small[small < load_config("annotation")["references"]["min_cells_per_label"]]
+    small = small[small < cfg["min_cells_per_label"]]
     ref = ref[~labels.isin(small.index)].copy()
     ref.obs["label"] = ref.obs[spec.label_column].astype(str).values
     ref.obs["category"] = [mapping[lb] for lb in ref.obs["label"]]

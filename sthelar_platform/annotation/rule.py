@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from sthelar_platform.core.categories import load_categories
-from sthelar_platform.core.config import overrides_dir
+from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
+
 
 def _mode(s: pd.Series) -> str:
     vc = s.value_counts()
@@ -67,9 +67,9 @@ def decide_clusters(cells: pd.DataFrame, marker_label: pd.Series, flag_fraction:
                                        "disagreeing_fraction", "flagged", "flag_reasons"])
 
 
-def load_overrides(slide_id: str, folder: Path | None = None) -> dict:
-    """The reviewed override file of a slide (config/overrides/<slide_id>.yaml), or {}."""
-    path = (folder or overrides_dir()) / f"{validate_slide_id(slide_id)}.yaml"
+def load_overrides(slide_id: str, folder: Path, categories: CategorySystem) -> dict:
+    """The reviewed override file of a slide (``<folder>/<slide_id>.yaml``, folder = config/overrides), or {}."""
+    path = Path(folder) / f"{validate_slide_id(slide_id)}.yaml"
     if not path.exists():
         return {}
     try:
@@ -78,7 +78,7 @@ def load_overrides(slide_id: str, folder: Path | None = None) -> dict:
         raise InputError(path, f"not valid YAML ({exc})", "fix the override file") from exc
     if not isinstance(data, dict) or not data.get("reviewed_by"):
         raise InputError(path, "override file without `reviewed_by`", "overrides must name their reviewer")
-    cats = load_categories()
+    cats = categories
     allowed = set(cats.categories) | set(cats.special_labels)
     for kind in ("clusters", "cells"):
         bad = {k: v for k, v in (data.get(kind) or {}).items() if v not in allowed}
@@ -89,13 +89,13 @@ def load_overrides(slide_id: str, folder: Path | None = None) -> dict:
 
 
 def label_cells(cells: pd.DataFrame, clusters: pd.DataFrame, category_probs: pd.DataFrame, overrides: dict,
-                less10_max: int, keep_own_min_probability: float = 0.0) -> pd.DataFrame:
+                less10_max: int, categories: CategorySystem, keep_own_min_probability: float = 0.0) -> pd.DataFrame:
     """Final per-cell labels with groupings and confidence.
 
     ``cells``: index cell_id; columns n_transcripts, cluster, tangram_label, tangram_category.
     ``category_probs``: cells x categories (Tangram probabilities summed per category).
     """
-    cats = load_categories()
+    cats = categories
     out = cells.copy()
     by_cluster = clusters.set_index("cluster")
     cl = out["cluster"].astype(object)

@@ -16,13 +16,10 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from sthelar_platform.annotation import clustering, counts, crosscheck, references
 from sthelar_platform.annotation import rule as annotation
-from sthelar_platform.annotation import clustering
-from sthelar_platform.annotation import counts
-from sthelar_platform.annotation import crosscheck
-from sthelar_platform.annotation import references
 from sthelar_platform.annotation import tangram as tangram_transfer
-from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError, require_stage_output
 
 COUNT_FILES = {"nucleus_counts": ("nucleus",), "cell_counts": ("cell", "cytoplasm")}
@@ -52,10 +49,11 @@ class TangramOutcome:
 
 
 def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references.ReferenceSpec, out: Path, cfg: dict,
-                         less10_max: int, progress=None) -> TangramOutcome:
+                         categories: CategorySystem, progress=None) -> TangramOutcome:
     """Tangram labels per cell (and per nucleus) with per-category probabilities."""
+    less10_max = categories.less10_max_transcripts
     tcfg = cfg["tangram"]
-    ref = references.load_reference(ref_spec)
+    ref = references.load_reference(ref_spec, categories, cfg["references"])
     cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
     genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
     device = tangram_transfer.resolve_device(tcfg["device"])
@@ -111,9 +109,10 @@ def write_clusters(cell_dir: Path, out: Path, cfg: dict, less10_max: int) -> dic
 
 
 def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_dir: Path, clusters_dir: Path,
-                     ref_spec: references.ReferenceSpec, out: Path, cfg: dict) -> dict:
+                     ref_spec: references.ReferenceSpec, out: Path, cfg: dict, categories: CategorySystem,
+                     overrides_dir: Path) -> dict:
     """Apply the rule, harmonize, cross-check; write cell_labels / cluster_review / crosscheck tables."""
-    cats = load_categories()
+    cats = categories
     cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
     tg = pd.read_parquet(require_stage_output(tangram_dir / "tangram_labels.parquet", "tangram_labels"))
     probs = pd.read_parquet(tangram_dir / "category_probabilities.parquet").set_index("cell_id")
@@ -129,10 +128,10 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     cells["tangram_nucleus_category"] = tg_nuc["category"].reindex(cells.index) if len(tg_nuc) else None
     cells["cluster"] = cl["cluster"].reindex(cells.index)
     review = annotation.decide_clusters(cells, ms["marker_label"], cfg["rule"]["flag_disagreeing_fraction"])
-    overrides = annotation.load_overrides(slide_id)
-    labels = annotation.label_cells(cells, review, probs, overrides, cats.less10_max_transcripts,
+    overrides = annotation.load_overrides(slide_id, overrides_dir, cats)
+    labels = annotation.label_cells(cells, review, probs, overrides, cats.less10_max_transcripts, cats,
                                     cfg["rule"]["keep_own_label_min_probability"])
-    ref = references.load_reference(ref_spec)
+    ref = references.load_reference(ref_spec, categories, cfg["references"])
     genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
     active = labels.index[labels["category"] != "Less10"]
     cross = crosscheck.centroid_labels(cell[active], ref, genes, cfg["clustering"]["target_sum"])

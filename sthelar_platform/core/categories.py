@@ -1,11 +1,9 @@
-"""Harmonized categories and their 9-class / 5-class groupings, read from versioned config."""
+"""Harmonized categories and their 9-class / 5-class groupings (built from ``categories.yaml`` by core.config)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-
-from sthelar_platform.core.config import load_config
 
 
 @dataclass(frozen=True)
@@ -44,14 +42,3 @@ class CategorySystem:
     @property
     def all_labels(self) -> tuple[str, ...]:
         return self.categories + self.special_labels
-
-
-def load_categories() -> CategorySystem:
-    cfg = load_config("categories")
-    return CategorySystem(
-        categories=tuple(cfg["categories"]),
-        special_labels=tuple(cfg["special_labels"]),
-        less10_max_transcripts=int(cfg["less10_max_transcripts"]),
-        label_map=dict(cfg["label_map"]),
-        _groupings=cfg["groupings"],
-    )

@@ -1,48 +1,425 @@
-"""Versioned configuration files shipped with the package (overridable per deployment).
+"""Versioned configuration files, read once at the edge (an asset or the CLI) into typed objects.
 
-``STHELAR_CONFIG_DIR`` points at a folder whose YAML files replace the packaged ones of
-the same name, so a lab changes thresholds or mappings without editing code.
+The YAML files ship in ``sthelar_platform/config/``; ``STHELAR_CONFIG_DIR`` points at a folder whose
+files replace the packaged ones of the same name, so a lab changes thresholds or mappings without
+editing code. Each file is validated on load against the models below: an unknown key, a missing key
+or a value of the wrong type fails with the file and the dotted key named. Library functions never
+read these files; they take the section they use as an argument.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
+from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.hashing import sha256_file
 
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+CONFIG_NAMES = ("pipeline", "annotation", "categories", "tiling", "training", "deployment", "synthetic")
+
+
+class Section(BaseModel):
+    """A validated, immutable config section.
+
+    Stage code reads fields as attributes; mapping-style reads (``cfg["key"]``, ``**cfg``) work too, so a
+    test can hand a stage function a plain dict with the same keys.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in type(self).model_fields else default
+
+    def keys(self) -> Iterator[str]:
+        return iter(type(self).model_fields)
+
+    def __contains__(self, key: object) -> bool:
+        return key in type(self).model_fields
+
+# Numbers keep the type YAML gave them (an int stays an int where a stage indexes with it).
+Num = int | float
+PosNum = PositiveInt | PositiveFloat
+Range = tuple[Num, Num]
+
+
+# --- pipeline.yaml ---------------------------------------------------------------------------------
+
+class IngestConfig(Section):
+    required_transcript_columns: list[str]
+    required_cell_columns: list[str]
+    required_boundary_columns: list[str]
+    thumbnail_max_px: PositiveInt
+    transcript_row_group_rows: PositiveInt
+
+
+class HEImageConfig(Section):
+    magnification_um_per_px: dict[str, Range]
+
+
+class RegistrationConfig(Section):
+    detection_um_per_px: PosNum
+    detection_sigma_um: PosNum
+    detection_min_distance_um: PosNum
+    match_radius_um: PosNum
+    coarse_bin_um: PosNum
+    coarse_rotations_deg: tuple[Num, Num, Num]
+    coarse_scales: tuple[Num, Num, Num]
+    ransac_iterations: PositiveInt
+    coarse_radii_um: list[PosNum]
+    icp_radii_um: list[PosNum]
+    min_he_nuclei: PositiveInt
+    assumed_he_um_per_px: PosNum
+    fallback_to_automatic: bool
+    min_matched_fraction: Num = Field(ge=0, le=1)
+    max_median_residual_um: PosNum
+    max_p90_residual_um: PosNum
+    pixel_size_tolerance: PosNum
+    scale_tolerance: PosNum
+
+
+class AutomationConfig(Section):
+    landing_dir: str
+    landing_interval_s: PositiveInt
+    landing_settle_s: Num = Field(ge=0)
+    reference_observe_cron: str
+
+
+class PipelineConfig(Section):
+    version: int
+    ingest: IngestConfig
+    he_image: HEImageConfig
+    registration: RegistrationConfig
+    automation: AutomationConfig
+
+
+# --- annotation.yaml -------------------------------------------------------------------------------
+
+class CountsConfig(Section):
+    qv_min: Num = Field(ge=0)
+
+
+class ReferencesConfig(Section):
+    default: dict[str, Any]
+    tissues: dict[str, dict[str, Any]]
+    min_shared_genes: PositiveInt
+    min_cells_per_label: int = Field(ge=0)
+    extra_label_map: dict[str, str] = {}
+
+
+class TangramConfig(Section):
+    mode: Literal["cells", "clusters"]
+    bag_size: PositiveInt
+    reference_subsample: PositiveInt
+    num_epochs: PositiveInt
+    learning_rate: PosNum
+    device: str
+    scoring: Literal["row_normalized", "clip_minmax"]
+    clip_percentiles: Range
+    min_score: Num
+    compartments: list[Literal["cell", "nucleus"]]
+    seed: int
+
+
+class ClusteringConfig(Section):
+    target_sum: PosNum
+    scale_max: PosNum
+    n_pcs: PositiveInt
+    n_neighbors: PositiveInt
+    resolution: PosNum
+    seed: int
+    n_marker_genes: PositiveInt
+
+
+class MarkersConfig(Section):
+    min_score: Num
+    genes: dict[str, list[str]]
+
+
+class RuleConfig(Section):
+    flag_disagreeing_fraction: Num = Field(ge=0, le=1)
+    keep_own_label_min_probability: Num = Field(ge=0, le=1)
+
+
+class CrosscheckConfig(Section):
+    method: Literal["centroid_correlation"]
+
+
+class AnnotationChecksConfig(Section):
+    max_frac_unknown: Num = Field(ge=0, le=1)
+    max_frac_less10: Num = Field(ge=0, le=1)
+    min_crosscheck_agreement: Num = Field(ge=0, le=1)
+    max_frac_flagged_clusters: Num = Field(ge=0, le=1)
+
+
+class AnnotationConfig(Section):
+    version: int
+    counts: CountsConfig
+    references: ReferencesConfig
+    tangram: TangramConfig
+    clustering: ClusteringConfig
+    markers: MarkersConfig
+    rule: RuleConfig
+    crosscheck: CrosscheckConfig
+    checks: AnnotationChecksConfig
+
+
+# --- categories.yaml -------------------------------------------------------------------------------
+
+class GroupingSpec(Section):
+    classes: list[str]
+    members: dict[str, list[str]] = {}
+
+
+class CategoriesConfig(Section):
+    version: int
+    categories: list[str]
+    special_labels: list[str]
+    less10_max_transcripts: int = Field(ge=0)
+    groupings: dict[str, GroupingSpec]
+    label_map: dict[str, str]
+
+    def system(self) -> CategorySystem:
+        return CategorySystem(
+            categories=tuple(self.categories), special_labels=tuple(self.special_labels),
+            less10_max_transcripts=self.less10_max_transcripts, label_map=dict(self.label_map),
+            _groupings={k: g.model_dump() for k, g in self.groupings.items()})
+
+
+# --- tiling.yaml -----------------------------------------------------------------------------------
+
+class TissueMaskConfig(Section):
+    thumbnail_max_px: PositiveInt
+    max_background_brightness: Num
+    min_saturation: Num
+    closing_px: int = Field(ge=0)
+
+
+class PatchesConfig(Section):
+    size_px: PositiveInt
+    overlap_px: int = Field(ge=0)
+    min_nuclei: int = Field(ge=0)
+    min_tissue_fraction: Num = Field(ge=0, le=1)
+    region_patches: PositiveInt
+    png_compression: int = Field(ge=0, le=9)
+    label_compression: int = Field(ge=0, le=9)
+    workers: PositiveInt
+    tissue: TissueMaskConfig
+
+
+class ClassicalSegmenterConfig(Section):
+    smoothing_sigma_um: PosNum
+    threshold: Literal["otsu"] | float
+    min_threshold: Num
+    min_area_um2: PosNum
+    peak_min_distance_um: PosNum
+    peak_footprint_um: PosNum
+
+
+class ReferenceSegmentationConfig(Section):
+    method: Literal["classical", "cellvit"]
+    cellvit: dict[str, Any]
+    classical: ClassicalSegmenterConfig
+
+
+class AgreementConfig(Section):
+    match_iou: Num = Field(gt=0, lt=1)
+    detection_radius_px: dict[str, PosNum]
+    flag_below_jaccard: Num = Field(ge=0, le=1)
+    max_frac_flagged: Num = Field(ge=0, le=1)
+
+
+class ExportsConfig(Section):
+    drop_flagged: bool
+    pannuke: bool
+    pannuke_mask_dtype: str
+
+
+class TilingConfig(Section):
+    version: int
+    patches: PatchesConfig
+    magnifications: dict[str, Range]
+    reference_segmentation: ReferenceSegmentationConfig
+    agreement: AgreementConfig
+    exports: ExportsConfig
+
+
+# --- training.yaml ---------------------------------------------------------------------------------
+
+class DatasetConfig(Section):
+    magnification: str
+    groupings: list[str]
+    split: Literal["block", "slide"]
+    block_px: PositiveInt
+    fractions: dict[Literal["train", "val", "test"], float]
+    test_slides: list[str] = []
+    seed: int
+
+
+class ScheduleConfig(Section):
+    size: str
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: PosNum
+    max_batches_per_epoch: PositiveInt | None = None
+    max_val_batches: PositiveInt | None = None
+    patience: PositiveInt
+
+
+class TrainingRunConfig(Section):
+    schedules: dict[str, ScheduleConfig]
+    weight_decay: Num = Field(ge=0)
+    augment: bool
+    seed: int
+    amp: bool
+    loss_weights: dict[str, Num] = {}
+    init_checkpoint: str | None = None
+
+
+class EvaluationConfig(Section):
+    split: Literal["train", "val", "test"]
+    detection_radius_px: PosNum
+    targets: dict[str, Num]
+
+
+class PostprocessConfig(Section):
+    min_area_px: PositiveInt
+    sobel_ksize: PositiveInt
+    edge_threshold: Num
+
+
+class InferenceConfig(Section):
+    grouping: str
+    batch_size: PositiveInt
+    min_tissue_fraction: Num = Field(ge=0, le=1)
+    region_tiles: PositiveInt
+    link_min_iou: Num = Field(ge=0, le=1)
+
+
+class TrainingConfig(Section):
+    version: int
+    dataset: DatasetConfig
+    training: TrainingRunConfig
+    evaluation: EvaluationConfig
+    postprocess: PostprocessConfig
+    inference: InferenceConfig
+
+
+# --- deployment.yaml -------------------------------------------------------------------------------
+
+class ComputeClass(Section):
+    pool: str | None = None
+    container_config: dict[str, Any] = {}
+    pod_spec_config: dict[str, Any] = {}
+
+
+class DeploymentConfig(Section):
+    version: int
+    classes: dict[str, ComputeClass]
+    assets: dict[str, str]
+
+
+# --- synthetic.yaml (the generator's world: free-form tissue descriptions below the top level) --------
+
+class SyntheticSize(Section):
+    extent_um: Range
+    transcripts_per_cell: PosNum
+    density_scale: PosNum = 1.0
+    slides: list[tuple[str, str]]
+
+
+class SyntheticConfig(Section):
+    version: int
+    morphology_pixel_size_um: PosNum
+    he_pixel_size_um: PosNum
+    analysis_sw_version: str
+    sizes: dict[str, SyntheticSize]
+    reference_cells: dict[str, PositiveInt]
+    less10_fraction: Num = Field(ge=0, le=1)
+    no_nucleus_fraction: Num = Field(ge=0, le=1)
+    unassigned_fraction: Num = Field(ge=0, le=1)
+    negative_control_fraction: Num = Field(ge=0, le=1)
+    low_qv_fraction: Num = Field(ge=0, le=1)
+    nuclear_fraction: Num = Field(ge=0, le=1)
+    shapes: dict[str, dict[str, Any]]
+    density: dict[str, Num]
+    eosin: dict[str, Num]
+    tissues: dict[str, dict[str, Any]]
+    fine_labels: dict[str, dict[str, list[str]]]
+    category_markers: dict[str, list[str]]
+    fine_markers: dict[str, list[str]]
+    shared_markers: dict[str, list[str]]
+
+
+MODELS: dict[str, type[Section]] = {
+    "pipeline": PipelineConfig, "annotation": AnnotationConfig, "categories": CategoriesConfig,
+    "tiling": TilingConfig, "training": TrainingConfig, "deployment": DeploymentConfig,
+    "synthetic": SyntheticConfig,
+}
+S = TypeVar("S", bound=Section)
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def config_dir() -> Path:
+    """The active override folder, or the packaged one."""
+    override = os.environ.get("STHELAR_CONFIG_DIR")
+    return Path(override) if override else PACKAGED_CONFIG_DIR
 
 
 def config_path(name: str) -> Path:
+    if name not in MODELS:
+        raise KeyError(f"unknown config {name!r}; known: {', '.join(MODELS)}")
     override = os.environ.get("STHELAR_CONFIG_DIR")
     if override and (Path(override) / f"{name}.yaml").exists():
         return Path(override) / f"{name}.yaml"
     return PACKAGED_CONFIG_DIR / f"{name}.yaml"
 
 
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        kind = {"extra_forbidden": "unknown key", "missing": "missing key"}.get(err["type"], err["msg"])
+        parts.append(f"`{key}`: {kind}")
+    more = f" (and {len(exc.errors()) - 5} more)" if len(exc.errors()) > 5 else ""
+    return "; ".join(parts) + more
+
+
 @functools.lru_cache(maxsize=None)
-def _load(path: str, mtime: float) -> dict[str, Any]:
+def _load(name: str, path: str, mtime: Num) -> Section:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
         raise InputError(path, f"not valid YAML ({exc})", "fix the YAML syntax or restore the packaged file") from exc
     if not isinstance(data, dict):
         raise InputError(path, "config must be a mapping at the top level", "restore the packaged file's layout")
-    return data
+    try:
+        return MODELS[name].model_validate(data)
+    except ValidationError as exc:
+        raise InputError(path, f"invalid config: {_describe(exc)}",
+                         f"compare with the packaged {name}.yaml and fix or remove those keys") from None
 
 
-def load_config(name: str) -> dict[str, Any]:
-    """The named config as a dict (cached until the file changes)."""
+def load_config(name: str) -> Section:
+    """The named config file as its validated model (cached until the file changes)."""
     path = config_path(name)
     if not path.exists():
         raise InputError(path, "config file not found", f"create {path.name} or unset STHELAR_CONFIG_DIR")
-    return _load(str(path), path.stat().st_mtime)
+    return _load(name, str(path), path.stat().st_mtime)
 
 
 def config_version(name: str) -> str:
@@ -52,5 +429,36 @@ def config_version(name: str) -> str:
 
 def overrides_dir() -> Path:
     """Where reviewed per-slide override files live (``overrides/`` of the active config folder)."""
-    override = os.environ.get("STHELAR_CONFIG_DIR")
-    return Path(override) / "overrides" if override else PACKAGED_CONFIG_DIR / "overrides"
+    return config_dir() / "overrides"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every config file, validated: what the edge loads once and hands to stage functions piece by piece."""
+
+    pipeline: PipelineConfig
+    annotation: AnnotationConfig
+    categories_config: CategoriesConfig
+    tiling: TilingConfig
+    training: TrainingConfig
+    deployment: DeploymentConfig
+    overrides_dir: Path
+
+    @functools.cached_property
+    def categories(self) -> CategorySystem:
+        return self.categories_config.system()
+
+
+def load_settings() -> Settings:
+    """All stage configs of the active config folder (each file cached until it changes)."""
+    return Settings(*(load_config(n) for n in ("pipeline", "annotation", "categories", "tiling", "training",  # type: ignore[arg-type]
+                                                "deployment")), overrides_dir())
+
+
+def load_synthetic() -> SyntheticConfig:
+    return load_config("synthetic")  # type: ignore[return-value]
+
+
+def load_categories() -> CategorySystem:
+    """The harmonized categories of the active config (what a caller passes as ``categories=``)."""
+    return load_settings().categories

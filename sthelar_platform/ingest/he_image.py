@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, thumbnail_level
 from sthelar_platform.core.thumbnails import save_png
@@ -33,10 +33,11 @@ class HEImageSummary:
         return json.dumps(asdict(self), indent=2)
 
 
-def magnification_of(pixel_size_um: float | None) -> str:
+def magnification_of(pixel_size_um: float | None, ranges: Mapping[str, tuple[float, float]]) -> str:
+    """The magnification name whose µm/px range (config ``he_image.magnification_um_per_px``) holds the size."""
     if pixel_size_um is None:
         return "unknown"
-    for name, (lo, hi) in load_config("pipeline")["he_image"]["magnification_um_per_px"].items():
+    for name, (lo, hi) in ranges.items():
         if lo <= pixel_size_um <= hi:
             return name
     return f"other ({pixel_size_um:.3f} µm/px)"
@@ -54,7 +55,8 @@ def validate_he(path: str | Path) -> PyramidInfo:
     return info
 
 
-def ingest_he(path: str | Path, out_dir: str | Path, thumbnail_px: int = 512) -> HEImageSummary:
+def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str, tuple[float, float]],
+              thumbnail_px: int = 512) -> HEImageSummary:
     """Validate and copy the H&E pyramid into ``out_dir`` with a thumbnail and summary."""
     info = validate_he(path)
     dst = Path(out_dir) / "he_image.ome.tif"
@@ -62,6 +64,6 @@ def ingest_he(path: str | Path, out_dir: str | Path, thumbnail_px: int = 512) ->
     save_png(read_level(dst, thumbnail_level(info, thumbnail_px)), Path(out_dir) / "thumbnail_he.png", max_px=thumbnail_px)
     summary = HEImageSummary(width=info.width, height=info.height, n_levels=len(info.level_shapes),
                              level_shapes=[list(s) for s in info.level_shapes], pixel_size_um=info.pixel_size_um,
-                             magnification=magnification_of(info.pixel_size_um), dtype=info.dtype)
+                             magnification=magnification_of(info.pixel_size_um, magnifications), dtype=info.dtype)
     (Path(out_dir) / "summary.json").write_text(summary.to_json())
     return summary

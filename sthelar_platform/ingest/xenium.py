@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import shapely
 
+from sthelar_platform.core.config import IngestConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import cell_ids_to_mask_ints
 from sthelar_platform.core.imaging import open_pyramid, read_level, thumbnail_level
@@ -91,10 +92,11 @@ def stream_transcripts(src: Path, dst: Path) -> dict[str, int]:
     return {k: int(v) for k, v in stats.items()}
 
 
-def ingest_xenium(bundle: str | Path, out_dir: str | Path, thumbnail_px: int = 512) -> XeniumIngestSummary:
+def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) -> XeniumIngestSummary:
     """Validate, read and persist a Xenium bundle into ``out_dir`` (which the caller makes atomic)."""
     bundle, out_dir = Path(bundle), Path(out_dir)
-    info = validate_bundle(bundle)
+    info = validate_bundle(bundle, cfg)
+    thumbnail_px = cfg.thumbnail_max_px
     sdata = _read_with_spatialdata_io(bundle)
     table = sdata["table"]
     if table.n_obs == 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import pyarrow.parquet as pq
 
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import IngestConfig
 from sthelar_platform.core.errors import InputError
 
 REQUIRED_FILES = ("experiment.xenium", "cells.zarr.zip", "cells.parquet", "cell_feature_matrix.h5",
@@ -57,7 +57,7 @@ def morphology_image_path(bundle: Path) -> Path:
                      "copy the morphology_focus folder from the Xenium output")
 
 
-def validate_bundle(bundle: str | Path) -> BundleInfo:
+def validate_bundle(bundle: str | Path, cfg: IngestConfig) -> BundleInfo:
     """Check files, JSON, parquet schemas, the zarr zip and the HDF5 matrix without loading data."""
     bundle = Path(bundle)
     if not bundle.is_dir():
@@ -76,7 +76,6 @@ def validate_bundle(bundle: str | Path) -> BundleInfo:
                          "restore experiment.xenium from the instrument output") from exc
     if not 0.05 < pixel_size < 5:
         raise InputError(spec_path, f"implausible pixel_size {pixel_size} µm", "Xenium morphology images use 0.2125 µm")
-    cfg = load_config("pipeline")["ingest"]
     cols, n_tx = _parquet_columns(bundle / "transcripts.parquet")
     _require_columns(bundle / "transcripts.parquet", cols, cfg["required_transcript_columns"])
     cols, n_cells = _parquet_columns(bundle / "cells.parquet")

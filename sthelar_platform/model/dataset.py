@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.tiling.exports import link_or_copy
 
@@ -106,9 +106,10 @@ def class_weights(train_counts: np.ndarray) -> np.ndarray:
     return np.r_[1.0, w]
 
 
-def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: dict) -> dict:
+def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: dict,
+                           categories: CategorySystem) -> dict:
     """Assemble ``<mag>/<grouping>/`` CellViT folders with splits.csv across slides."""
-    cats = load_categories()
+    cats = categories
     dcfg = cfg["dataset"]
     mag = dcfg["magnification"]
     card: dict = {"magnification": mag, "split": dcfg["split"], "slides": slide_ids, "groupings": {}}

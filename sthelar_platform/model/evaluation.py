@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sthelar_platform.model.cellvit.evaluation import EvaluationTotals
-from sthelar_platform.model.cellvit.inference import load_model
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.hashing import sha256_file
+from sthelar_platform.model.cellvit.evaluation import EvaluationTotals
+from sthelar_platform.model.cellvit.inference import load_model
 from sthelar_platform.model.training import dataset_classes, grouping_dir, split_records
 from sthelar_platform.tiling.patches import load_labels
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sthelar_platform.core.categories import load_categories
-from sthelar_platform.model.cellvit.inference import LoadedModel
+from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
+from sthelar_platform.model.cellvit.inference import LoadedModel
 from sthelar_platform.tiling.masks import load_nucleus_polygons, rasterize_region
 from sthelar_platform.tiling.patches import (
     cell_class_tables,
@@ -91,7 +91,7 @@ def agreement_by_category(cells: pd.DataFrame, classes: tuple[str, ...]) -> pd.D
 
 def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: Path, he_px_to_um: np.ndarray,
                   level0_um: float, model: LoadedModel, model_id: str, out: Path, tiling_cfg: dict, cfg: dict,
-                  progress: Callable[[int, int], None] | None = None) -> tuple[dict, pd.DataFrame]:
+                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None) -> tuple[dict, pd.DataFrame]:
     """Write ``predicted_cells.parquet``, ``agreement.csv``, ``confusion.csv`` and ``summary.json``.
 
     Returns the summary and the per-class agreement table.
@@ -103,7 +103,7 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
         raise InputError(None, "the model checkpoint does not name its grouping / magnification",
                          "use a best.pt written by a cellvit_* asset")
     classes = model.classes
-    grouping_classes = load_categories().groupings[grouping].classes
+    grouping_classes = categories.groupings[grouping].classes
     if tuple(grouping_classes) != classes:
         raise InputError(None, f"model classes {list(classes)} differ from grouping {grouping!r} in categories.yaml",
                          "retrain the model after changing config/categories.yaml")
@@ -119,7 +119,7 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
     existing = set(zip(tiles["x0"].tolist(), tiles["y0"].tolist(), strict=True))
     labels = pd.read_parquet(require_stage_output(labels_path, "cell_types"), columns=["cell_id", "category"])
     polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample))
-    xen_class = cell_class_tables(polys.cell_ids, labels)[grouping]
+    xen_class = cell_class_tables(polys.cell_ids, labels, categories)[grouping]
     bs, min_iou = int(icfg["batch_size"]), float(icfg["link_min_iou"])
     parts: list[dict[str, np.ndarray]] = []
     seen_xenium = np.zeros(len(polys.cell_ids), bool)

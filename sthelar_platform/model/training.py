@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.hashing import sha256_text
 from sthelar_platform.model.cellvit.data import PatchDataset, PatchRecord
 from sthelar_platform.model.cellvit.model import build_model
 from sthelar_platform.model.cellvit.training import TrainSettings, load_weights, train
-from sthelar_platform.core.errors import InputError, require_stage_output
-from sthelar_platform.core.hashing import sha256_text
 
 NOMINAL_UM_PER_PX = {"40x": 0.25, "20x": 0.5}
 

@@ -9,6 +9,7 @@ configured thresholds, and leave pictures a person can check by eye.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,11 +17,12 @@ import cv2
 import numpy as np
 import polars as pl
 
-from sthelar_platform.registration import transform as reg
+from sthelar_platform.core.config import RegistrationConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
-from sthelar_platform.ingest.he_image import magnification_of
 from sthelar_platform.core.imaging import open_pyramid, read_level, read_level_region, thumbnail_level
 from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.ingest.he_image import magnification_of
+from sthelar_platform.registration import transform as reg
 
 XENIUM_FILES = ("nucleus_boundaries.parquet", "summary.json")
 HE_FILES = ("he_image.ome.tif", "summary.json")
@@ -89,7 +91,8 @@ def nucleus_centroids_um(boundaries: str | Path) -> np.ndarray:
     return np.column_stack([x + agg["ox"].to_numpy(), y + agg["oy"].to_numpy()])
 
 
-def quality_failures(qc: reg.RegistrationQC, implied_px: float, he_px: float, he_px_source: str, cfg: dict) -> list[str]:
+def quality_failures(qc: reg.RegistrationQC, implied_px: float, he_px: float, he_px_source: str, cfg: RegistrationConfig,
+                     magnifications: Mapping[str, tuple[float, float]]) -> list[str]:
     """Why a registration is not good enough (empty when it passes the thresholds)."""
     out = []
     if qc.matched_fraction < cfg["min_matched_fraction"]:
@@ -102,8 +105,8 @@ def quality_failures(qc: reg.RegistrationQC, implied_px: float, he_px: float, he
         out.append(f"90th-percentile residual {qc.p90_residual_um:.2f} µm exceeds {cfg['max_p90_residual_um']} µm "
                    "(local misalignment: see the residual map)")
     if he_px_source == "metadata" and abs(implied_px / he_px - 1) > cfg["pixel_size_tolerance"]:
-        out.append(f"the fitted transform implies {implied_px:.3f} µm/px ({magnification_of(implied_px)}) but the H&E "
-                   f"metadata says {he_px:.3f} µm/px ({magnification_of(he_px)})")
+        out.append(f"the fitted transform implies {implied_px:.3f} µm/px ({magnification_of(implied_px, magnifications)}) but the H&E "
+                   f"metadata says {he_px:.3f} µm/px ({magnification_of(he_px, magnifications)})")
     return out
 
 
@@ -112,7 +115,8 @@ def _implied_pixel_size(m: np.ndarray, morph_um: float) -> float:
 
 
 def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: str | Path | None, out_dir: str | Path,
-                   cfg: dict, overlay_px: int = 512) -> SlideRegistration:
+                   cfg: RegistrationConfig, magnifications: Mapping[str, tuple[float, float]],
+                   overlay_px: int = 512) -> SlideRegistration:
     """Register one slide's H&E onto its Xenium nuclei and write the evidence into ``out_dir``.
 
     Writes ``registration.json``, ``transform.csv`` (Xenium Explorer format, H&E px ->
@@ -141,10 +145,10 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
         csv_matrix = reg.read_alignment_csv(alignment_csv, expected_scale=expected, tolerance=cfg["scale_tolerance"])
         csv_q = reg.measure(csv_matrix, he_pts, xen_um / morph_um, morph_um, cfg["match_radius_um"], "csv")
     qc = reg.register(he_pts, he_px, xen_um, morph_um, cfg, csv_matrix=csv_matrix)
-    failures = quality_failures(qc, _implied_pixel_size(qc.transform, morph_um), he_px, px_source, cfg)
+    failures = quality_failures(qc, _implied_pixel_size(qc.transform, morph_um), he_px, px_source, cfg, magnifications)
     if csv_matrix is not None and failures and cfg["fallback_to_automatic"]:
         auto = reg.register(he_pts, he_px, xen_um, morph_um, cfg)
-        auto_failures = quality_failures(auto, _implied_pixel_size(auto.transform, morph_um), he_px, px_source, cfg)
+        auto_failures = quality_failures(auto, _implied_pixel_size(auto.transform, morph_um), he_px, px_source, cfg, magnifications)
         if not auto_failures:
             notes.append(f"alignment CSV {Path(alignment_csv).name} did not fit ({'; '.join(failures)}); "
                          "replaced by the automatic estimate")
@@ -154,7 +158,7 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
 
     result = SlideRegistration(
         qc=qc, he_pixel_size_um=he_px, he_pixel_size_source=px_source,
-        implied_he_pixel_size_um=_implied_pixel_size(qc.transform, morph_um), magnification=magnification_of(he_px),
+        implied_he_pixel_size_um=_implied_pixel_size(qc.transform, morph_um), magnification=magnification_of(he_px, magnifications),
         morphology_pixel_size_um=morph_um, csv_given=alignment_csv is not None,
         csv_median_residual_um=None if csv_q is None else csv_q.median_residual_um,
         csv_matched_fraction=None if csv_q is None else csv_q.matched_fraction, notes=notes, failures=failures)

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.tiling.patches import load_labels, save_npz
 
@@ -146,9 +146,9 @@ def export_sdata(registered_zarr: Path, cell_h5ad: Path, labels: pd.DataFrame, c
 
 
 def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, out: Path, cfg: dict,
-                       progress: Callable[[str], None] | None = None) -> dict:
+                       categories: CategorySystem, progress: Callable[[str], None] | None = None) -> dict:
     """All exports of one slide into ``out`` (a temporary folder the caller renames into place)."""
-    cats = load_categories()
+    cats = categories
     ecfg = cfg["exports"]
     labels = pd.read_parquet(require_stage_output(dirs["cell_types"] / "cell_labels.parquet", "cell_types"))
     labels[[c for c in CELL_LABEL_COLUMNS if c in labels] + [c for c in labels if c not in CELL_LABEL_COLUMNS]].to_parquet(

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.ids import cell_ids_to_mask_ints
 from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, read_level_region
@@ -149,9 +149,9 @@ def load_labels(path: str | Path) -> dict[str, np.ndarray]:
                          "materialize the stage that wrote this folder again") from exc
 
 
-def cell_class_tables(cell_ids: np.ndarray, labels: pd.DataFrame) -> dict[str, np.ndarray]:
+def cell_class_tables(cell_ids: np.ndarray, labels: pd.DataFrame, categories: CategorySystem) -> dict[str, np.ndarray]:
     """Per polygon cell: type-map value in each grouping and the integer cell id used in masks."""
-    cats = load_categories()
+    cats = categories
     category = labels.set_index("cell_id")["category"].reindex(cell_ids).fillna("Unknown").to_numpy()
     out = {"cell_id_int": cell_ids_to_mask_ints(cell_ids) if len(cell_ids) else np.zeros(0, np.int64)}
     for name, grouping in cats.groupings.items():
@@ -184,7 +184,7 @@ def _patch_arrays(region: np.ndarray, cells: np.ndarray, tables: dict[str, np.nd
 
 def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, labels_path: Path,
                   he_px_to_um: np.ndarray, level0_um: float, magnification: str, out: Path, cfg: dict,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write ``images/``, ``labels/`` and ``patches.parquet`` for one slide and magnification."""
     pcfg = cfg["patches"]
     size, overlap = int(pcfg["size_px"]), int(pcfg["overlap_px"])
@@ -193,7 +193,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     h, w = info.level_shapes[lv.level][:2]
     labels = pd.read_parquet(require_stage_output(labels_path, "cell_types"), columns=["cell_id", "category"])
     polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample))
-    tables = cell_class_tables(polys.cell_ids, labels)
+    tables = cell_class_tables(polys.cell_ids, labels, categories)
     grid = patch_grid(h, w, size, overlap)
     mask, mask_down = tissue_mask(he_path, info, pcfg["tissue"])
     grid["tissue_fraction"] = tissue_fractions(grid, mask, mask_down, lv.downsample, size)
@@ -251,7 +251,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
         "n_cells_without_nucleus": int(len(set(labels["cell_id"]) - set(polys.cell_ids))),
         "label_keys": list(LABEL_KEYS),
         "nuclei_per_class_detailed": dict(zip(
-            load_categories().groupings["detailed"].classes,
+            categories.groupings["detailed"].classes,
             (int(n) for n in (np.sum(table["counts_detailed"].tolist(), axis=0) if len(table)
                               else np.zeros(int(tables["detailed_n_classes"]), int))), strict=True)),
     }

@@ -21,8 +21,8 @@ import pandas as pd
 from scipy import ndimage
 
 from sthelar_platform.core.errors import InputError, require_stage_output
-from sthelar_platform.tiling.patches import save_npz
 from sthelar_platform.registration.transform import hematoxylin
+from sthelar_platform.tiling.patches import save_npz
 
 
 class NucleusSegmenter(Protocol):

@@ -10,14 +10,14 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 import sthelar_definitions
-from sthelar_platform.core.categories import load_categories
+from sthelar_platform.core.config import load_categories, load_synthetic
 from sthelar_platform.core.hashing import sha256_tree
 from sthelar_platform.core.ids import cell_ids_to_mask_ints
 from sthelar_platform.core.imaging import read_level_region
 from sthelar_platform.core.lineage import LineageStore
 from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
-from sthelar_platform.tiling.patches import load_labels
 from sthelar_platform.synth import synthesize_slide
+from sthelar_platform.tiling.patches import load_labels
 
 ALL = sthelar_definitions.ALL_ASSETS + sthelar_definitions.ALL_CHECKS
 
@@ -37,7 +37,7 @@ def tiled(tmp_path_factory, tiny_cohort):
     landing = tmp / "landing"
     shutil.copytree(tiny_cohort, landing)
     tiny = load_manifest(landing / "manifest.yaml")[0]
-    other = synthesize_slide(tmp / "other", "other", "skin", "tiny", seed=5)
+    other = synthesize_slide(tmp / "other", "other", "skin", "tiny", 5, load_synthetic(), load_categories())
     specs = [tiny, replace(tiny, slide_id="mismatch", he_image=other.he_image, alignment_csv=None)]
     home = tmp / "home"
     SlideCatalog(home / "catalog.yaml").add(specs)

@@ -9,10 +9,10 @@ from pathlib import Path
 import duckdb
 import pytest
 from dagster import DagsterInstance, materialize
+from synthetic_qc import write_synthetic_qc
 
 import sthelar_definitions
 from sthelar_platform.core.lineage import LineageStore
-from synthetic_qc import write_synthetic_qc
 
 ROOT = Path(__file__).resolve().parents[2]
 

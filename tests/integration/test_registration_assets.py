@@ -11,10 +11,11 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 import sthelar_definitions
-from sthelar_platform.registration import transform as reg
+from sthelar_platform.core.config import load_categories, load_synthetic
 from sthelar_platform.core.imaging import read_level, write_pyramidal_ome_tiff
 from sthelar_platform.core.lineage import LineageStore
 from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
+from sthelar_platform.registration import transform as reg
 from sthelar_platform.synth import synthesize_slide
 
 PIPELINE = [a for a in sthelar_definitions.ALL_ASSETS if a.key.to_user_string() in
@@ -34,7 +35,7 @@ def home(tmp_path_factory, tiny_cohort):
     landing = tmp / "landing"
     shutil.copytree(tiny_cohort, landing)
     tiny = load_manifest(landing / "manifest.yaml")[0]
-    other = synthesize_slide(tmp / "other", "other", "skin", "tiny", seed=5)
+    other = synthesize_slide(tmp / "other", "other", "skin", "tiny", 5, load_synthetic(), load_categories())
     x10 = tmp / "x10_he.ome.tif"
     _he_at_10x_labelled_40x(tiny.he_image, x10)
     x10_csv = tmp / "x10_alignment.csv"  # right for the 10x pixels: 4x the scale the 40x pixel size implies

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sthelar_platform.model.cellvit.targets import patch_targets
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.model.cellvit.targets import patch_targets
 from sthelar_platform.tiling.patches import load_labels
 
 MEAN = np.array([0.5, 0.5, 0.5], np.float32)

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import torch
 
+from sthelar_platform.core.errors import InputError
 from sthelar_platform.model.cellvit.data import MEAN, STD
 from sthelar_platform.model.cellvit.model import CellViT, CellViTConfig
 from sthelar_platform.model.cellvit.postprocess import instance_types, instances_from_maps
 from sthelar_platform.model.cellvit.training import apply_weights, load_checkpoint
-from sthelar_platform.core.errors import InputError
 
 
 @dataclass

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sthelar_platform.core.errors import InputError
 from sthelar_platform.model.cellvit.data import PatchDataset
 from sthelar_platform.model.cellvit.losses import cellvit_loss
 from sthelar_platform.model.cellvit.model import CellViT
-from sthelar_platform.core.errors import InputError
 
 
 class TrainingDiverged(RuntimeError):

@@ -7,15 +7,15 @@ import polars as pl
 import pytest
 from scipy import sparse
 
+from sthelar_platform.annotation import counts, references
 from sthelar_platform.annotation import rule as annotation
-from sthelar_platform.annotation import counts
-from sthelar_platform.annotation import references
 from sthelar_platform.annotation import tangram as tangram_transfer
 from sthelar_platform.annotation.stages import write_clusters, write_tangram_labels
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.core.errors import InputError
 
 CFG = load_config("annotation")
+CATS = load_categories()
 
 
 def _cells(rows):
@@ -40,7 +40,7 @@ def test_rule_accepts_tangram_where_markers_agree_and_markers_win_otherwise():
     review = annotation.decide_clusters(cells, markers, 0.4).set_index("cluster")
     assert review.loc["0", "decision"] == "agree" and review.loc["1", "decision"] == "marker_override"
     assert review.loc["2", "decision"] == "tangram_no_marker_evidence" and review.loc["2", "label"] == "Myeloid"
-    labels = annotation.label_cells(cells, review.reset_index(), _probs(cells), {}, 10)
+    labels = annotation.label_cells(cells, review.reset_index(), _probs(cells), {}, 10, CATS)
     assert labels.loc["c", "category"] == "T_NK" and labels.loc["a", "category"] == "Epithelial"
     assert (labels.loc[["d", "e", "f"], "category"] == "Myeloid").all()
     assert labels.loc["d", "label_source"] == "cluster_markers"
@@ -62,17 +62,17 @@ def test_less10_and_reviewed_overrides_come_last(tmp_path):
     cells = _cells([("a", "0", "Epithelial", None, 50), ("b", "0", "Epithelial", None, 8), ("c", "1", "T_NK", None, 40)])
     review = annotation.decide_clusters(cells, pd.Series({"0": "Epithelial", "1": "T_NK"}), 0.4)
     (tmp_path / "s1.yaml").write_text("reviewed_by: pathologist A\nclusters: {'1': Myeloid}\ncells: {a: Fibroblast_Myofibroblast}\n")
-    ov = annotation.load_overrides("s1", tmp_path)
-    labels = annotation.label_cells(cells, review, _probs(cells), ov, 10)
+    ov = annotation.load_overrides("s1", tmp_path, CATS)
+    labels = annotation.label_cells(cells, review, _probs(cells), ov, 10, CATS)
     assert labels.loc["b", "category"] == "Less10" and labels.loc["b", "confidence"] == 0
     assert labels.loc["c", "category"] == "Myeloid" and labels.loc["a", "category"] == "Fibroblast_Myofibroblast"
     assert labels.loc["a", "label_source"] == "override" and labels.loc["a", "confidence"] == 1.0
     (tmp_path / "s2.yaml").write_text("clusters: {'1': Myeloid}\n")
     with pytest.raises(InputError, match="reviewed_by"):
-        annotation.load_overrides("s2", tmp_path)
+        annotation.load_overrides("s2", tmp_path, CATS)
     (tmp_path / "s3.yaml").write_text("reviewed_by: x\ncells: {a: Dragon}\n")
     with pytest.raises(InputError, match="unknown categories"):
-        annotation.load_overrides("s3", tmp_path)
+        annotation.load_overrides("s3", tmp_path, CATS)
 
 
 def _reference(tmp_path, x, obs=None, genes=None, name="ref.h5ad"):
@@ -88,7 +88,7 @@ def _reference(tmp_path, x, obs=None, genes=None, name="ref.h5ad"):
 def test_reference_without_label_column(tmp_path):
     spec = _reference(tmp_path, np.ones((20, 5)), obs=pd.DataFrame({"celltype": ["x"] * 20}))
     with pytest.raises(InputError, match="no label column 'cell_type'") as e:
-        references.load_reference(spec)
+        references.load_reference(spec, CATS, CFG.references)
     assert "ref.h5ad" in str(e.value) and "Fix:" in str(e.value)
 
 
@@ -99,17 +99,17 @@ def test_reference_without_label_column(tmp_path):
 ])
 def test_reference_that_is_not_counts(tmp_path, x, problem):
     with pytest.raises(InputError, match=problem):
-        references.load_reference(_reference(tmp_path, x))
+        references.load_reference(_reference(tmp_path, x), CATS, CFG.references)
 
 
 def test_reference_labels_must_map_to_categories(tmp_path):
     spec = _reference(tmp_path, np.ones((20, 5)), obs=pd.DataFrame({"cell_type": ["Martian cell"] * 20}))
     with pytest.raises(InputError, match="labels without a category.*Martian"):
-        references.load_reference(spec)
+        references.load_reference(spec, CATS, CFG.references)
 
 
 def test_too_few_shared_genes(tmp_path):
-    ref = references.load_reference(_reference(tmp_path, np.ones((20, 5), np.int32)))
+    ref = references.load_reference(_reference(tmp_path, np.ones((20, 5), np.int32)), CATS, CFG.references)
     query = ad.AnnData(X=np.ones((4, 3)), var=pd.DataFrame(index=["G0", "G1", "X"]))
     with pytest.raises(InputError, match="only 2 genes shared"):
         tangram_transfer.shared_genes(query, ref, 30, "ref.h5ad")
@@ -129,7 +129,7 @@ def test_every_cell_under_ten_transcripts(tmp_path):
     table.write_h5ad(tmp_path / "cc" / "cell.h5ad")
     spec = _reference(tmp_path, np.ones((20, 40), np.int32))
     with pytest.raises(InputError, match="every cell has at most 10 transcripts"):
-        write_tangram_labels(tmp_path / "cc", tmp_path / "nc", spec, tmp_path, CFG, 10)
+        write_tangram_labels(tmp_path / "cc", tmp_path / "nc", spec, tmp_path, CFG, CATS)
     with pytest.raises(InputError, match="only 0 cells have more than 10"):
         write_clusters(tmp_path / "cc", tmp_path, CFG, 10)
 
@@ -153,6 +153,6 @@ def test_weak_dissent_inside_an_agreeing_cluster_takes_the_cluster_label():
     review = annotation.decide_clusters(cells, pd.Series({"0": "Epithelial"}), 0.6)
     probs = _probs(cells)
     probs.loc["d", "Myeloid"] = 0.5  # unsure: follows the cluster
-    labels = annotation.label_cells(cells, review, probs, {}, 10, keep_own_min_probability=0.7)
+    labels = annotation.label_cells(cells, review, probs, {}, 10, CATS, keep_own_min_probability=0.7)
     assert labels.loc["c", "category"] == "T_NK" and labels.loc["c", "label_source"] == "tangram"  # p = 0.9
     assert labels.loc["d", "category"] == "Epithelial" and labels.loc["d", "label_source"] == "cluster_consensus"

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from sthelar_platform.core.errors import InputError
 from sthelar_platform.model.cellvit.data import PatchDataset, PatchRecord
 from sthelar_platform.model.cellvit.model import build_model
 from sthelar_platform.model.cellvit.postprocess import instance_types, instances_from_maps
 from sthelar_platform.model.cellvit.targets import hv_maps
-from sthelar_platform.model.cellvit.training import TrainSettings, TrainingDiverged, load_weights, train
-from sthelar_platform.core.errors import InputError
-from sthelar_platform.tiling.patches import save_npz
+from sthelar_platform.model.cellvit.training import TrainingDiverged, TrainSettings, load_weights, train
 from sthelar_platform.tiling.agreement import patch_agreement
+from sthelar_platform.tiling.patches import save_npz
 
 PINK, HEMATOXYLIN = (230, 160, 220), (70, 40, 120)
 

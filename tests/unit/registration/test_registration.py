@@ -6,14 +6,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sthelar_platform.registration import transform as reg
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import load_categories, load_config, load_synthetic
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.registration import transform as reg
 from sthelar_platform.synth import synthesize_slide
 from sthelar_platform.synth.transform import TransformSpec, write_alignment_csv
 
 MORPH_UM, HE_UM = 0.2125, 0.2738
 CFG = load_config("pipeline")["registration"]
+MAGS = load_config("pipeline").he_image.magnification_um_per_px
 
 
 def _inputs(folder):
@@ -55,7 +56,7 @@ def test_perturbed_csv_is_refined_back(tiny_inputs):
     TransformSpec(rotation_deg=3.0, scale_jitter=0.0, quarter_turns=2, flip=True),
 ])
 def test_automatic_registration_any_turn_flip_rotation_scale(tmp_path, spec):
-    slide = synthesize_slide(tmp_path, "auto", "breast", "tiny", seed=11, transform=spec)
+    slide = synthesize_slide(tmp_path, "auto", "breast", "tiny", 11, load_synthetic(), load_categories(), transform=spec)
     truth, xen_um, he_pts, all_he = _inputs(slide.folder)
     qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG)
     err = reg.transform_error_um(np.array(qc.transform), truth, all_he, MORPH_UM)
@@ -63,7 +64,7 @@ def test_automatic_registration_any_turn_flip_rotation_scale(tmp_path, spec):
 
 
 def test_alignment_of_another_slide_fails_the_quality_thresholds(tmp_path, tiny_inputs):
-    other = synthesize_slide(tmp_path, "other", "skin", "tiny", seed=5)
+    other = synthesize_slide(tmp_path, "other", "skin", "tiny", 5, load_synthetic(), load_categories())
     _, xen_um, he_pts, _ = tiny_inputs
     wrong = reg.read_alignment_csv(other.alignment_csv)
     qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG, csv_matrix=wrong)
@@ -136,9 +137,9 @@ def test_quality_failures_name_each_reason():
     from sthelar_platform.registration.slide import quality_failures
 
     good = reg.RegistrationQC("refined", 0.8, 1.6, 0.97, 500, 480, np.eye(3).tolist(), [[0.8]])
-    assert quality_failures(good, 0.274, 0.2738, "metadata", CFG) == []
+    assert quality_failures(good, 0.274, 0.2738, "metadata", CFG, MAGS) == []
     bad = reg.RegistrationQC("automatic", 2.4, 2.9, 0.2, 500, 480, np.eye(3).tolist(), [[2.4]])
-    reasons = quality_failures(bad, 1.1, 0.2738, "metadata", CFG)
+    reasons = quality_failures(bad, 1.1, 0.2738, "metadata", CFG, MAGS)
     assert len(reasons) == 4 and "matched" in reasons[0] and "median" in reasons[1] and "10x" in reasons[3]
     # an assumed pixel size cannot contradict the fit
-    assert len(quality_failures(bad, 1.1, 0.25, "assumed", CFG)) == 3
+    assert len(quality_failures(bad, 1.1, 0.25, "assumed", CFG, MAGS)) == 3

@@ -10,6 +10,7 @@ import pytest
 import shapely
 import tifffile
 
+from sthelar_platform.core.config import load_categories, load_synthetic
 from sthelar_platform.core.hashing import sha256_file
 from sthelar_platform.core.imaging import open_pyramid, read_level
 
@@ -123,8 +124,8 @@ def test_truth_and_reference_atlas(tiny_cohort, tiny_slide):
 def test_generation_is_deterministic(tmp_path):
     from sthelar_platform.synth import synthesize_slide
 
-    a = synthesize_slide(tmp_path / "a", "d1", "skin", "tiny", seed=3)
-    b = synthesize_slide(tmp_path / "b", "d1", "skin", "tiny", seed=3)
+    a = synthesize_slide(tmp_path / "a", "d1", "skin", "tiny", 3, load_synthetic(), load_categories())
+    b = synthesize_slide(tmp_path / "b", "d1", "skin", "tiny", 3, load_synthetic(), load_categories())
     for rel in ("xenium/transcripts.parquet", "xenium/cells.parquet", "he/d1_he_imagealignment.csv"):
         assert sha256_file(a.folder / rel) == sha256_file(b.folder / rel)
     assert np.array_equal(read_level(a.he_image, 1), read_level(b.he_image, 1))
@@ -134,6 +135,6 @@ def test_generation_is_deterministic(tmp_path):
 def test_other_tissues_have_their_categories(tmp_path, tissue):
     from sthelar_platform.synth import synthesize_slide
 
-    s = synthesize_slide(tmp_path, f"t_{tissue}", tissue, "tiny", seed=1)
+    s = synthesize_slide(tmp_path, f"t_{tissue}", tissue, "tiny", 1, load_synthetic(), load_categories())
     cats = set(pl.read_parquet(s.truth_dir / "cells.parquet")["true_category"])
     assert {"skin": "Melanocyte", "brain": "Glioblastoma"}[tissue] in cats

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.tiling.reference_segmentation import ClassicalSegmenter, make_segmenter
 from sthelar_platform.tiling.agreement import patch_agreement
+from sthelar_platform.tiling.reference_segmentation import ClassicalSegmenter, make_segmenter
 
 PINK, HEMATOXYLIN = (230, 160, 220), (70, 40, 120)
 

@@ -15,8 +15,8 @@ import scipy.sparse as sp
 import zarr
 
 from sthelar_platform.core.ids import encode_cell_ids
-from sthelar_platform.synth.layout import N_VERTICES, Cells
-from sthelar_platform.synth.render import LabelRenderer
+from sthelar_platform.synth._layout import N_VERTICES, Cells
+from sthelar_platform.synth._render import LabelRenderer
 
 NEG_PROBES = [f"NegControlProbe_{i:05d}" for i in range(1, 21)]
 NEG_CODEWORDS = [f"NegControlCodeword_{i:04d}" for i in range(500, 510)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from sthelar_platform.synth.layout import GRID_UM, REGION_CODE, Cells, TissueLayout
+from sthelar_platform.synth._layout import GRID_UM, REGION_CODE, Cells, TissueLayout
 
 SHIFT = 4  # cv2 fixed-point bits: 1/16 px vertex precision
 # Ruifrok & Johnston stain optical-density vectors (RGB), normalized.

@@ -1,0 +1,190 @@
+"""Whole synthetic slides and cohorts: layout, expression, bundle, H&E and truth, written atomically.
+
+The platform's embedded default data and the tests' fixture. Every bundle is written in
+the on-disk layout of a Xenium (XOA v2) output folder so the real spatialdata-io reader
+reads it; truth (true cell types, true transform) lives beside the bundle, never inside.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import yaml
+
+from sthelar_platform.core.atomic import atomic_dir, atomic_file
+from sthelar_platform.core.categories import CategorySystem
+from sthelar_platform.core.config import SyntheticConfig
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.core.imaging import write_pyramidal_ome_tiff
+from sthelar_platform.synth import _xenium_writer as xw
+from sthelar_platform.synth._expression import Programs, build_programs, sample_panel_counts, sample_reference_counts
+from sthelar_platform.synth._layout import GRID_UM, REGION_CODE, build_layout, place_cells
+from sthelar_platform.synth._render import DapiRenderer, HERenderer
+from sthelar_platform.synth.transform import TransformSpec, he_to_morphology_matrix, write_alignment_csv
+
+SIZES = ("tiny", "demo", "bench")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SyntheticSlide:
+    slide_id: str
+    tissue: str
+    folder: Path
+    xenium_dir: Path
+    he_image: Path
+    alignment_csv: Path
+    truth_dir: Path
+    n_cells: int
+    n_transcripts: int
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def default_transform(rng: np.random.Generator) -> TransformSpec:
+    return TransformSpec(rotation_deg=float(rng.uniform(-8, 8)), scale_jitter=float(rng.uniform(-0.02, 0.02)),
+                         quarter_turns=int(rng.integers(0, 4)), flip=bool(rng.random() < 0.3))
+
+
+def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str, seed: int, config: SyntheticConfig,
+                     categories: CategorySystem, transform: TransformSpec | None = None,
+                     progress: Progress = _noop) -> SyntheticSlide:
+    """Write ``out_root/<slide_id>/{xenium,he,truth}`` atomically."""
+    cfg = config
+    validate_slide_id(slide_id)
+    if size not in cfg["sizes"]:
+        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg['sizes'])}")
+    if tissue not in cfg["tissues"]:
+        raise InputError(None, f"unknown synthetic tissue {tissue!r}", f"use one of {', '.join(cfg['tissues'])}")
+    size_cfg = cfg["sizes"][size]
+    extent = tuple(float(v) for v in size_cfg["extent_um"])
+    rng = np.random.default_rng([seed, sum(map(ord, slide_id))])
+    morph_um, he_um = cfg["morphology_pixel_size_um"], cfg["he_pixel_size_um"]
+    transform = transform or default_transform(rng)
+    programs = build_programs(cfg)
+    cats = categories
+
+    progress(f"{slide_id}: laying out {tissue} tissue")
+    layout = build_layout(cfg["tissues"][tissue], extent, rng)
+    cells = place_cells(layout, tissue, cfg, rng, density_scale=float(size_cfg.get("density_scale", 1.0)))
+    n = len(cells)
+    if n == 0:
+        raise InputError(None, "synthetic layout produced no cells", "use a larger size or another seed")
+    less10 = rng.random(n) < cfg["less10_fraction"]
+    counts = sample_panel_counts(programs, cells.fine_label, size_cfg["transcripts_per_cell"], less10, rng)
+    prefixes, cell_ids = xw.make_cell_ids(n, rng)
+    morph_shape = (int(np.ceil(extent[1] / morph_um)), int(np.ceil(extent[0] / morph_um)))
+    he_to_morph, he_shape = he_to_morphology_matrix(transform, he_um, morph_um, extent)
+
+    final = Path(out_root) / slide_id
+    with atomic_dir(final) as tmp:
+        bundle, he_dir, truth = tmp / "xenium", tmp / "he", tmp / "truth"
+        for d in (bundle / "morphology_focus", he_dir, truth):
+            d.mkdir(parents=True)
+        progress(f"{slide_id}: {n} cells; writing boundaries and transcripts")
+        owners = xw.write_boundaries(bundle, cells, cell_ids)
+        tissue_cells = np.argwhere(layout.region != REGION_CODE["background"])
+        tissue_xy = ((tissue_cells[:, 1] + 0.5) * GRID_UM, (tissue_cells[:, 0] + 0.5) * GRID_UM)
+        stats, control_counts = xw.write_transcripts_and_matrix(bundle, cells, cell_ids, counts, list(programs.panel), cfg, tissue_xy, rng)
+        progress(f"{slide_id}: writing cells table and label masks")
+        xw.write_cells_tables(bundle, cells, cell_ids, prefixes, counts, xw.control_counts_per_cell(control_counts),
+                              owners, morph_um, morph_shape)
+        xw.write_experiment(bundle, cfg, slide_id, extent, n, stats["total"], list(programs.panel))
+        progress(f"{slide_id}: rendering DAPI {morph_shape[1]}x{morph_shape[0]} px")
+        write_pyramidal_ome_tiff(bundle / "morphology_focus" / "morphology_focus_0000.ome.tif", morph_shape,
+                                 DapiRenderer(cells, morph_um, seed), dtype=np.uint16, channels=None,
+                                 pixel_size_um=morph_um, channel_names=["DAPI"])
+        progress(f"{slide_id}: rendering H&E {he_shape[1]}x{he_shape[0]} px")
+        he_to_um = np.diag([morph_um, morph_um, 1.0]) @ he_to_morph
+        he_name = f"{slide_id}_he_image.ome.tif"
+        write_pyramidal_ome_tiff(he_dir / he_name, he_shape, HERenderer(cells, layout, he_to_um, cfg["eosin"], seed),
+                                 dtype=np.uint8, channels=3, pixel_size_um=he_um)
+        write_alignment_csv(he_dir / f"{slide_id}_he_imagealignment.csv", he_to_morph)
+        _write_truth(truth, cells, cell_ids, counts, cats, programs, he_to_morph, transform, cfg, tissue)
+        (tmp / "SYNTHETIC.txt").write_text(
+            "SYNTHETIC DATA generated by sthelar_platform.synth; not a real Xenium run.\n"
+            f"slide_id={slide_id} tissue={tissue} size={size} seed={seed}\n")
+    return SyntheticSlide(slide_id=slide_id, tissue=tissue, folder=final, xenium_dir=final / "xenium",
+                          he_image=final / "he" / he_name, alignment_csv=final / "he" / f"{slide_id}_he_imagealignment.csv",
+                          truth_dir=final / "truth", n_cells=n, n_transcripts=int(stats["total"]))
+
+
+def _write_truth(truth: Path, cells, cell_ids, counts, cats, programs: Programs, he_to_morph, transform, cfg, tissue) -> None:
+    total = counts.sum(1)
+    expected = np.where(total <= cats.less10_max_transcripts, "Less10", cells.category)
+    detailed, grouped = cats.groupings["detailed"], cats.groupings["grouped"]
+    pl.DataFrame({
+        "cell_id": cell_ids, "category": expected, "true_category": cells.category, "fine_label": cells.fine_label,
+        "detailed_class": [detailed.category_to_class[c] for c in expected],
+        "grouped_class": [grouped.category_to_class[c] for c in expected],
+        "region": np.array(list(REGION_CODE))[cells.region], "n_transcripts": total.astype(np.int64),
+        "has_nucleus": cells.has_nucleus, "x_um": cells.x, "y_um": cells.y,
+    }).write_parquet(truth / "cells.parquet")
+    (truth / "transform.json").write_text(json.dumps({
+        "he_to_morphology": he_to_morph.tolist(), "morphology_pixel_size_um": cfg["morphology_pixel_size_um"],
+        "he_pixel_size_um_nominal": cfg["he_pixel_size_um"], "spec": asdict(transform), "tissue": tissue,
+        "synthetic": True}, indent=2))
+
+
+def synthesize_reference(path: str | Path, tissue: str, n_cells: int, seed: int, config: SyntheticConfig) -> Path:
+    """A per-tissue single-cell atlas (.h5ad): integer counts, fine labels in obs['cell_type'], batch-shifted."""
+    cfg = config
+    programs = build_programs(cfg)
+    rng = np.random.default_rng([seed, 7, sum(map(ord, tissue))])
+    comp = cfg["tissues"][tissue]["composition"]
+    present = sorted({c for region in comp.values() for c in region})
+    labels = [lab for c in present for lab in cfg["fine_labels"][c].get(tissue, cfg["fine_labels"][c]["default"])]
+    weights = np.sqrt(np.array([max(sum(r.get(programs.label_category[lab], 0) for r in comp.values()), 0.02) for lab in labels]))
+    per_label = np.maximum(40, np.round(n_cells * weights / weights.sum())).astype(int)
+    fine = np.repeat(np.array(labels), per_label)
+    rng.shuffle(fine)
+    counts = sample_reference_counts(programs, fine, target_total=900, rng=rng)
+    adata = ad.AnnData(X=sp.csr_matrix(counts), obs={"cell_type": fine, "sample": np.full(len(fine), "synthetic_atlas")},
+                       var={"gene_symbol": list(programs.genes)})
+    adata.obs_names = [f"{tissue}_ref_{i:06d}" for i in range(len(fine))]
+    adata.var_names = list(programs.genes)
+    adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
+    adata.uns["synthetic"] = True
+    adata.uns["tissue"] = tissue
+    with atomic_file(path) as tmp:
+        adata.write_h5ad(tmp.with_suffix(".h5ad"))
+        tmp.with_suffix(".h5ad").rename(tmp)
+    return Path(path)
+
+
+def synthesize_cohort(out: str | Path, size: str, config: SyntheticConfig, categories: CategorySystem, seed: int = 0,
+                      progress: Progress = _noop) -> Path:
+    """All slides of a size, their tissues' reference atlases, and a manifest; returns the manifest path."""
+    cfg = config
+    if size not in cfg["sizes"]:
+        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg['sizes'])}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, (slide_id, tissue) in enumerate(cfg["sizes"][size]["slides"]):
+        ref = out / "references" / f"{tissue}.h5ad"
+        if not ref.exists():
+            progress(f"reference atlas for {tissue}")
+            synthesize_reference(ref, tissue, cfg["reference_cells"][size], seed, cfg)
+        slide = synthesize_slide(out / "slides", slide_id, tissue, size, seed + i, cfg, categories, progress=progress)
+        entries.append({
+            "slide_id": slide_id, "tissue": tissue,
+            "xenium_dir": str(slide.xenium_dir.relative_to(out)), "he_image": str(slide.he_image.relative_to(out)),
+            "alignment_csv": str(slide.alignment_csv.relative_to(out)), "reference": str(ref.relative_to(out)),
+            "synthetic": True,
+        })
+    manifest = out / "manifest.yaml"
+    with atomic_file(manifest) as tmp:
+        tmp.write_text("# SYNTHETIC slides generated by `sthelar synth`; paths relative to this file.\n"
+                       + yaml.safe_dump({"slides": entries}, sort_keys=False))
+    return manifest
