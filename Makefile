@@ -1,27 +1,38 @@
 # The README's commands. The virtual environment lives in .venv/ and is reused while
-# requirements.lock and pyproject.toml are unchanged (a stamp file tracks them).
+# requirements.lock, constraints.txt and pyproject.toml are unchanged (stamp files track them).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+LOCK_HASH := $(shell cat requirements.lock constraints.txt pyproject.toml 2>/dev/null | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+TEST_STAMP := $(VENV)/.installed-test-$(LOCK_HASH)
+# every install is pinned by the lock (exact versions) and the constraints (torch, dbt-core)
+PIP_PINNED := $(PY) -m pip install -q -c constraints.txt -c requirements.lock
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 export STHELAR_HOME ?= $(CURDIR)/sthelar_home
 
-.PHONY: setup demo test ui bench clean-home browser
+.PHONY: setup setup-test demo test lint ui bench clean-home browser
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# torch first, exactly this version: it is the local CPU wheel (any other spec pulls CUDA packages)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e .
+	# the runtime dependencies of pyproject.toml, at the versions in requirements.lock
+	$(PIP_PINNED) -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 	@echo "environment ready in $(VENV)/"
+
+# the `test` extra (pytest, pytest-xdist, selenium, ruff) on top, pinned by the same lock
+setup-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP_PINNED) -e ".[test]"
+	@touch $@
 
 demo: setup
 	$(VENV)/bin/sthelar demo
@@ -33,7 +44,11 @@ browser:
 	  { echo "installing Debian's chromium + chromium-driver"; $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: setup browser
+lint: setup-test
+	$(VENV)/bin/ruff check .
+
+test: setup-test browser
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 ui: setup

@@ -13,30 +13,9 @@ from dagster import (
     multiprocess_executor,
 )
 
-from assets.annotation.labels import (
-    annotation_quality,
-    cell_counts,
-    cell_types,
-    clusters,
-    counts_valid,
-    nucleus_counts,
-    tangram_labels,
-)
-from assets.annotation.reference_atlas import reference_atlas
+from assets import annotation, ingest, model, qc, registration, tiling
 from assets.automation import automation_sensor, observe_references_job, reference_watch, slide_landing_sensor
-from assets.ingest import he_image, xenium_slide
-from assets.model.dataset import training_dataset
-from assets.model.evaluation import model_evaluation, model_targets
-from assets.model.predictions import slide_predictions
-from assets.model.training import cellvit_detailed, cellvit_grouped
 from assets.partitions import slides_partitions
-from assets.qc.dashboard import qc_dashboard
-from assets.qc.dbt_project import qc_models
-from assets.registration import alignment_csv_agreement, he_registration, registered_he, registration_quality
-from assets.tiling.agreement import patch_quality, segmentation_agreement
-from assets.tiling.exports import slide_export
-from assets.tiling.patches import patches_20x, patches_40x
-from assets.tiling.reference_segmentation import reference_segmentation
 from resources import ComputeDeviceResource, LineageResource, SlideCatalogResource, StorageResource
 from resources.dbt import dbt_resource
 from sthelar_platform.core.paths import StorageLayout
@@ -46,7 +25,8 @@ os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
 
 def build_executor():
     """Local runs: the multiprocess executor. ``STHELAR_EXECUTOR=k8s``: one Kubernetes job per step (deploy/k8s),
-    each asset's pod sized by its ``dagster-k8s/config`` tags (config/deployment.yaml)."""
+    each asset's pod sized by its ``dagster-k8s/config`` tags (config/deployment.yaml).
+    """
     kind = os.environ.get("STHELAR_EXECUTOR", "multiprocess")
     if kind == "multiprocess":
         # GPU-class steps (training, evaluation, predictions) one at a time: on a CPU they each use
@@ -67,6 +47,7 @@ def build_executor():
 
 
 def build_resources(home: str | None = None) -> dict:
+    """The resources, rooted at ``home`` (default $STHELAR_HOME)."""
     layout = StorageLayout.at(home or os.environ.get("STHELAR_HOME", "./sthelar_home"))
     return {
         "storage": StorageResource(root=str(layout.root)),
@@ -78,14 +59,12 @@ def build_resources(home: str | None = None) -> dict:
     }
 
 
-ALL_ASSETS = [xenium_slide, he_image, he_registration, registered_he, nucleus_counts, cell_counts, tangram_labels,
-              clusters, cell_types, patches_40x, patches_20x, reference_segmentation, segmentation_agreement,
-              slide_export]
-COHORT_ASSETS = [training_dataset, cellvit_detailed, cellvit_grouped, model_evaluation]
-PREDICTION_ASSETS = [slide_predictions]
-QC_ASSETS = [qc_models, qc_dashboard]
-ALL_CHECKS = [registration_quality, alignment_csv_agreement, counts_valid, annotation_quality, patch_quality,
-              model_targets]
+# Each domain lists its own assets and checks (assets/<stage>); they are assembled here.
+ALL_ASSETS = [*ingest.ASSETS, *registration.ASSETS, *annotation.ASSETS, *tiling.ASSETS]
+COHORT_ASSETS = model.COHORT_ASSETS
+PREDICTION_ASSETS = model.PREDICTION_ASSETS
+QC_ASSETS = qc.ASSETS
+ALL_CHECKS = [*registration.CHECKS, *annotation.CHECKS, *tiling.CHECKS, *model.CHECKS]
 
 slide_pipeline = define_asset_job(
     "slide_pipeline",
@@ -121,7 +100,7 @@ qc_nightly = ScheduleDefinition(
 )
 
 defs = Definitions(
-    assets=[reference_atlas] + ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
+    assets=annotation.SOURCES + ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
     asset_checks=ALL_CHECKS,
     jobs=[slide_pipeline, training_job, predictions_job, qc_job, observe_references_job],
     schedules=[qc_nightly, reference_watch],

@@ -74,3 +74,6 @@ def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: 
         }
 
     return run_slide_stage(context, "he_image", storage, lineage, compute)
+
+
+ASSETS = [xenium_slide, he_image]

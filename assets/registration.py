@@ -1,5 +1,6 @@
 """Registration assets: the measured H&E -> Xenium transform, its blocking quality check, and
-the H&E as a SpatialData element in the Xenium coordinate system."""
+the H&E as a SpatialData element in the Xenium coordinate system.
+"""
 
 
 import json
@@ -87,6 +88,7 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
 
 
 def registration_of(storage: StorageResource, slide_id: str) -> stage_lib.SlideRegistration:
+    """The slide's registration result; missing output is an InputError naming the asset to run."""
     path = storage.stage_dir("he_registration", validate_slide_id(slide_id)) / "registration.json"
     if not path.exists():
         raise InputError(path, "no registration result", "materialize he_registration for this slide first")
@@ -179,3 +181,7 @@ def registered_he(context: AssetExecutionContext, storage: StorageResource, line
 
     return run_slide_stage(context, "registered_he", storage, lineage, compute,
                            inputs=("he_registration", "he_image", "xenium_slide"))
+
+
+ASSETS = [he_registration, registered_he]
+CHECKS = [registration_quality, alignment_csv_agreement]

@@ -19,6 +19,7 @@ from sthelar_platform.ingest.manifest import SlideCatalog
 
 
 def main() -> None:
+    """Print each registered slide's label accuracy against its synthetic truth."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", type=Path, required=True)
     args = ap.parse_args()

@@ -32,6 +32,7 @@ from sthelar_platform.model.cellvit.targets import patch_targets  # noqa: E402
 
 
 def drawn_batch(n: int, seed: int = 0) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """Patches with drawn nuclei and their training targets, so post-processing has instances to find."""
     rng = np.random.default_rng(seed)
     imgs, targets = [], []
     for _ in range(n):
@@ -55,6 +56,7 @@ def _sync(device: str) -> None:
 
 
 def bench_size(size: str, device: str, batch: int, steps: int) -> dict:
+    """Training and inference throughput of one model size on one device (patches/s, peak memory)."""
     torch.manual_seed(0)
     model = build_model(size, n_types=10, n_tissues=3).to(device)
     imgs, tg = drawn_batch(batch)
@@ -115,6 +117,7 @@ def bench_size(size: str, device: str, batch: int, steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the throughput benchmark and write its JSON report."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", action="append", choices=["tiny", "vit_s", "vit_b"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -106,7 +106,7 @@ def _stage_registered_he(data: Path, size: str, seed: int) -> dict[str, Any]:
 
 
 def _stage_counts(data: Path, size: str, seed: int) -> dict[str, Any]:
-    """nucleus + cell + cytoplasm count tables from the ingested transcripts (one polars pass)."""
+    """Nucleus + cell + cytoplasm count tables from the ingested transcripts (one polars pass)."""
     from sthelar_platform.annotation.counts import slide_count_tables
     from sthelar_platform.core.config import load_config
 
@@ -157,7 +157,6 @@ def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
 
 def _stage_patches(data: Path, size: str, seed: int) -> dict[str, Any]:
     """40x patches + masks + PNG/npz export (the throughput target), then 20x, from the bench outputs."""
-
     from sthelar_platform.core.config import load_categories, load_config
     from sthelar_platform.ingest.manifest import load_manifest
     from sthelar_platform.registration.slide import SlideRegistration
@@ -251,6 +250,7 @@ def _child(fn_name: str, data: str, size: str, seed: int, queue) -> None:
 
 
 def run_stage(name: str, data: Path, size: str, seed: int) -> dict[str, Any]:
+    """Run one benchmark stage in a fresh spawned process: its own peak RSS, and a crash stays contained."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(name, str(data), size, seed, q))
@@ -263,6 +263,7 @@ def run_stage(name: str, data: Path, size: str, seed: int) -> dict[str, Any]:
 
 
 def run_benchmarks(layout: StorageLayout, size: str = "bench", stages: list[str] | None = None, seed: int = 0) -> list[dict]:
+    """Run the named stages (default all) on the size's SYNTHETIC slide; one JSON per stage."""
     data = layout.bench / f"data_{size}"
     layout.bench.mkdir(parents=True, exist_ok=True)
     todo = stages or list(STAGES)

@@ -18,6 +18,7 @@ from sthelar_platform.core.config import load_config
 
 
 def main() -> None:
+    """Leave-one-half-out label transfer on pbmc68k_reduced (real PBMC): Tangram and the cross-check."""
     adata = sc.datasets.pbmc68k_reduced()
     raw = adata.raw.to_adata()
     raw.X = np.expm1(raw.X.toarray() if hasattr(raw.X, "toarray") else raw.X)

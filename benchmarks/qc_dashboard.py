@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time qc_job and the dashboard pages on SYNTHETIC QC rows at cohort scale."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slides", type=int, default=30)
     p.add_argument("--patches", type=int, default=20_000)

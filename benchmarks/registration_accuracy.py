@@ -21,6 +21,7 @@ MORPH_UM = 0.2125
 
 
 def main() -> None:
+    """Registration error against the true transform for CSV, perturbed-CSV and automatic modes."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--cohort", type=Path, required=True, help="folder with manifest.yaml (from `sthelar synth`)")
     args = ap.parse_args()

@@ -1,3 +1,5 @@
+"""The slide catalog (catalog.yaml) as a resource: which bundle, H&E and reference belong to a slide."""
+
 from __future__ import annotations
 
 from dagster import ConfigurableResource

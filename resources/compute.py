@@ -1,3 +1,5 @@
+"""The torch device for training, evaluation and predictions (STHELAR_DEVICE: auto | cpu | cuda[:N])."""
+
 from __future__ import annotations
 
 import os

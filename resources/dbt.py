@@ -1,3 +1,5 @@
+"""The dbt CLI resource over dbt_qc/, with the dbt executable of this environment."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,4 +23,5 @@ def dbt_executable() -> str:
 
 
 def dbt_resource() -> DbtCliResource:
+    """The dbt CLI resource over dbt_qc/ (its manifest is parsed offline when the project changes)."""
     return DbtCliResource(project_dir=qc_dbt_project, profiles_dir=str(DBT_PROJECT_DIR), dbt_executable=dbt_executable())

@@ -1,3 +1,5 @@
+"""The lineage / QC database (lineage.duckdb) as a resource."""
+
 from __future__ import annotations
 
 from dagster import ConfigurableResource

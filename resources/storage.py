@@ -1,3 +1,5 @@
+"""The storage root (STHELAR_HOME) as a resource: where each stage writes its outputs."""
+
 from __future__ import annotations
 
 from pathlib import Path

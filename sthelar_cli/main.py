@@ -23,6 +23,7 @@ def _home(args: argparse.Namespace):
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    """`sthelar synth`: write SYNTHETIC slides, atlases and a manifest."""
     from sthelar_platform.core.config import load_categories, load_synthetic
     from sthelar_platform.synth import synthesize_cohort
 
@@ -56,6 +57,7 @@ def _add(layout, manifest: str | None, folder: str | None, tissue: str | None, s
 
 
 def cmd_slides(args: argparse.Namespace) -> int:
+    """`sthelar slides add|list`: register slides in the catalog (validated) and as partitions."""
     from sthelar_platform.ingest.manifest import SlideCatalog
 
     layout = _home(args)
@@ -86,6 +88,7 @@ def _materialize(slide_ids: list[str], selection: list[str] | None, job_name: st
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
+    """`sthelar materialize`: run the slide pipeline for some or all registered slides."""
     from sthelar_platform.ingest.manifest import SlideCatalog
 
     layout = _home(args)
@@ -96,6 +99,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`sthelar demo`: generate the demo cohort once, then run every job on it."""
     from sthelar_platform.core.config import load_categories, load_synthetic
     from sthelar_platform.synth import synthesize_cohort
 
@@ -182,6 +186,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """`sthelar ui`: the Dagster webserver and daemon on localhost."""
     _home(args)
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(root / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
@@ -190,6 +195,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """`sthelar bench`: the benchmark harness of the source checkout."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "harness.py").exists():
         raise InputError(root / "benchmarks", "the benchmark harness is not installed with the package",
@@ -206,6 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `sthelar` argument parser."""
     p = argparse.ArgumentParser(prog="sthelar", description="STHELAR platform: Xenium + H&E -> annotated histology data.")
     p.add_argument("--home", help=f"storage root (default $STHELAR_HOME or {DEFAULT_HOME})")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -257,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of `sthelar`; an InputError becomes one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -37,6 +37,7 @@ def use_home(home: str | Path) -> StorageLayout:
 
 
 def register_partitions(slide_ids: list[str]) -> None:
+    """Add the slides missing from the `slides` dynamic partitions."""
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:

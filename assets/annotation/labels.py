@@ -1,5 +1,6 @@
 """Counting and annotation assets: counts per nucleus / cell / cytoplasm, Tangram, clusters,
-harmonized cell types, and their checks (Great Expectations inside @asset_check)."""
+harmonized cell types, and their checks (Great Expectations inside @asset_check).
+"""
 
 
 import json
@@ -194,6 +195,7 @@ def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage
 
 
 def annotation_failures(summary: dict, t: dict) -> list[str]:
+    """Why a slide's annotation summary breaks the thresholds in config/annotation.yaml (empty when it passes)."""
     out = []
     if summary["frac_unknown"] > t["max_frac_unknown"]:
         out.append(f"{summary['frac_unknown']:.1%} Unknown cells (max {t['max_frac_unknown']:.0%})")

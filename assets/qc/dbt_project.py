@@ -1,6 +1,7 @@
 """The dbt_qc project as Dagster assets: each model downstream of the Python assets that feed it,
 each dbt test an asset check. A failing dbt test is reported (check failed, dashboard shows it);
-only a model that fails to build fails the step."""
+only a model that fails to build fails the step.
+"""
 
 import json
 import os

@@ -1,5 +1,6 @@
 """Annotation: transcript counts, Tangram label transfer, Leiden clusters and markers, the accept/override
-rule and an independent cross-check."""
+rule and an independent cross-check.
+"""
 
 from sthelar_platform.core._lazy import lazy_exports
 

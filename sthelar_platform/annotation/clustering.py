@@ -43,6 +43,7 @@ def _knn_transformer(n_neighbors: int):
 
 
 def lognorm(counts: ad.AnnData, target_sum: float) -> ad.AnnData:
+    """A float32 copy normalised to ``target_sum`` counts per cell and log1p-transformed."""
     a = ad.AnnData(X=counts.X.astype(np.float32), obs=pd.DataFrame(index=counts.obs_names),
                    var=pd.DataFrame(index=counts.var_names))
     sc.pp.normalize_total(a, target_sum=target_sum)
@@ -65,6 +66,7 @@ def cluster_cells(counts: ad.AnnData, cfg: dict) -> tuple[ad.AnnData, pd.Series]
 
 
 def wilcoxon_markers(a: ad.AnnData, n_genes: int) -> pd.DataFrame:
+    """The top Wilcoxon marker genes of each Leiden cluster, BH-adjusted."""
     groups = a.obs["leiden"]
     if groups.nunique() < 2:
         return pd.DataFrame(columns=["cluster", "rank", "gene", "logfoldchange", "pval_adj"])
@@ -96,6 +98,7 @@ def score_markers(a: ad.AnnData, clusters: pd.Series, markers: dict[str, list[st
 
 
 def run_clustering(counts: ad.AnnData, cfg: dict, markers_cfg: dict) -> Clustering:
+    """Leiden clusters, their marker genes and marker-based labels on the slide's own expression."""
     a, clusters = cluster_cells(counts, cfg)
     markers = wilcoxon_markers(a, cfg["n_marker_genes"])
     scores, label = score_markers(a, clusters, markers_cfg["genes"], markers_cfg["min_score"])

@@ -134,4 +134,5 @@ def label_cells(cells: pd.DataFrame, clusters: pd.DataFrame, category_probs: pd.
 
 
 def composition(labels: pd.Series) -> dict[str, int]:
+    """Cells per label, sorted by label."""
     return {k: int(v) for k, v in labels.value_counts().sort_index().items()}

@@ -20,6 +20,7 @@ from sthelar_platform.core.errors import InputError
 
 
 def resolve_device(name: str) -> str:
+    """The torch device for Tangram; asking for CUDA where there is none is an InputError."""
     import torch
 
     if name == "auto":
@@ -39,6 +40,7 @@ def _lognorm(a: ad.AnnData) -> ad.AnnData:
 
 
 def shared_genes(query: ad.AnnData, ref: ad.AnnData, minimum: int, ref_name: str) -> list[str]:
+    """Genes in both the panel and the atlas; too few to transfer labels is an InputError."""
     genes = sorted(set(query.var_names) & set(ref.var_names))
     if len(genes) < minimum:
         raise InputError(ref_name, f"only {len(genes)} genes shared with the Xenium panel (minimum {minimum})",

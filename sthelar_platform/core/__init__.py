@@ -1,5 +1,6 @@
 """Shared foundations of every stage: ids, errors, atomic outputs, hashing, typed config, storage paths,
-lineage, pyramidal images, thumbnails and plots, and the harmonized categories."""
+lineage, pyramidal images, thumbnails and plots, and the harmonized categories.
+"""
 
 from sthelar_platform.core._lazy import lazy_exports
 

@@ -1,5 +1,6 @@
 """Lazy public names for a stage package: ``from sthelar_platform.tiling import write_patches`` works without
-importing every module of the stage (and its heavy dependencies, e.g. Great Expectations or torch) up front."""
+importing every module of the stage (and its heavy dependencies, e.g. Great Expectations or torch) up front.
+"""
 
 from __future__ import annotations
 

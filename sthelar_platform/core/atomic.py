@@ -68,6 +68,7 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
 
 
 def write_text_atomic(final: str | Path, text: str) -> None:
+    """Replace ``final`` with ``text`` atomically."""
     with atomic_file(final) as tmp:
         tmp.write_text(text)
 

@@ -381,6 +381,7 @@ def config_dir() -> Path:
 
 
 def config_path(name: str) -> Path:
+    """The file a config name resolves to: the override folder's, else the packaged one."""
     if name not in MODELS:
         raise KeyError(f"unknown config {name!r}; known: {', '.join(MODELS)}")
     override = os.environ.get("STHELAR_CONFIG_DIR")
@@ -399,7 +400,7 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str, path: str, mtime: Num) -> Section:
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -456,6 +457,7 @@ def load_settings() -> Settings:
 
 
 def load_synthetic() -> SyntheticConfig:
+    """The synthetic world's config (the generator's tissues, sizes and expression)."""
     return load_config("synthetic")  # type: ignore[return-value]
 
 

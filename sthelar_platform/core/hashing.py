@@ -9,6 +9,7 @@ _CHUNK = 1 << 20
 
 
 def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
@@ -30,4 +31,5 @@ def sha256_tree(path: str | Path) -> str:
 
 
 def sha256_text(text: str) -> str:
+    """Hex SHA-256 of a string."""
     return hashlib.sha256(text.encode()).hexdigest()

@@ -22,6 +22,7 @@ RenderFn = Callable[[int, int, int, int, int], np.ndarray]
 
 
 def pyramid_shapes(height: int, width: int, min_size: int = 256) -> list[tuple[int, int]]:
+    """Level shapes halving from full size until the next level would be under ``min_size``."""
     shapes = [(height, width)]
     while max(shapes[-1]) // 2 >= min_size:
         h, w = shapes[-1]

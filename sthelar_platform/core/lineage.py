@@ -101,6 +101,7 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str
 
 
 def utcnow() -> str:
+    """Naive UTC timestamp with microseconds (the lineage tables' time format)."""
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
 
 

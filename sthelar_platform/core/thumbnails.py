@@ -24,6 +24,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def save_png(img: np.ndarray, path: str | Path, max_px: int = 512) -> Path:
+    """Save a preview at most ``max_px`` on its long side."""
     pil = Image.fromarray(to_uint8(img))
     pil.thumbnail((max_px, max_px))
     pil.save(path, optimize=True)

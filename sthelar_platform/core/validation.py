@@ -47,6 +47,7 @@ def validate_frame(df: pd.DataFrame, expectations: list) -> ValidationOutcome:
 
 
 def cell_labels_expectations(allowed: list[str]) -> list:
+    """GX expectations of a cell_labels table: unique ids, known categories, confidence in [0, 1]."""
     import great_expectations as gx
 
     e = gx.expectations
@@ -58,6 +59,7 @@ def cell_labels_expectations(allowed: list[str]) -> list:
 
 
 def counts_expectations() -> list:
+    """GX expectations of a count table: unique ids, non-negative counts."""
     import great_expectations as gx
 
     e = gx.expectations

@@ -1,5 +1,6 @@
 """Ingest: validate and read a Xenium bundle (spatialdata-io) and the H&E image; slide manifests and the
-landing area where uploads arrive."""
+landing area where uploads arrive.
+"""
 
 from sthelar_platform.core._lazy import lazy_exports
 

@@ -44,6 +44,7 @@ def magnification_of(pixel_size_um: float | None, ranges: Mapping[str, tuple[flo
 
 
 def validate_he(path: str | Path) -> PyramidInfo:
+    """The pyramid of an H&E file that later stages can use; an InputError names what is wrong."""
     info = open_pyramid(path)
     shape0 = info.level_shapes[0]
     if len(shape0) != 3 or 3 not in (shape0[-1], shape0[0]):

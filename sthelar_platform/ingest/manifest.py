@@ -57,6 +57,7 @@ def _resolve(base: Path, value: str | None) -> Path | None:
 
 
 def parse_slide(row: dict, base: Path, source: Path, check_files: bool = True) -> SlideSpec:
+    """One validated manifest entry, its paths resolved against ``base``."""
     if not isinstance(row, dict):
         raise InputError(source, f"slide entry {row!r} is not a mapping", "give each slide as 'key: value' fields")
     missing = [k for k in REQUIRED if not row.get(k)]

@@ -47,6 +47,7 @@ def _require_columns(path: Path, present: list[str], required: list[str]) -> Non
 
 
 def morphology_image_path(bundle: Path) -> Path:
+    """The DAPI morphology image of a bundle, in whichever layout its XOA version writes."""
     focus = bundle / "morphology_focus"
     for name in ("morphology_focus_0000.ome.tif", "ch0000_dapi.ome.tif"):
         if (focus / name).exists():

@@ -1,5 +1,6 @@
 """Model: the cross-slide training dataset, CellViT training and evaluation, whole-slide predictions
-(the network itself is in ``model.cellvit``)."""
+(the network itself is in ``model.cellvit``).
+"""
 
 from sthelar_platform.core._lazy import lazy_exports
 

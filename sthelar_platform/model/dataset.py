@@ -65,12 +65,14 @@ def assign_units(counts: pd.DataFrame, fractions: dict[str, float], seed: int = 
 
 
 def block_of(x0: np.ndarray, y0: np.ndarray, block_px: int) -> np.ndarray:
+    """The spatial block id (``row_col``) of each patch origin."""
     return np.char.add(np.char.add((y0 // block_px).astype(str), "_"), (x0 // block_px).astype(str))
 
 
 def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: dict, size: int = 256) -> pd.DataFrame:
     """``patches`` (slide_id, name, x0, y0, one count column per class) with ``unit`` and ``split`` added;
-    patches straddling two splits are removed (``split`` = 'dropped')."""
+    patches straddling two splits are removed (``split`` = 'dropped').
+    """
     frame = patches.copy()
     mode = cfg["split"]
     if mode == "slide":

@@ -58,7 +58,8 @@ def owned_by_tile(gx: np.ndarray, gy: np.ndarray, x0: int, y0: int, tiles: set[t
 
 def _overlaps(inst: np.ndarray, xen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per predicted instance 1..n: the Xenium region value it overlaps most (0 = none), overlap px, that
-    nucleus's pixels in the tile."""
+    nucleus's pixels in the tile.
+    """
     fg = inst > 0
     k = int(xen.max()) + 1
     pairs = inst[fg].astype(np.int64) * k + xen[fg]

@@ -27,6 +27,7 @@ NOMINAL_UM_PER_PX = {"40x": 0.25, "20x": 0.5}
 
 
 def grouping_dir(dataset: Path, cfg: dict, grouping: str) -> Path:
+    """The dataset folder of one grouping at the configured magnification."""
     return dataset / cfg["dataset"]["magnification"] / grouping
 
 
@@ -37,6 +38,7 @@ def dataset_classes(gdir: Path) -> tuple[list[str], list[float]]:
 
 
 def dataset_tissues(gdir: Path) -> list[str]:
+    """Tissue names present in a grouping's dataset (the tissue head's classes)."""
     return sorted(pd.read_csv(require_stage_output(gdir / "types.csv", "training_dataset"))["type"].astype(str).unique())
 
 
@@ -67,10 +69,12 @@ def schedule_for(cfg: dict, device: str) -> tuple[str, TrainSettings]:
 
 
 def run_key(*parts: object) -> str:
+    """A short stable hash naming a training run's work folder."""
     return sha256_text(json.dumps([str(p) for p in parts]))[:16]
 
 
 def loss_curve_png(history: list[dict], path: Path) -> Path:
+    """Training and validation loss per epoch as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -34,6 +34,7 @@ MAX_MAP_POINTS = 20_000
 
 
 def plotly_js() -> Path:
+    """The plotly.min.js shipped inside the plotly package (served by the site, no CDN)."""
     import plotly
 
     path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"

@@ -80,14 +80,17 @@ class QcBuild:
 
 
 def qc_database(layout: StorageLayout) -> Path:
+    """The qc.duckdb dbt builds (swapped in atomically)."""
     return layout.qc / "qc.duckdb"
 
 
 def run_results_path(layout: StorageLayout) -> Path:
+    """Where the last dbt build's run_results.json is kept."""
     return layout.qc / "dbt_run_results.json"
 
 
 def start_build(layout: StorageLayout) -> QcBuild:
+    """Snapshot the lineage database and name the temporary qc.duckdb a dbt build writes."""
     token = uuid.uuid4().hex[:8]
     qc = layout.qc
     qc.mkdir(parents=True, exist_ok=True)

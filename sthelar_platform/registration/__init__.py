@@ -1,5 +1,6 @@
 """Registration: the H&E -> Xenium affine (alignment CSV, refined or automatic), measured in µm, and the
-H&E as a SpatialData image in Xenium coordinates."""
+H&E as a SpatialData image in Xenium coordinates.
+"""
 
 from sthelar_platform.core._lazy import lazy_exports
 

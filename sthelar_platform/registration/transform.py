@@ -120,10 +120,12 @@ def detect_he_nuclei(he_path: str | Path, target_um: float = 0.5, sigma_um: floa
 
 
 def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 affine to an (n, 2) array of points."""
     return pts @ m[:2, :2].T + m[:2, 2]
 
 
 def fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares affine mapping ``src`` points onto ``dst``."""
     a = np.column_stack([src, np.ones(len(src))])
     sol, *_ = np.linalg.lstsq(a, dst, rcond=None)
     m = np.eye(3)

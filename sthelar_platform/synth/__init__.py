@@ -1,5 +1,6 @@
 """Synth: SYNTHETIC Xenium-format slides with matching H&E, reference atlases and ground truth (the embedded
-default data and the tests' fixtures). Private modules draw the tissue, expression and images."""
+default data and the tests' fixtures). Private modules draw the tissue, expression and images.
+"""
 
 from sthelar_platform.core._lazy import lazy_exports
 

@@ -52,6 +52,7 @@ def _noop(_: str) -> None:
 
 
 def default_transform(rng: np.random.Generator) -> TransformSpec:
+    """A random, realistic H&E -> Xenium transform: small rotation and scale jitter, quarter turns, flips."""
     return TransformSpec(rotation_deg=float(rng.uniform(-8, 8)), scale_jitter=float(rng.uniform(-0.02, 0.02)),
                          quarter_turns=int(rng.integers(0, 4)), flip=bool(rng.random() < 0.3))
 

@@ -1,5 +1,6 @@
 """Tiling: 256 px patches with instance / type / cell-id masks at 40x and 20x, the independent H&E
-segmentation, per-patch agreement QC and the per-slide exports."""
+segmentation, per-patch agreement QC and the per-slide exports.
+"""
 
 from sthelar_platform.core._lazy import lazy_exports
 

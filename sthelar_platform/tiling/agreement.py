@@ -126,6 +126,7 @@ def distribution_summary(frame: pd.DataFrame) -> dict:
 
 
 def histogram_png(frame: pd.DataFrame, path: Path, title: str) -> None:
+    """Histograms of the agreement metrics as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,4 +144,5 @@ def histogram_png(frame: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
+    """Write ``obj`` as indented JSON."""
     path.write_text(json.dumps(obj, indent=2))

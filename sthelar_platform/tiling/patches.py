@@ -124,6 +124,7 @@ def iter_regions(tiles: pd.DataFrame, size: int, region_tiles: int) -> Iterator[
 
 
 def encode_png(rgb: np.ndarray, compression: int) -> bytes:
+    """PNG bytes of an RGB patch at the given zlib level."""
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:
         raise RuntimeError("PNG encoding failed")

@@ -1,5 +1,6 @@
 """Model evaluation as CellViT / HoVer-Net report it: detection F1, per-class F1 (HoVer-Net's
-weighted formula), binary PQ and multi-class PQ (mean over the classes present in a patch)."""
+weighted formula), binary PQ and multi-class PQ (mean over the classes present in a patch).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """CellViT's losses: focal Tversky + Dice on NP, MSE + MSGE on HV, CE + Dice + focal Tversky on NT,
-CE on the tissue type. Weights come from config (``training.loss_weights``)."""
+CE on the tissue type. Weights come from config (``training.loss_weights``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ DEFAULT_WEIGHTS = {"np_ft": 1.0, "np_dice": 1.0, "hv_mse": 2.5, "hv_msge": 8.0, 
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Soft Dice loss over classes (softmax logits, integer targets)."""
     probs = logits.softmax(1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
     inter = (probs * onehot).sum((0, 2, 3))
@@ -20,6 +22,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> 
 
 def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.7, beta: float = 0.3,
                        gamma: float = 4 / 3, eps: float = 1e-6) -> torch.Tensor:
+    """Focal Tversky loss: weighs missed pixels (alpha) over false alarms (beta)."""
     probs = logits.softmax(1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
     tp = (probs * onehot).sum((0, 2, 3))
@@ -47,6 +50,7 @@ def msge_loss(pred: torch.Tensor, target: torch.Tensor, nuclei: torch.Tensor) ->
 
 def cellvit_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: dict[str, float] | None = None,
                  class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """CellViT's weighted sum over NP, HV, NT and tissue heads, with each part for logging."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     hv_pred = torch.tanh(out["hv"])
     parts = {

@@ -146,6 +146,7 @@ class CellViT(nn.Module):
 
 
 def build_model(size: str, n_types: int, n_tissues: int, **overrides) -> CellViT:
+    """A CellViT of a named size with ``n_types`` nucleus and ``n_tissues`` tissue classes."""
     if size not in CONFIGS:
         raise ValueError(f"unknown CellViT size {size!r}; known: {sorted(CONFIGS)}")
     return CellViT(CellViTConfig(**{**CONFIGS[size], **overrides, "n_types": n_types, "n_tissues": n_tissues}))

@@ -1,5 +1,6 @@
 """HoVer-Net post-processing: nucleus instances from the NP probability and the HV maps, then a
-type per instance by majority vote of the NT prediction."""
+type per instance by majority vote of the NT prediction.
+"""
 
 from __future__ import annotations
 

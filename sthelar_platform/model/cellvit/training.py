@@ -55,6 +55,7 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -68,6 +69,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint dict, loaded with ``weights_only=True``; an unreadable file is an InputError."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint file does not exist", "check the path, or train from scratch")
@@ -86,6 +88,7 @@ def load_weights(model: CellViT, path: str | Path) -> dict:
 
 
 def apply_weights(model: CellViT, ckpt: dict, path: str | Path) -> None:
+    """Load a checkpoint's weights into ``model``; any shape or key mismatch is an InputError."""
     state = ckpt.get("model", ckpt)
     own = model.state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
