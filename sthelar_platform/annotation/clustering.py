@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
+from sthelar_platform.core.config import ClusteringConfig, MarkersConfig
+
 
 @dataclass
 class Clustering:
@@ -51,7 +53,7 @@ def lognorm(counts: ad.AnnData, target_sum: float) -> ad.AnnData:
     return a
 
 
-def cluster_cells(counts: ad.AnnData, cfg: dict) -> tuple[ad.AnnData, pd.Series]:
+def cluster_cells(counts: ad.AnnData, cfg: ClusteringConfig) -> tuple[ad.AnnData, pd.Series]:
     """Leiden clusters of the cells (log-normalized data kept in the returned AnnData)."""
     a = lognorm(counts, cfg["target_sum"])
     a.raw = a
@@ -97,7 +99,7 @@ def score_markers(a: ad.AnnData, clusters: pd.Series, markers: dict[str, list[st
     return table, label
 
 
-def run_clustering(counts: ad.AnnData, cfg: dict, markers_cfg: dict) -> Clustering:
+def run_clustering(counts: ad.AnnData, cfg: ClusteringConfig, markers_cfg: MarkersConfig) -> Clustering:
     """Leiden clusters, their marker genes and marker-based labels on the slide's own expression."""
     a, clusters = cluster_cells(counts, cfg)
     markers = wilcoxon_markers(a, cfg["n_marker_genes"])

@@ -20,12 +20,13 @@ from sthelar_platform.annotation import clustering, counts, crosscheck, referenc
 from sthelar_platform.annotation import rule as annotation
 from sthelar_platform.annotation import tangram as tangram_transfer
 from sthelar_platform.core.categories import CategorySystem
+from sthelar_platform.core.config import AnnotationConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 
 COUNT_FILES = {"nucleus_counts": ("nucleus",), "cell_counts": ("cell", "cytoplasm")}
 
 
-def write_counts(stage: str, xenium_dir: Path, out: Path, cfg: dict) -> dict:
+def write_counts(stage: str, xenium_dir: Path, out: Path, cfg: AnnotationConfig) -> dict:
     """``nucleus_counts`` -> nucleus.h5ad; ``cell_counts`` -> cell.h5ad + cytoplasm.h5ad."""
     tables = counts.slide_count_tables(xenium_dir, cfg["counts"]["qv_min"])
     summary = {}
@@ -48,8 +49,8 @@ class TangramOutcome:
     compartments: list[str]
 
 
-def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references.ReferenceSpec, out: Path, cfg: dict,
-                         categories: CategorySystem, progress=None) -> TangramOutcome:
+def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references.ReferenceSpec, out: Path,
+                         cfg: AnnotationConfig, categories: CategorySystem, progress=None) -> TangramOutcome:
     """Tangram labels per cell (and per nucleus) with per-category probabilities."""
     less10_max = categories.less10_max_transcripts
     tcfg = cfg["tangram"]
@@ -87,7 +88,7 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
     return outcome
 
 
-def write_clusters(cell_dir: Path, out: Path, cfg: dict, less10_max: int) -> dict:
+def write_clusters(cell_dir: Path, out: Path, cfg: AnnotationConfig, less10_max: int) -> dict:
     """Leiden clusters of the cells above the Less10 threshold, Wilcoxon markers and marker scores."""
     cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
     keep = cell.obs["n_transcripts"].to_numpy() > less10_max
@@ -109,7 +110,7 @@ def write_clusters(cell_dir: Path, out: Path, cfg: dict, less10_max: int) -> dic
 
 
 def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_dir: Path, clusters_dir: Path,
-                     ref_spec: references.ReferenceSpec, out: Path, cfg: dict, categories: CategorySystem,
+                     ref_spec: references.ReferenceSpec, out: Path, cfg: AnnotationConfig, categories: CategorySystem,
                      overrides_dir: Path) -> dict:
     """Apply the rule, harmonize, cross-check; write cell_labels / cluster_review / crosscheck tables."""
     cats = categories

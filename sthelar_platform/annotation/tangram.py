@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
+from sthelar_platform.core.config import TangramConfig
 from sthelar_platform.core.errors import InputError
 
 
@@ -60,7 +61,7 @@ def _stratified_subsample(ref: ad.AnnData, n: int, rng: np.random.Generator) -> 
     return ref[np.sort(np.concatenate(keep))]
 
 
-def raw_scores(query: ad.AnnData, ref: ad.AnnData, genes: list[str], cfg: dict, device: str,
+def raw_scores(query: ad.AnnData, ref: ad.AnnData, genes: list[str], cfg: TangramConfig, device: str,
                progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Tangram scores (cells x reference labels) before scaling, bag by bag."""
     import tangram as tg
@@ -102,7 +103,7 @@ def label_probabilities(scores: pd.DataFrame, label_fraction: pd.Series, mode: s
     return pd.DataFrame(s / np.maximum(s.sum(1, keepdims=True), 1e-12), index=scores.index, columns=scores.columns)
 
 
-def hard_labels(scores: pd.DataFrame, label_fraction: pd.Series, cfg: dict) -> pd.DataFrame:
+def hard_labels(scores: pd.DataFrame, label_fraction: pd.Series, cfg: TangramConfig) -> pd.DataFrame:
     """Per-cell label, its score and the margin over the runner-up.
 
     ``row_normalized`` (default) uses :func:`label_probabilities`; ``clip_minmax`` is the reference

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sthelar_platform.core.categories import CategorySystem
+from sthelar_platform.core.config import DatasetConfig, TrainingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.tiling.exports import link_or_copy
 
@@ -69,7 +70,7 @@ def block_of(x0: np.ndarray, y0: np.ndarray, block_px: int) -> np.ndarray:
     return np.char.add(np.char.add((y0 // block_px).astype(str), "_"), (x0 // block_px).astype(str))
 
 
-def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: dict, size: int = 256) -> pd.DataFrame:
+def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetConfig, size: int = 256) -> pd.DataFrame:
     """``patches`` (slide_id, name, x0, y0, one count column per class) with ``unit`` and ``split`` added;
     patches straddling two splits are removed (``split`` = 'dropped').
     """
@@ -108,7 +109,7 @@ def class_weights(train_counts: np.ndarray) -> np.ndarray:
     return np.r_[1.0, w]
 
 
-def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: dict,
+def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: TrainingConfig,
                            categories: CategorySystem) -> dict:
     """Assemble ``<mag>/<grouping>/`` CellViT folders with splits.csv across slides."""
     cats = categories

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sthelar_platform.core.config import TrainingConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.hashing import sha256_file
 from sthelar_platform.model.cellvit.evaluation import EvaluationTotals
@@ -22,7 +23,7 @@ def model_id(checkpoint: Path) -> str:
     return f"{checkpoint.parent.name}:{sha256_file(checkpoint)[:12]}"
 
 
-def evaluate_model(checkpoint: Path, dataset: Path, cfg: dict, device: str = "cpu",
+def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device: str = "cpu",
                    progress: Callable[[int, int], None] | None = None) -> dict:
     """Evaluate on ``evaluation.split`` of the dataset the model was trained for."""
     model = load_model(checkpoint, device, cfg.get("postprocess"))

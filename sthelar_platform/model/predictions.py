@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sthelar_platform.core.categories import CategorySystem
+from sthelar_platform.core.config import TilingConfig, TrainingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
 from sthelar_platform.model.cellvit.inference import LoadedModel
@@ -91,7 +92,7 @@ def agreement_by_category(cells: pd.DataFrame, classes: tuple[str, ...]) -> pd.D
 
 
 def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: Path, he_px_to_um: np.ndarray,
-                  level0_um: float, model: LoadedModel, model_id: str, out: Path, tiling_cfg: dict, cfg: dict,
+                  level0_um: float, model: LoadedModel, model_id: str, out: Path, tiling_cfg: TilingConfig, cfg: TrainingConfig,
                   categories: CategorySystem, progress: Callable[[int, int], None] | None = None) -> tuple[dict, pd.DataFrame]:
     """Write ``predicted_cells.parquet``, ``agreement.csv``, ``confusion.csv`` and ``summary.json``.
 

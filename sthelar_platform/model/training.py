@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sthelar_platform.core.config import TrainingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.hashing import sha256_text
 from sthelar_platform.model.cellvit.data import PatchDataset, PatchRecord
@@ -26,7 +27,7 @@ from sthelar_platform.model.cellvit.training import TrainSettings, load_weights,
 NOMINAL_UM_PER_PX = {"40x": 0.25, "20x": 0.5}
 
 
-def grouping_dir(dataset: Path, cfg: dict, grouping: str) -> Path:
+def grouping_dir(dataset: Path, cfg: TrainingConfig, grouping: str) -> Path:
     """The dataset folder of one grouping at the configured magnification."""
     return dataset / cfg["dataset"]["magnification"] / grouping
 
@@ -55,7 +56,7 @@ def split_records(gdir: Path, split: str, tissues: list[str]) -> list[PatchRecor
             for n in names]
 
 
-def schedule_for(cfg: dict, device: str) -> tuple[str, TrainSettings]:
+def schedule_for(cfg: TrainingConfig, device: str) -> tuple[str, TrainSettings]:
     """Model size and settings for the device class (``cpu`` or ``cuda``) from config/training.yaml."""
     t = cfg["training"]
     kind = "cuda" if device.startswith("cuda") else "cpu"
@@ -93,7 +94,7 @@ def loss_curve_png(history: list[dict], path: Path) -> Path:
     return path
 
 
-def train_cellvit(dataset: Path, grouping: str, cfg: dict, device: str, work_root: Path, out: Path,
+def train_cellvit(dataset: Path, grouping: str, cfg: TrainingConfig, device: str, work_root: Path, out: Path,
                   dataset_version: str, code_version: str, root: Path | None = None,
                   on_epoch: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
     """Train one grouping's model; writes ``best.pt``, ``model.json``, ``history.csv`` and ``loss_curve.png``.

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from sthelar_platform.core.config import RegistrationConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
 
@@ -254,7 +255,7 @@ def measure(m: np.ndarray, he_pts: np.ndarray, xen_px: np.ndarray, morph_um: flo
         transform=m.tolist(), residual_grid_um=grid_med)
 
 
-def register(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: float, cfg: dict,
+def register(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: float, cfg: RegistrationConfig,
              csv_matrix: np.ndarray | None = None) -> RegistrationQC:
     """Refine a given matrix, or estimate one when none is given; always measure the result."""
     xen_px = xen_um / morph_um

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sthelar_platform.core.config import SyntheticConfig
+
 BIOLOGY_SEED = 20260101
 # Extra genes measured in the atlases but absent from the Xenium panel.
 HOUSEKEEPING = ["ACTB", "GAPDH", "B2M", "MALAT1", "RPLP0", "RPS18", "EEF1A1", "TPT1", "FTL", "FTH1",
@@ -30,7 +32,7 @@ class Programs:
         return self.genes[: self.n_panel]
 
 
-def build_programs(synth_cfg: dict) -> Programs:
+def build_programs(synth_cfg: SyntheticConfig) -> Programs:
     markers: dict[str, list[str]] = synth_cfg["category_markers"]
     fine_markers: dict[str, list[str]] = synth_cfg["fine_markers"]
     shared: dict[str, list[str]] = synth_cfg["shared_markers"]

@@ -13,6 +13,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from sthelar_platform.core.config import SyntheticConfig
+
 REGIONS = ("background", "stroma", "epithelium", "vessel", "lumen", "aggregate", "special", "tumor", "band")
 REGION_CODE = {name: i for i, name in enumerate(REGIONS)}
 N_VERTICES = 16
@@ -142,7 +144,7 @@ def _radial_profile(n: int, a: np.ndarray, b: np.ndarray, phi: np.ndarray, irreg
     return r * (1 + irregularity[:, None] * wobble)
 
 
-def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: dict, rng: np.random.Generator,
+def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: SyntheticConfig, rng: np.random.Generator,
                 density_scale: float = 1.0) -> Cells:
     """Sample cells by regional density and composition, with non-overlapping nuclei."""
     tissue_cfg = synth_cfg["tissues"][tissue_name]

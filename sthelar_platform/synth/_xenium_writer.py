@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 import zarr
 
+from sthelar_platform.core.config import SyntheticConfig
 from sthelar_platform.core.ids import encode_cell_ids
 from sthelar_platform.synth._layout import N_VERTICES, Cells
 from sthelar_platform.synth._render import LabelRenderer
@@ -28,7 +29,7 @@ CELL_BLOCK = 20000
 MASK_CHUNK = 2048
 
 
-def write_experiment(bundle: Path, cfg: dict, slide_id: str, extent_um: tuple[float, float], n_cells: int, n_tx: int, panel: list[str]) -> None:
+def write_experiment(bundle: Path, cfg: SyntheticConfig, slide_id: str, extent_um: tuple[float, float], n_cells: int, n_tx: int, panel: list[str]) -> None:
     spec = {
         "major_version": 5, "minor_version": 0, "patch_version": 0,
         "run_name": f"SYNTHETIC-{slide_id}", "region_name": slide_id,
@@ -89,7 +90,7 @@ def _sample_positions(cells: Cells, cell_rows: np.ndarray, nuclear: np.ndarray, 
 
 
 def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarray, counts: np.ndarray, panel: list[str],
-                                 cfg: dict, tissue_xy: tuple[np.ndarray, np.ndarray],
+                                 cfg: SyntheticConfig, tissue_xy: tuple[np.ndarray, np.ndarray],
                                  rng: np.random.Generator) -> tuple[dict, np.ndarray]:
     """Stream transcripts per block of cells; the h5 matrix counts transcripts with qv >= 20, as XOA does."""
     features = list(panel) + list(CONTROL_TYPES)

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from sthelar_platform.core.categories import CategorySystem
+from sthelar_platform.core.config import TilingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.tiling.patches import load_labels, save_npz
 
@@ -145,7 +146,7 @@ def export_sdata(registered_zarr: Path, cell_h5ad: Path, labels: pd.DataFrame, c
     return sorted(list(sdata.images) + list(sdata.shapes) + list(sdata.tables))
 
 
-def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, out: Path, cfg: dict,
+def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, out: Path, cfg: TilingConfig,
                        categories: CategorySystem, progress: Callable[[str], None] | None = None) -> dict:
     """All exports of one slide into ``out`` (a temporary folder the caller renames into place)."""
     cats = categories

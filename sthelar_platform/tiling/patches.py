@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import ndimage
 
 from sthelar_platform.core.categories import CategorySystem
+from sthelar_platform.core.config import PatchesConfig, TilingConfig, TissueMaskConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.ids import cell_ids_to_mask_ints
 from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, read_level_region
@@ -60,7 +61,7 @@ def choose_level(info: PyramidInfo, level0_um: float, magnification: str, ranges
                      "-pyramid-resolutions with scale 2), or drop this magnification from the job")
 
 
-def tissue_mask(he_path: Path, info: PyramidInfo, cfg: dict) -> tuple[np.ndarray, float]:
+def tissue_mask(he_path: Path, info: PyramidInfo, cfg: TissueMaskConfig) -> tuple[np.ndarray, float]:
     """Boolean tissue mask on a low-resolution level and that level's downsample from level 0."""
     level = next((k for k, s in enumerate(info.level_shapes) if max(s[:2]) <= cfg["thumbnail_max_px"]),
                  len(info.level_shapes) - 1)
@@ -184,7 +185,7 @@ def _patch_arrays(region: np.ndarray, cells: np.ndarray, tables: dict[str, np.nd
 
 
 def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, labels_path: Path,
-                  he_px_to_um: np.ndarray, level0_um: float, magnification: str, out: Path, cfg: dict,
+                  he_px_to_um: np.ndarray, level0_um: float, magnification: str, out: Path, cfg: TilingConfig,
                   categories: CategorySystem, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write ``images/``, ``labels/`` and ``patches.parquet`` for one slide and magnification."""
     pcfg = cfg["patches"]
@@ -261,7 +262,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     return summary
 
 
-def _write_one(out: Path, name: str, image: np.ndarray, arrays: dict[str, np.ndarray], pcfg: dict) -> None:
+def _write_one(out: Path, name: str, image: np.ndarray, arrays: dict[str, np.ndarray], pcfg: PatchesConfig) -> None:
     (out / "images" / f"{name}.png").write_bytes(encode_png(image, int(pcfg["png_compression"])))
     save_npz(out / "labels" / f"{name}.npz", arrays, int(pcfg["label_compression"]))
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from sthelar_platform.core.config import ReferenceSegmentationConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.registration.transform import hematoxylin
 from sthelar_platform.tiling.patches import save_npz
@@ -68,7 +69,7 @@ class ClassicalSegmenter:
         return watershed(-dist, markers, mask=fg).astype(np.int32)
 
 
-def make_segmenter(cfg: dict, root: Path | None = None, device: str = "cpu") -> NucleusSegmenter:
+def make_segmenter(cfg: ReferenceSegmentationConfig, root: Path | None = None, device: str = "cpu") -> NucleusSegmenter:
     """The configured segmenter (``reference_segmentation`` in config/tiling.yaml).
 
     ``method: cellvit`` uses a trained model; its ``checkpoint`` is relative to the storage
