@@ -9,24 +9,37 @@ from assets.tiling.exports import slide_export
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.model import dataset as dataset_lib
+from sthelar_platform.model import layouts as layouts_lib
 
 
 def _card_table(card: dict) -> str:
-    rows = ["| grouping | train | val | test | dropped (straddling) | classes missing from a split |", "|---|---|---|---|---|---|"]
-    for g, d in card["groupings"].items():
-        missing = "; ".join(f"{s}: {', '.join(c)}" for s, c in d["missing_classes"].items() if c) or "none"
-        rows.append(f"| {g} | {d['patches']['train']} | {d['patches']['val']} | {d['patches']['test']} | "
-                    f"{d['dropped_straddling']} | {missing} |")
+    rows = ["| magnification | grouping | train | val | test | dropped (straddling) | classes missing from a split |",
+            "|---|---|---|---|---|---|---|"]
+    for mag, groupings in card["by_magnification"].items():
+        for g, d in groupings.items():
+            missing = "; ".join(f"{s}: {', '.join(c)}" for s, c in d["missing_classes"].items() if c) or "none"
+            rows.append(f"| {mag} | {g} | {d['patches']['train']} | {d['patches']['val']} | {d['patches']['test']} | "
+                        f"{d['dropped_straddling']} | {missing} |")
+    return "\n".join(rows)
+
+
+def _layouts_table(card: dict, root: Path) -> str:
+    rows = ["| layout | folder | patches per split / fold |", "|---|---|---|"]
+    for name, parts in card["layouts"].items():
+        for part, counts in parts.items():
+            rows.append(f"| {name} | `{root / name / part}` | {', '.join(f'{k}: {v}' for k, v in counts.items())} |")
     return "\n".join(rows)
 
 
 @asset(
     deps=[slide_export],
-    code_version=code_version_of(dataset_lib, configs=("training", "categories")),
+    code_version=code_version_of(dataset_lib, layouts_lib, configs=("training", "categories")),
     group_name="training",
     kinds={"python", "png", "numpy"},
     description="exports/dataset/<mag>/<grouping>/: CellViT-style folders across slides with splits.csv (by slide "
-                "or spatial block, never by overlapping patch), class weights and a dataset card.",
+                "or spatial block, never by overlapping patch; one split for 40x and 20x), class weights and a "
+                "dataset card; plus the same split packaged for the STHELAR fork (sthelar/), the original CellViT "
+                "trainer (cellvit_folds/) and Hugging Face datasets (hf/).",
 )
 def training_dataset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                      catalog: SlideCatalogResource) -> MaterializeResult:
@@ -39,9 +52,10 @@ def training_dataset(context: AssetExecutionContext, storage: StorageResource, l
 
     def compute(out: Path) -> dict:
         card = dataset_lib.write_training_dataset(exports, slides, out, load_config("training"),
-                                                  load_categories())
+                                                  load_categories(), lambda step: context.log.info(f"writing {step}"))
         return {"slides": slides, "slides_without_export": skipped, "split": card["split"],
                 "dagster/row_count": sum(card["groupings"][next(iter(card["groupings"]))]["patches"].values()),
-                "dataset_card": MetadataValue.md(_card_table(card)), "card": card}
+                "dataset_card": MetadataValue.md(_card_table(card)),
+                "layouts": MetadataValue.md(_layouts_table(card, exports / "dataset")), "card": card}
 
     return run_slide_stage(context, "training_dataset", storage, lineage, compute, final=exports / "dataset")

@@ -259,9 +259,19 @@ class TilingConfig(Section):
 
 # --- training.yaml ---------------------------------------------------------------------------------
 
+class HFLayoutConfig(Section):
+    tissue_classes: list[str]
+    tissue_names: dict[str, str]
+    shard_rows: PositiveInt = 2000
+    row_group_rows: PositiveInt = 128
+
+
 class DatasetConfig(Section):
     magnification: str
+    magnifications: list[str]
     groupings: list[str]
+    layouts: list[Literal["sthelar", "cellvit_folds", "hf"]]
+    hf: HFLayoutConfig
     split: Literal["block", "slide"]
     block_px: PositiveInt
     fractions: dict[Literal["train", "val", "test"], float]

@@ -7,6 +7,9 @@ from sthelar_platform.core._lazy import lazy_exports
 _EXPORTS = {
     "write_training_dataset": "dataset",
     "split_patches": "dataset",
+    "write_sthelar_layout": "layouts",
+    "write_cellvit_folds": "layouts",
+    "write_hf_layout": "layouts",
     "train_cellvit": "training",
     "schedule_for": "training",
     "evaluate_model": "evaluation",

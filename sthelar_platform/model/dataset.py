@@ -10,6 +10,7 @@ that class, so rare classes appear in every split whenever there are enough unit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import pandas as pd
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import DatasetConfig, TrainingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.model import layouts
+from sthelar_platform.model.layouts import LayoutInput
 from sthelar_platform.tiling.exports import link_or_copy
 
 SPLITS = ("train", "val", "test")
@@ -73,6 +76,9 @@ def block_of(x0: np.ndarray, y0: np.ndarray, block_px: int) -> np.ndarray:
 def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetConfig, size: int = 256) -> pd.DataFrame:
     """``patches`` (slide_id, name, x0, y0, one count column per class) with ``unit`` and ``split`` added;
     patches straddling two splits are removed (``split`` = 'dropped').
+
+    An optional ``extent`` column gives each patch's footprint side in the pixels of ``x0`` / ``y0``
+    (default ``size``): patches of several magnifications, placed in level-0 pixels, share one split.
     """
     frame = patches.copy()
     mode = cfg["split"]
@@ -93,9 +99,10 @@ def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetC
     frame["split"] = frame["unit"].map(assignment)
     if mode == "block":
         b = int(cfg["block_px"])
-        corners = [(dx, dy) for dx in (0, size - 1) for dy in (0, size - 1)]
-        for dx, dy in corners:
-            other = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy() + dx, frame["y0"].to_numpy() + dy, b)
+        extent = frame["extent"].to_numpy() if "extent" in frame else np.full(len(frame), size)
+        for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1)):  # the footprint's four corners
+            other = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy() + fx * (extent - 1),
+                                                       frame["y0"].to_numpy() + fy * (extent - 1), b)
             crossing = other.map(assignment).fillna(frame["split"]) != frame["split"]
             frame.loc[crossing.to_numpy(), "split"] = "dropped"
     return frame
@@ -109,49 +116,84 @@ def class_weights(train_counts: np.ndarray) -> np.ndarray:
     return np.r_[1.0, w]
 
 
+def gather_patches(exports: Path, slide_ids: list[str], magnification: str, grouping: str) -> pd.DataFrame:
+    """The exported patches of one magnification and grouping across slides, with their QC and files."""
+    need = ["name", "row", "col", "x0", "y0", "tissue", "downsample", "dice", "jaccard", "bpq"]
+    frames = []
+    for slide in slide_ids:
+        d = exports / slide / "cellvit" / magnification / grouping
+        cc = pd.read_csv(require_stage_output(d / "cell_count.csv", "slide_export"))
+        qc = pd.read_csv(require_stage_output(d / "patches.csv", "slide_export"))
+        missing = sorted(set(need) - set(qc.columns))
+        if missing:
+            raise InputError(d / "patches.csv", f"lacks columns {missing} (written by an older version)",
+                             f"materialize slide_export for slide {slide} again")
+        cc["name"] = cc["Image"].str.removesuffix(".png")
+        frames.append(cc.merge(qc[need], on="name").assign(slide_id=slide, magnification=magnification, source=str(d)))
+    return pd.concat(frames, ignore_index=True)
+
+
 def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: TrainingConfig,
-                           categories: CategorySystem) -> dict:
-    """Assemble ``<mag>/<grouping>/`` CellViT folders with splits.csv across slides."""
-    cats = categories
+                           categories: CategorySystem, progress: Callable[[str], None] | None = None) -> dict:
+    """Split every slide's exported patches once, then write ``<mag>/<grouping>/`` CellViT folders with
+    splits.csv and each configured layout (``<layout>/<mag>/<grouping>/``, see ``layouts``).
+    """
     dcfg = cfg["dataset"]
-    mag = dcfg["magnification"]
-    card: dict = {"magnification": mag, "split": dcfg["split"], "slides": slide_ids, "groupings": {}}
+    mag, mags = dcfg["magnification"], list(dcfg.get("magnifications") or [dcfg["magnification"]])
+    if mag not in mags:
+        raise InputError(None, f"dataset.magnification {mag} is not among dataset.magnifications {mags}",
+                         "add it to dataset.magnifications in config/training.yaml")
+    card: dict = {"magnification": mag, "magnifications": mags, "split": dcfg["split"], "slides": slide_ids,
+                  "groupings": {}, "by_magnification": {}, "layouts": {}}
     if not slide_ids:
         raise InputError(exports, "no exported slides", "materialize slide_export for at least one slide")
     for grouping in dcfg["groupings"]:
-        classes = cats.groupings[grouping].classes
-        frames = []
-        for slide in slide_ids:
-            d = exports / slide / "cellvit" / mag / grouping
-            cc = pd.read_csv(require_stage_output(d / "cell_count.csv", "slide_export"))
-            qc = pd.read_csv(d / "patches.csv", usecols=["name", "x0", "y0", "tissue"])
-            cc["name"] = cc["Image"].str.removesuffix(".png")
-            frames.append(cc.merge(qc, on="name").assign(slide_id=slide, source=str(d)))
-        patches = pd.concat(frames, ignore_index=True)
-        split = split_patches(patches, classes, dcfg)
-        target = out / mag / grouping
-        (target / "images").mkdir(parents=True)
-        (target / "labels").mkdir()
-        kept = split[split["split"] != "dropped"]
-        for row in kept.itertuples(index=False):
-            link_or_copy(Path(row.source) / "images" / f"{row.name}.png", target / "images" / f"{row.name}.png")
-            link_or_copy(Path(row.source) / "labels" / f"{row.name}.npz", target / "labels" / f"{row.name}.npz")
-        kept[["Image", *classes]].to_csv(target / "cell_count.csv", index=False)
-        pd.DataFrame({"img": kept["Image"], "type": kept["tissue"]}).to_csv(target / "types.csv", index=False)
-        kept[["Image", "split", "slide_id", "unit"]].rename(columns={"Image": "img"}).to_csv(target / "splits.csv",
-                                                                                          index=False)
-        per_split = kept.groupby("split")[list(classes)].sum().reindex(list(SPLITS)).fillna(0).astype(int)
-        weights = class_weights(per_split.loc["train"].to_numpy())
-        (target / "class_weights.json").write_text(json.dumps(
-            {"classes": ["background", *classes], "weights": [round(float(w), 6) for w in weights]}, indent=2))
-        card["groupings"][grouping] = {
-            "patches": {s: int((kept["split"] == s).sum()) for s in SPLITS},
-            "dropped_straddling": int((split["split"] == "dropped").sum()),
-            "nuclei_per_class": {s: per_split.loc[s].to_dict() for s in SPLITS},
-            "patches_per_tissue": {s: kept[kept["split"] == s]["tissue"].value_counts().to_dict() for s in SPLITS},
-            "missing_classes": {s: [c for c in classes if per_split.loc[s, c] == 0 and per_split[c].sum() > 0]
-                                for s in SPLITS},
-            "class_weights": dict(zip(["background", *classes], [round(float(w), 4) for w in weights], strict=True)),
-        }
+        classes = categories.groupings[grouping].classes
+        patches = pd.concat([gather_patches(exports, slide_ids, m, grouping) for m in mags], ignore_index=True)
+        placed = patches.assign(x0=patches["x0"] * patches["downsample"], y0=patches["y0"] * patches["downsample"],
+                                extent=256 * patches["downsample"])  # level-0 pixels: one split for every magnification
+        result = split_patches(placed, classes, dcfg)
+        split = patches.assign(unit=result["unit"].to_numpy(), split=result["split"].to_numpy())
+        for m in mags:
+            this = split[split["magnification"] == m]
+            kept = this[this["split"] != "dropped"]
+            entry = _write_own_folder(kept, classes, out / m / grouping)
+            entry["dropped_straddling"] = int((this["split"] == "dropped").sum())
+            card["by_magnification"].setdefault(m, {})[grouping] = entry
+            if m == mag:
+                card["groupings"][grouping] = entry
+            layout = LayoutInput(kept, classes, m, grouping)
+            for name in dcfg.get("layouts") or []:
+                if progress:
+                    progress(f"{name} {m} {grouping}")
+                target = out / name / m / grouping
+                written = {"sthelar": layouts.write_sthelar_layout, "cellvit_folds": layouts.write_cellvit_folds,
+                           "hf": layouts.write_hf_layout}[name](layout, target, dcfg["hf"])
+                card["layouts"].setdefault(name, {})[f"{m}/{grouping}"] = written
     (out / "dataset_card.json").write_text(json.dumps(card, indent=2, default=int))
     return card
+
+
+def _write_own_folder(kept: pd.DataFrame, classes: tuple[str, ...], target: Path) -> dict:
+    """Our CellViT-style folder (what the platform trains on): hard links, counts, types, splits, weights."""
+    (target / "images").mkdir(parents=True)
+    (target / "labels").mkdir()
+    for row in kept.itertuples(index=False):
+        link_or_copy(Path(row.source) / "images" / f"{row.name}.png", target / "images" / f"{row.name}.png")
+        link_or_copy(Path(row.source) / "labels" / f"{row.name}.npz", target / "labels" / f"{row.name}.npz")
+    kept[["Image", *classes]].to_csv(target / "cell_count.csv", index=False)
+    pd.DataFrame({"img": kept["Image"], "type": kept["tissue"]}).to_csv(target / "types.csv", index=False)
+    kept[["Image", "split", "slide_id", "unit"]].rename(columns={"Image": "img"}).to_csv(target / "splits.csv",
+                                                                                      index=False)
+    per_split = kept.groupby("split")[list(classes)].sum().reindex(list(SPLITS)).fillna(0).astype(int)
+    weights = class_weights(per_split.loc["train"].to_numpy())
+    (target / "class_weights.json").write_text(json.dumps(
+        {"classes": ["background", *classes], "weights": [round(float(w), 6) for w in weights]}, indent=2))
+    return {
+        "patches": {s: int((kept["split"] == s).sum()) for s in SPLITS},
+        "nuclei_per_class": {s: per_split.loc[s].to_dict() for s in SPLITS},
+        "patches_per_tissue": {s: kept[kept["split"] == s]["tissue"].value_counts().to_dict() for s in SPLITS},
+        "missing_classes": {s: [c for c in classes if per_split.loc[s, c] == 0 and per_split[c].sum() > 0]
+                            for s in SPLITS},
+        "class_weights": dict(zip(["background", *classes], [round(float(w), 4) for w in weights], strict=True)),
+    }

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -163,6 +164,8 @@ def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, ou
         patches = pd.read_parquet(require_stage_output(pdir / "patches.parquet", f"patches_{mag}"))
         qc = patches.merge(agreement[agreement["magnification"] == mag].drop(
             columns=["slide_id", "magnification", "name", "x0", "y0", "n_nuclei", "tissue"]), on="patch_id", how="left")
+        # level downsample of this magnification: places its patches in level-0 pixels (one split for all)
+        qc["downsample"] = float(json.loads((pdir / "summary.json").read_text())["downsample"])
         patch_tables[mag] = qc.drop(columns=["counts_detailed", "counts_grouped"])
         keep = qc[~qc["flagged"].fillna(False).astype(bool)] if ecfg["drop_flagged"] else qc
         keep = keep.drop(columns=["counts_detailed", "counts_grouped", "corners_um"])

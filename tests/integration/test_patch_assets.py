@@ -6,8 +6,10 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
+from dataset_readers import read_cellvit_folds, read_fork
 
 import sthelar_definitions
 from sthelar_platform.core.config import load_categories, load_synthetic
@@ -199,3 +201,15 @@ def test_training_dataset_splits_exported_slides_without_shared_pixels(tiled):
     assert img.stat().st_ino == (home / "exports" / "tiny" / "cellvit" / "40x" / "detailed" / "images" / img.name).stat().st_ino
     weights = json.loads((root / "class_weights.json").read_text())
     assert weights["classes"][0] == "background" and len(weights["weights"]) == 10
+    # the same split, packaged for the STHELAR fork, the original CellViT trainer and Hugging Face datasets
+    dataset = home / "exports" / "dataset"
+    for mag in ("40x", "20x"):
+        for grouping in ("detailed", "grouped"):
+            own = pd.read_csv(dataset / mag / grouping / "splits.csv")
+            assert len(own) > 0, (mag, grouping)
+            fork = read_fork(dataset / "sthelar" / mag / grouping)
+            assert len(fork) == len(own) and {s["tissue"] for s in fork.values()} == {"Breast"}
+            assert set(read_cellvit_folds(dataset / "cellvit_folds" / mag / grouping)) == set(own["img"])
+            shards = sorted((dataset / "hf" / mag / grouping / "data").glob("*.parquet"))
+            assert sum(pq.read_metadata(s).num_rows for s in shards) == len(own)
+    assert meta["layouts"].value.count("| sthelar |") == 4
