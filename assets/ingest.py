@@ -9,17 +9,19 @@ from assets._runtime import code_version_of, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_config
+from sthelar_platform.ingest import bundle_reader, xenium_bundle
+from sthelar_platform.ingest import generation as generation_lib
 from sthelar_platform.ingest import he_image as he_lib
 from sthelar_platform.ingest import xenium as ingest_lib
-from sthelar_platform.ingest import xenium_bundle
 
 
 @asset(
     partitions_def=slides_partitions,
-    code_version=code_version_of(ingest_lib, xenium_bundle, configs=("pipeline",)),
+    code_version=code_version_of(ingest_lib, xenium_bundle, generation_lib, bundle_reader, configs=("pipeline",)),
     group_name="ingest",
     kinds={"python", "parquet"},
-    description="Xenium bundle read with spatialdata-io: cells table, boundaries, transcripts, DAPI pyramid.",
+    description="Xenium bundle (XOA 1.x to 3.x, Xenium Ranger) read with spatialdata-io, or from its own files "
+                "where the reader would misread its version: cells table, boundaries, transcripts, DAPI pyramid.",
 )
 def xenium_slide(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                  catalog: SlideCatalogResource) -> MaterializeResult:
@@ -33,6 +35,8 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
             "dagster/row_count": s.n_cells, "n_cells": s.n_cells, "n_transcripts": s.n_transcripts,
             "n_genes": s.n_genes, "n_nuclei": s.n_nuclei, "n_controls": s.n_controls, "n_unassigned": s.n_unassigned,
             "pixel_size_um": s.pixel_size_um, "analysis_sw_version": s.analysis_sw_version,
+            "generation": s.generation, "reader": s.reader, "n_proteins": s.n_proteins,
+            "n_cells_without_nucleus": s.n_cells_without_nucleus, "n_multinucleate_cells": s.n_multinucleate_cells,
             "morphology_levels": s.morphology_levels, "tissue": spec.tissue, "synthetic": spec.synthetic,
             "source": str(spec.xenium_dir),
             "dapi_thumbnail": md_image(out / "thumbnail_dapi.png", "DAPI"),

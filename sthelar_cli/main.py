@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.synth._flavours import FLAVOURS, QUIRKS
 
 DEFAULT_HOME = "./sthelar_home"
 
@@ -33,7 +34,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         bar.set_postfix_str(msg)
         bar.update()
 
-    manifest = synthesize_cohort(args.out, args.size, load_synthetic(), load_categories(), seed=args.seed, progress=progress)
+    manifest = synthesize_cohort(args.out, args.size, load_synthetic(), load_categories(), seed=args.seed, progress=progress,
+                                 xoa=args.xoa, quirks=tuple(args.quirk or ()))
     bar.close()
     print(f"SYNTHETIC {args.size} slides written; manifest: {manifest}")
     return 0
@@ -221,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", choices=["tiny", "demo", "bench"], default="demo")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--xoa", choices=list(FLAVOURS), default="2.0",
+                   help="the Xenium output generation whose on-disk layout the bundles take")
+    s.add_argument("--quirk", action="append", choices=list(QUIRKS),
+                   help="odd cases seen in the field: rnd (version 'R&D'), bytes (binary feature_name), "
+                        "blank (BLANK_/antisense_ probes), macos (._* files); repeatable")
     s.set_defaults(func=cmd_synth)
 
     d = sub.add_parser("demo", help="generate the demo slides (once) and materialize everything for them")

@@ -6,6 +6,10 @@ from sthelar_platform.core._lazy import lazy_exports
 
 _EXPORTS = {
     "ingest_xenium": "xenium",
+    "Generation": "generation",
+    "detect_generation": "generation",
+    "BundleTables": "bundle_reader",
+    "read_bundle": "bundle_reader",
     "XeniumIngestSummary": "xenium",
     "validate_bundle": "xenium_bundle",
     "BundleInfo": "xenium_bundle",

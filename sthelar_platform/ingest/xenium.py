@@ -1,10 +1,16 @@
-"""Ingest: read a Xenium bundle with spatialdata-io and persist what later stages need.
+"""Ingest: read a Xenium bundle and persist what later stages need.
+
+The generation is read from the files (``generation``). spatialdata-io reads the bundle whenever its
+version branch matches the files; otherwise (an unparseable version such as ``"R&D"``, a string that
+contradicts the layout) or when it fails, the bundle's own files are read (``bundle_reader``). The
+summary names the path taken.
 
 Output folder (``warehouse/xenium_slide/<slide_id>/``):
-``expression.h5ad`` (cells x genes counts, obs = cells metadata), ``cells.parquet``,
-``nucleus_boundaries.parquet`` / ``cell_boundaries.parquet`` (one row per vertex, µm),
-``transcripts.parquet`` (streamed, typed, with ``is_control``), ``morphology_focus.ome.tif``
-(the DAPI pyramid), ``thumbnail_dapi.png`` and ``summary.json``.
+``expression.h5ad`` (cells x genes counts, obs = cells metadata; protein features, scaled back, in
+``obsm["protein"]``), ``cells.parquet``, ``nucleus_boundaries.parquet`` (one row per vertex, µm, a
+``label_id`` per nucleus polygon) / ``cell_boundaries.parquet``, ``transcripts.parquet`` (streamed,
+typed, with ``is_control``), ``morphology_focus.ome.tif`` (the DAPI pyramid), ``thumbnail_dapi.png``
+and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import shapely
+from scipy import sparse
 
 from sthelar_platform.core.config import IngestConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import cell_ids_to_mask_ints
 from sthelar_platform.core.imaging import open_pyramid, read_level, thumbnail_level
 from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.ingest.bundle_reader import BundleTables, read_bundle
+from sthelar_platform.ingest.generation import Generation, detect_generation
 from sthelar_platform.ingest.xenium_bundle import CONTROL_PREFIXES, validate_bundle
 
 TRANSCRIPT_COLUMNS = {"transcript_id": pl.UInt64, "cell_id": pl.String, "overlaps_nucleus": pl.UInt8,
@@ -42,34 +52,62 @@ class XeniumIngestSummary:
     pixel_size_um: float
     analysis_sw_version: str
     morphology_levels: list[list[int]]
+    generation: str
+    reader: str
+    n_proteins: int
+    n_cells_without_nucleus: int
+    n_multinucleate_cells: int
+    layout: dict
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
 
-def _read_with_spatialdata_io(bundle: Path):
+def _read_with_spatialdata_io(bundle: Path) -> BundleTables:
+    """The reader's elements as BundleTables (genes and protein split, as the direct reader does)."""
     from spatialdata_io import xenium
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             # Transcripts are streamed separately (polars) so a 10^8-row table never sits in memory.
-            return xenium(bundle, transcripts=False, aligned_images=False)
+            sdata = xenium(bundle, transcripts=False, aligned_images=False, gex_only=False)
     except InputError:
         raise
     except Exception as exc:
         raise InputError(bundle, f"spatialdata-io could not read the Xenium bundle ({type(exc).__name__}: {exc})",
                          "check the bundle comes from Xenium Onboard Analysis >= 1.3 and is complete") from exc
+    table = sdata["table"]
+    kinds = table.var["feature_types"].astype(str).to_numpy() if "feature_types" in table.var else \
+        np.full(table.n_vars, "Gene Expression")
+    genes = table[:, kinds == "Gene Expression"].copy()
+    protein = table[:, kinds == "Protein Expression"].copy() if (kinds == "Protein Expression").any() else None
+    return BundleTables(table=genes, protein=protein, nuclei=_vertices(sdata["nucleus_boundaries"], "cell_id"),
+                        cells=_vertices(sdata["cell_boundaries"], None))
 
 
 def _vertices(gdf, id_column: str | None) -> pl.DataFrame:
     coords, owner = shapely.get_coordinates(gdf.geometry.values, return_index=True)
-    ids = gdf.index.to_numpy() if id_column is None else gdf[id_column].to_numpy()
+    # XOA >= 2.0: nuclei indexed by label_id with a cell_id column; 1.x: indexed by cell id, one nucleus per cell
+    by_label = id_column is not None and id_column in gdf.columns
+    ids = gdf[id_column].to_numpy() if by_label else gdf.index.to_numpy()
     frame = {"cell_id": ids[owner].astype(str), "vertex_x": coords[:, 0].astype(np.float32),
              "vertex_y": coords[:, 1].astype(np.float32)}
     if id_column is not None:
-        frame["label_id"] = gdf.index.to_numpy()[owner].astype(np.int64)
+        labels = gdf.index.to_numpy().astype(np.int64) if by_label else np.arange(1, len(gdf) + 1)
+        frame["label_id"] = labels[owner]
     return pl.DataFrame(frame)
+
+
+def read_tables(bundle: Path, generation: Generation) -> tuple[BundleTables, str]:
+    """The bundle's elements and the path taken: spatialdata-io where its version branch fits the files."""
+    if not generation.reader_ok:
+        return read_bundle(bundle), "bundle files (spatialdata-io would misread this version string)"
+    try:
+        return _read_with_spatialdata_io(bundle), "spatialdata-io"
+    except InputError as exc:
+        tables = read_bundle(bundle)  # broken data fails here too, with the file named
+        return tables, f"bundle files (spatialdata-io failed: {exc.problem})"
 
 
 def stream_transcripts(src: Path, dst: Path) -> dict[str, int]:
@@ -97,8 +135,9 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     bundle, out_dir = Path(bundle), Path(out_dir)
     info = validate_bundle(bundle, cfg)
     thumbnail_px = cfg.thumbnail_max_px
-    sdata = _read_with_spatialdata_io(bundle)
-    table = sdata["table"]
+    generation = detect_generation(bundle, info.specs)
+    tables, reader = read_tables(bundle, generation)
+    table = tables.table
     if table.n_obs == 0:
         raise InputError(bundle / "cells.parquet", "the slide has zero cells", "check that segmentation ran on this region")
     obs = table.obs.copy()
@@ -110,10 +149,14 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     out = table.copy()
     out.obs = out.obs.drop(columns=["region"], errors="ignore")
     out.uns.pop("spatialdata_attrs", None)
+    if tables.protein is not None:  # kept apart from the gene counts, scaled back
+        x = tables.protein.X
+        out.obsm["protein"] = pd.DataFrame(x.toarray() if sparse.issparse(x) else np.asarray(x), index=out.obs_names,
+                                           columns=tables.protein.var_names.astype(str))
     out.write_h5ad(out_dir / "expression.h5ad")
-    nuclei = _vertices(sdata["nucleus_boundaries"], "cell_id")
+    nuclei = tables.nuclei
     nuclei.write_parquet(out_dir / "nucleus_boundaries.parquet")
-    _vertices(sdata["cell_boundaries"], None).write_parquet(out_dir / "cell_boundaries.parquet")
+    tables.cells.write_parquet(out_dir / "cell_boundaries.parquet")
     tx = stream_transcripts(bundle / "transcripts.parquet", out_dir / "transcripts.parquet")
     shutil.copyfile(info.morphology_image, out_dir / "morphology_focus.ome.tif")
     pyr = open_pyramid(out_dir / "morphology_focus.ome.tif")
@@ -123,6 +166,10 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
         n_cells=int(table.n_obs), n_genes=int(table.n_vars), n_transcripts=tx["n"], n_controls=tx["controls"],
         n_unassigned=tx["unassigned"], n_nuclei=int(nuclei["label_id"].n_unique()), pixel_size_um=info.pixel_size_um,
         analysis_sw_version=info.analysis_sw_version, morphology_levels=[list(s) for s in pyr.level_shapes],
+        generation=generation.label, reader=reader, n_proteins=0 if tables.protein is None else int(tables.protein.n_vars),
+        n_cells_without_nucleus=int(table.n_obs - nuclei["cell_id"].n_unique()),
+        n_multinucleate_cells=int((nuclei.group_by("cell_id").agg(pl.col("label_id").n_unique()).get_column("label_id") > 1).sum()),
+        layout=generation.to_dict(),
     )
     (out_dir / "summary.json").write_text(summary.to_json())
     return summary

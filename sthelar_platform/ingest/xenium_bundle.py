@@ -15,8 +15,9 @@ from sthelar_platform.core.errors import InputError
 
 REQUIRED_FILES = ("experiment.xenium", "cells.zarr.zip", "cells.parquet", "cell_feature_matrix.h5",
                   "transcripts.parquet", "nucleus_boundaries.parquet", "cell_boundaries.parquet")
+# control probes and codewords of every panel generation (BLANK_ / antisense_ in older panels)
 CONTROL_PREFIXES = ("NegControlProbe_", "NegControlCodeword_", "UnassignedCodeword_", "DeprecatedCodeword_",
-                    "Intergenic", "GenomicControl")
+                    "Intergenic", "GenomicControl", "BLANK_", "antisense_")
 FIX_EXPORT = "re-copy the file from the instrument's output folder (it may be truncated) or re-run Xenium Ranger"
 
 

@@ -1,0 +1,177 @@
+"""Rewrite a synthetic XOA 2.0 bundle into the on-disk layout of another Xenium generation.
+
+The generator writes one canonical bundle; a flavour then changes exactly what that generation
+changes (facts: shared/FORMATS.md, spatialdata-io's reader, 10x's documentation):
+
+- ``1.9``: ``cells.zarr.zip`` with ``seg_mask_value`` instead of ``polygon_sets`` and a 7-column
+  ``cell_summary``; boundaries without ``label_id``; a single ``morphology_focus.ome.tif`` plus
+  ``morphology_mip.ome.tif`` at the bundle root;
+- ``2.0``: the canonical bundle (``polygon_sets``, ``label_id``, ``morphology_focus/`` folder);
+- ``3.1``: transcripts gain ``codeword_category`` and ``is_gene``; ``cell_feature_matrix.zarr.zip``
+  beside the ``.h5``;
+- ``ranger``: a Xenium Ranger re-segmentation of an XOA 1.6 run: ``experiment.xenium`` keeps
+  ``analysis_sw_version: xenium-1.6.0.7`` and gains ``xenium_ranger.version``, the files are 2.x.
+
+Quirks that any flavour can carry: ``rnd`` (``analysis_sw_version: "R&D"``), ``bytes`` (transcript
+``feature_name`` stored as binary), ``blank`` (``BLANK_`` and ``antisense_`` control probes in the
+transcripts and the matrix), ``macos`` (``._*`` AppleDouble files beside the morphology images).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import zarr
+
+FLAVOURS = ("1.9", "2.0", "3.1", "ranger")
+QUIRKS = ("rnd", "bytes", "blank", "macos")
+VERSIONS = {"1.9": "xenium-1.9.0.2", "2.0": "xenium-2.0.0.10", "3.1": "xenium-3.1.0.4", "ranger": "xenium-1.6.0.7"}
+RANGER_VERSION = "xenium-3.0.1.1"
+BLANKS = [f"BLANK_{i:04d}" for i in range(1, 6)] + [f"antisense_{g}" for g in ("PTPRC", "EPCAM", "COL1A1")]
+
+
+def apply_flavour(bundle: Path, flavour: str, quirks: tuple[str, ...], rng: np.random.Generator) -> None:
+    """Turn the canonical bundle in ``bundle`` into ``flavour`` with ``quirks`` (in place, before it is published)."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown XOA flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
+    bad = set(quirks) - set(QUIRKS)
+    if bad:
+        raise ValueError(f"unknown quirks {sorted(bad)}; known: {', '.join(QUIRKS)}")
+    spec = json.loads((bundle / "experiment.xenium").read_text())
+    spec["analysis_sw_version"] = VERSIONS[flavour]
+    if flavour == "1.9":
+        _to_1x(bundle, spec)
+    if flavour == "3.1":
+        _to_3x(bundle)
+    if flavour == "ranger":
+        spec["xenium_ranger"] = {"version": RANGER_VERSION, "command": "resegment", "synthetic": True}
+    if "rnd" in quirks:
+        spec["analysis_sw_version"] = "R&D"
+        spec.pop("xenium_ranger", None)
+    if "blank" in quirks:
+        _add_blank_probes(bundle, rng)
+    if "bytes" in quirks:
+        _rewrite_parquet(bundle / "transcripts.parquet",
+                         lambda t: t.set_column(t.schema.get_field_index("feature_name"), "feature_name",
+                                                pc.cast(t["feature_name"], pa.binary())))
+    if "macos" in quirks:
+        for image in list(bundle.rglob("*.ome.tif")):
+            (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    spec["synthetic_flavour"] = {"xoa": flavour, "quirks": list(quirks)}
+    (bundle / "experiment.xenium").write_text(json.dumps(spec, indent=2))
+
+
+def _rewrite_parquet(path: Path, change) -> None:
+    table = change(pq.read_table(path))
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(path)
+
+
+def _rewrite_zarr_zip(path: Path, change) -> None:
+    staging = path.with_suffix(".staging")
+    with zipfile.ZipFile(path) as z:
+        z.extractall(staging)
+    change(staging)
+    tmp = path.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for p in sorted(staging.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(staging).as_posix())
+    shutil.rmtree(staging)
+    tmp.replace(path)
+
+
+def _to_1x(bundle: Path, spec: dict) -> None:
+    def to_seg_mask_value(root: Path) -> None:
+        group = zarr.open_group(zarr.storage.LocalStore(root), mode="r+", zarr_format=2)
+        n = group["cell_id"].shape[0]
+        # 1.x: cell i's label in both masks is seg_mask_value[i] (nuclei by expansion: one nucleus per cell)
+        group.create_array("seg_mask_value", data=np.arange(1, n + 1, dtype=np.uint32))
+        summary = group["cell_summary"][:]
+        names = list(group["cell_summary"].attrs["column_names"])
+        keep = [i for i, c in enumerate(names) if c != "nucleus_count"]
+        del group["cell_summary"]
+        cs = group.create_array("cell_summary", data=summary[:, keep])
+        cs.attrs["column_names"] = [names[i] for i in keep]
+        del group["polygon_sets"]
+        group.attrs.update({"major_version": 4, "minor_version": 0})
+
+    _rewrite_zarr_zip(bundle / "cells.zarr.zip", to_seg_mask_value)
+    for name in ("nucleus_boundaries.parquet", "cell_boundaries.parquet"):
+        _rewrite_parquet(bundle / name, lambda t: t.drop_columns(["label_id"]))
+    _rewrite_parquet(bundle / "cells.parquet", lambda t: t.drop_columns(
+        [c for c in ("nucleus_count", "segmentation_method") if c in t.column_names]))
+    focus = bundle / "morphology_focus"
+    shutil.move(focus / "morphology_focus_0000.ome.tif", bundle / "morphology_focus.ome.tif")
+    shutil.rmtree(focus)
+    shutil.copyfile(bundle / "morphology_focus.ome.tif", bundle / "morphology_mip.ome.tif")
+    spec["images"] = {"morphology_filepath": "morphology.ome.tif", "morphology_mip_filepath": "morphology_mip.ome.tif",
+                      "morphology_focus_filepath": "morphology_focus.ome.tif"}
+
+
+def _to_3x(bundle: Path) -> None:
+    def add_columns(t: pa.Table) -> pa.Table:
+        names = t["feature_name"].to_numpy(zero_copy_only=False).astype(str)
+        category = np.where(np.char.startswith(names, "NegControlProbe_"), "negative_control_probe",
+                            np.where(np.char.startswith(names, "NegControlCodeword_"), "negative_control_codeword",
+                                     np.where(np.char.startswith(names, "UnassignedCodeword_"), "unassigned_codeword",
+                                              "predesigned_gene")))
+        t = t.append_column("codeword_category", pa.array(category.astype(object)))
+        return t.append_column("is_gene", pa.array(category == "predesigned_gene"))
+
+    _rewrite_parquet(bundle / "transcripts.parquet", add_columns)
+    _write_matrix_zarr(bundle)
+
+
+def _write_matrix_zarr(bundle: Path) -> None:
+    """``cell_feature_matrix.zarr.zip``: the same counts as the .h5, as XOA 3 ships beside it."""
+    staging = bundle / "cell_feature_matrix.staging"
+    with h5py.File(bundle / "cell_feature_matrix.h5", "r") as f:
+        root = zarr.group(store=zarr.storage.LocalStore(staging), zarr_format=2)
+        cf = root.create_group("cell_features")
+        for key in ("data", "indices", "indptr", "shape"):
+            cf.create_array(key, data=f["matrix"][key][:])
+        cf.attrs.update({"number_cells": int(f["matrix/shape"][1]), "number_features": int(f["matrix/shape"][0]),
+                         "feature_keys": f["matrix/features/name"][:].astype(str).tolist(),
+                         "feature_types": f["matrix/features/feature_type"][:].astype(str).tolist()})
+    with zipfile.ZipFile(bundle / "cell_feature_matrix.zarr.zip", "w", zipfile.ZIP_STORED) as zf:
+        for p in sorted(staging.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(staging).as_posix())
+    shutil.rmtree(staging)
+
+
+def _add_blank_probes(bundle: Path, rng: np.random.Generator) -> None:
+    """A few BLANK_ / antisense_ control transcripts, and their (empty) matrix columns, as older panels have."""
+    def add_rows(t: pa.Table) -> pa.Table:
+        pick = rng.integers(0, t.num_rows, min(50, t.num_rows))
+        extra = t.take(pa.array(pick))
+        names = pa.array(rng.choice(BLANKS, len(pick)).astype(object), type=t.schema.field("feature_name").type)
+        extra = extra.set_column(extra.schema.get_field_index("feature_name"), "feature_name", names)
+        ids = pc.add(extra["transcript_id"], pa.scalar(10**15, pa.uint64()))
+        extra = extra.set_column(extra.schema.get_field_index("transcript_id"), "transcript_id", ids)
+        return pa.concat_tables([t, extra])
+
+    _rewrite_parquet(bundle / "transcripts.parquet", add_rows)
+    h5 = bundle / "cell_feature_matrix.h5"
+    with h5py.File(h5, "r+") as f:
+        m = f["matrix"]
+        n_feat, n_cells = (int(v) for v in m["shape"][:])
+        m["shape"][0] = n_feat + len(BLANKS)  # new feature rows hold no counts: indptr runs over cells
+        ft = m["features"]
+        for key, values in (("id", [f"BLANK{i}" for i in range(len(BLANKS))]), ("name", BLANKS),
+                            ("feature_type", ["Negative Control Codeword" if b.startswith("BLANK") else
+                                              "Negative Control Probe" for b in BLANKS]),
+                            ("genome", ["Unknown"] * len(BLANKS))):
+            old = ft[key][:]
+            del ft[key]
+            ft.create_dataset(key, data=np.concatenate([old, np.array(values, dtype="S")]).astype("S"))

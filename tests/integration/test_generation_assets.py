@@ -1,0 +1,59 @@
+"""Bundles of other Xenium generations go through the Dagster assets: ingest, registration, counts,
+annotation and patches."""
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+import sthelar_definitions
+from sthelar_platform.core.config import load_categories, load_synthetic
+from sthelar_platform.ingest.manifest import SlideCatalog, SlideSpec
+from sthelar_platform.synth import synthesize_reference, synthesize_slide
+
+STAGES = ("xenium_slide", "he_image", "he_registration", "nucleus_counts", "cell_counts", "tangram_labels",
+          "clusters", "cell_types", "patches_40x", "patches_20x")
+ASSETS = [a for a in sthelar_definitions.ALL_ASSETS if a.key.to_user_string() in STAGES]
+CHECKS = [c for c in sthelar_definitions.ALL_CHECKS
+          if next(iter(c.check_keys)).name in ("registration_quality", "counts_valid", "annotation_quality")]
+CASES = {  # slide id -> flavour, quirks, the reader path the asset metadata must name
+    "xoa19": ("1.9", (), "spatialdata-io"),
+    "xoa31": ("3.1", ("bytes", "blank"), "spatialdata-io"),
+    "ranger": ("ranger", ("macos",), "spatialdata-io"),
+    "rnd": ("2.0", ("rnd",), "bundle files"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("generations")
+    atlas = synthesize_reference(tmp / "references" / "breast.h5ad", "breast", 1200, 0, load_synthetic())
+    specs = []
+    for slide_id, (xoa, quirks, _) in CASES.items():
+        s = synthesize_slide(tmp / "landing", slide_id, "breast", "tiny", 0, load_synthetic(), load_categories(),
+                             xoa=xoa, quirks=quirks)
+        specs.append(SlideSpec(slide_id=slide_id, tissue="breast", xenium_dir=s.xenium_dir, he_image=s.he_image,
+                               alignment_csv=s.alignment_csv, reference=atlas, synthetic=True))
+    home = tmp / "home"
+    SlideCatalog(home / "catalog.yaml").add(specs)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("slides", list(CASES))
+    resources = sthelar_definitions.build_resources(str(home))
+    return {s: materialize(ASSETS + CHECKS, partition_key=s, instance=instance, resources=resources,
+                           raise_on_error=False) for s in CASES}
+
+
+@pytest.mark.parametrize("slide_id", list(CASES))
+def test_generation_goes_through_ingest_registration_counts_and_patches(runs, slide_id):
+    result = runs[slide_id]
+    assert result.success, [str(e.event_specific_data.error) for e in result.all_events
+                            if e.event_type_value == "STEP_FAILURE"]
+    mats = {m.asset_key.to_user_string(): m.materialization.metadata for m in result.get_asset_materialization_events()}
+    assert set(mats) == set(STAGES)
+    xoa, _, reader = CASES[slide_id]
+    md = mats["xenium_slide"]
+    assert md["reader"].value.startswith(reader)
+    expected = {"1.9": "XOA 1.x", "3.1": "XOA 3.x", "ranger": "Xenium Ranger", "2.0": "XOA 2.x"}[xoa]
+    assert expected in md["generation"].value
+    checks = {e.event_specific_data.check_name: e.event_specific_data.passed for e in result.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert checks == {"registration_quality": True, "counts_valid": True, "annotation_quality": True}
+    assert mats["patches_40x"]["n_patches"].value > 0 and mats["patches_20x"]["n_patches"].value > 0
