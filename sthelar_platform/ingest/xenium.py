@@ -71,7 +71,9 @@ def _read_with_spatialdata_io(bundle: Path) -> BundleTables:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             # Transcripts are streamed separately (polars) so a 10^8-row table never sits in memory.
-            sdata = xenium(bundle, transcripts=False, aligned_images=False, gex_only=False)
+            # only the table and the polygons: images and label rasters are not used (the DAPI is read lazily)
+            sdata = xenium(bundle, transcripts=False, aligned_images=False, gex_only=False, morphology_focus=False,
+                           morphology_mip=False, cells_labels=False, nucleus_labels=False)
     except InputError:
         raise
     except Exception as exc:

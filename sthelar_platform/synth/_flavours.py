@@ -9,6 +9,10 @@ changes (facts: shared/FORMATS.md, spatialdata-io's reader, 10x's documentation)
 - ``2.0``: the canonical bundle (``polygon_sets``, ``label_id``, ``morphology_focus/`` folder);
 - ``3.1``: transcripts gain ``codeword_category`` and ``is_gene``; ``cell_feature_matrix.zarr.zip``
   beside the ``.h5``;
+- ``4.0``: the 3.x changes plus ``morphology_focus/chNNNN_<name>.ome.tif`` (one file per channel,
+  ``ch0000_dapi.ome.tif`` first), a z-stack ``morphology.ome.tif`` and a protein panel in the matrix
+  (``feature_type: Protein Expression``, intensities stored fixed-point with the file attribute
+  ``protein_scaling_factor``);
 - ``ranger``: a Xenium Ranger re-segmentation of an XOA 1.6 run: ``experiment.xenium`` keeps
   ``analysis_sw_version: xenium-1.6.0.7`` and gains ``xenium_ranger.version``, the files are 2.x.
 
@@ -31,9 +35,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
-FLAVOURS = ("1.9", "2.0", "3.1", "ranger")
+FLAVOURS = ("1.9", "2.0", "3.1", "4.0", "ranger")
 QUIRKS = ("rnd", "bytes", "blank", "macos")
-VERSIONS = {"1.9": "xenium-1.9.0.2", "2.0": "xenium-2.0.0.10", "3.1": "xenium-3.1.0.4", "ranger": "xenium-1.6.0.7"}
+VERSIONS = {"1.9": "xenium-1.9.0.2", "2.0": "xenium-2.0.0.10", "3.1": "xenium-3.1.0.4", "4.0": "xenium-4.0.0.9",
+            "ranger": "xenium-1.6.0.7"}
+PROTEINS = ("CD45", "PanCK", "Vimentin", "HLA-DR", "CD20")
+PROTEIN_SCALING_FACTOR = 1000.0
+CHANNELS = ("dapi", "atp1a1_cd45_e-cadherin", "18s", "alphasma_vimentin")
 RANGER_VERSION = "xenium-3.0.1.1"
 BLANKS = [f"BLANK_{i:04d}" for i in range(1, 6)] + [f"antisense_{g}" for g in ("PTPRC", "EPCAM", "COL1A1")]
 
@@ -49,8 +57,10 @@ def apply_flavour(bundle: Path, flavour: str, quirks: tuple[str, ...], rng: np.r
     spec["analysis_sw_version"] = VERSIONS[flavour]
     if flavour == "1.9":
         _to_1x(bundle, spec)
-    if flavour == "3.1":
+    if flavour in ("3.1", "4.0"):
         _to_3x(bundle)
+    if flavour == "4.0":
+        _to_4x(bundle, spec, rng)
     if flavour == "ranger":
         spec["xenium_ranger"] = {"version": RANGER_VERSION, "command": "resegment", "synthetic": True}
     if "rnd" in quirks:
@@ -175,3 +185,60 @@ def _add_blank_probes(bundle: Path, rng: np.random.Generator) -> None:
             old = ft[key][:]
             del ft[key]
             ft.create_dataset(key, data=np.concatenate([old, np.array(values, dtype="S")]).astype("S"))
+
+
+def protein_intensities(n_cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Per-cell protein intensities (cells x PROTEINS), what the ingest must read back after unscaling."""
+    return np.round(rng.gamma(2.0, 3.0, (n_cells, len(PROTEINS))), 3)
+
+
+def _to_4x(bundle: Path, spec: dict, rng: np.random.Generator) -> None:
+    import tifffile
+
+    focus = bundle / "morphology_focus"
+    dapi = focus / "morphology_focus_0000.ome.tif"
+    (focus / f"ch0000_{CHANNELS[0]}.ome.tif").write_bytes(dapi.read_bytes())
+    with tifffile.TiffFile(dapi) as tif:
+        level0 = tif.series[0].levels[0].asarray()
+    for k, name in enumerate(CHANNELS[1:], start=1):  # the stain channels: a rescaled copy is enough for readers
+        tifffile.imwrite(focus / f"ch{k:04d}_{name}.ome.tif", (level0 // (k + 1)).astype(np.uint16), ome=True,
+                         metadata={"axes": "YX", "Channel": {"Name": [name]}}, tile=(256, 256), compression="zlib")
+    dapi.unlink()
+    # the 3-D stack XOA 4 writes beside the focus images (ZYX)
+    tifffile.imwrite(bundle / "morphology.ome.tif", np.stack([level0, level0 // 2]), ome=True,
+                     metadata={"axes": "ZYX"}, tile=(256, 256), compression="zlib")
+    spec["images"] = {"morphology_filepath": "morphology.ome.tif",
+                      "morphology_focus_filepath": f"morphology_focus/ch0000_{CHANNELS[0]}.ome.tif"}
+    _add_protein_panel(bundle / "cell_feature_matrix.h5", rng)
+
+
+def _add_protein_panel(h5: Path, rng: np.random.Generator) -> None:
+    """Protein features appended to the matrix, fixed-point scaled, with the file's scaling factor."""
+    import scipy.sparse as sp
+
+    with h5py.File(h5, "r+") as f:
+        m = f["matrix"]
+        n_feat, n_cells = (int(v) for v in m["shape"][:])
+        x = sp.csc_matrix((m["data"][:], m["indices"][:], m["indptr"][:]), shape=(n_feat, n_cells)).T.tocsr()
+        values = protein_intensities(n_cells, rng)
+        barcodes = m["barcodes"][:].astype(str)
+        truth = h5.parent.parent / "truth"
+        if truth.is_dir():  # what ingest must read back once the scaling is divided out
+            pq.write_table(pa.table({"cell_id": barcodes, **{p: values[:, i] for i, p in enumerate(PROTEINS)}}),
+                           truth / "protein.parquet")
+        stored = np.round(values * PROTEIN_SCALING_FACTOR).astype(np.int64)
+        x = sp.hstack([x, sp.csr_matrix(stored)]).tocsr()
+        for key in ("data", "indices", "indptr", "shape"):
+            del m[key]
+        m.create_dataset("data", data=x.data.astype(np.int32), compression="gzip")
+        m.create_dataset("indices", data=x.indices.astype(np.int64), compression="gzip")
+        m.create_dataset("indptr", data=x.indptr.astype(np.int64))
+        m.create_dataset("shape", data=np.array([x.shape[1], n_cells], dtype=np.int32))
+        ft = m["features"]
+        extra = {"id": [f"PROT{i}" for i in range(len(PROTEINS))], "name": list(PROTEINS),
+                 "feature_type": ["Protein Expression"] * len(PROTEINS), "genome": ["Unknown"] * len(PROTEINS)}
+        for key, values_ in extra.items():
+            old = ft[key][:]
+            del ft[key]
+            ft.create_dataset(key, data=np.concatenate([old, np.array(values_, dtype="S")]).astype("S"))
+        f.attrs["protein_scaling_factor"] = PROTEIN_SCALING_FACTOR

@@ -19,6 +19,7 @@ CASES = {  # slide id -> flavour, quirks, the reader path the asset metadata mus
     "xoa31": ("3.1", ("bytes", "blank"), "spatialdata-io"),
     "ranger": ("ranger", ("macos",), "spatialdata-io"),
     "rnd": ("2.0", ("rnd",), "bundle files"),
+    "xoa40": ("4.0", (), "spatialdata-io"),
 }
 
 
@@ -51,7 +52,7 @@ def test_generation_goes_through_ingest_registration_counts_and_patches(runs, sl
     xoa, _, reader = CASES[slide_id]
     md = mats["xenium_slide"]
     assert md["reader"].value.startswith(reader)
-    expected = {"1.9": "XOA 1.x", "3.1": "XOA 3.x", "ranger": "Xenium Ranger", "2.0": "XOA 2.x"}[xoa]
+    expected = {"1.9": "XOA 1.x", "3.1": "XOA 3.x", "4.0": "XOA 4.x", "ranger": "Xenium Ranger", "2.0": "XOA 2.x"}[xoa]
     assert expected in md["generation"].value
     checks = {e.event_specific_data.check_name: e.event_specific_data.passed for e in result.all_events
               if e.event_type_value == "ASSET_CHECK_EVALUATION"}

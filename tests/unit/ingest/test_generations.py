@@ -23,6 +23,7 @@ CASES = {  # flavour, quirks -> (generation the files show, reader path)
     ("2.0", ("rnd",)): ("2.x", "bundle files"),
     ("1.9", ("rnd", "bytes", "blank", "macos")): ("1.x", "bundle files"),
     ("3.1", ("bytes", "blank", "macos")): ("3.x", "spatialdata-io"),
+    ("4.0", ()): ("4.x", "spatialdata-io"),
 }
 
 
@@ -111,3 +112,23 @@ def test_direct_reader_still_names_broken_files(bundles, tmp_path):
     (bundle / "cell_feature_matrix.h5").write_bytes(b"not hdf5")
     with pytest.raises(InputError, match="cell_feature_matrix.h5"):
         read_bundle(bundle)
+
+
+@pytest.mark.parametrize("quirks", [(), ("rnd",)], ids=["reader", "bundle-files"])
+def test_xoa4_protein_panel_is_kept_apart_and_scaled_back(tmp_path, quirks):
+    slide = synthesize_slide(tmp_path / "x4", "x4", "breast", "tiny", 0, load_synthetic(), load_categories(), xoa="4.0",
+                             quirks=quirks)
+    bundle = slide.xenium_dir
+    assert (bundle / "morphology_focus" / "ch0000_dapi.ome.tif").exists() and (bundle / "morphology.ome.tif").exists()
+    assert not list((bundle / "morphology_focus").glob("morphology_focus_*"))
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = ingest_xenium(bundle, out, INGEST)
+    assert "XOA 4.x" in summary.generation and summary.n_proteins == 5
+    assert summary.reader.startswith("bundle files" if quirks else "spatialdata-io")
+    table = ad.read_h5ad(out / "expression.h5ad")
+    assert (table.var["feature_types"] == "Gene Expression").all()  # genes only in X
+    assert set(table.obsm["protein"].columns) == {"CD45", "PanCK", "Vimentin", "HLA-DR", "CD20"}
+    truth = pl.read_parquet(slide.truth_dir / "protein.parquet").to_pandas().set_index("cell_id")
+    protein = table.obsm["protein"].loc[truth.index]
+    assert np.allclose(protein.to_numpy(), truth[protein.columns].to_numpy(), atol=1e-3)
