@@ -223,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", choices=["tiny", "demo", "bench"], default="demo")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--xoa", choices=list(FLAVOURS), default="2.0",
-                   help="the Xenium output generation whose on-disk layout the bundles take")
+    s.add_argument("--xoa", choices=list(FLAVOURS),
+                   help="write the bundles in this Xenium output generation's exact layout (default: the canonical "
+                        "2.x bundle the demo uses)")
     s.add_argument("--quirk", action="append", choices=list(QUIRKS),
                    help="odd cases seen in the field: rnd (version 'R&D'), bytes (binary feature_name), "
                         "blank (BLANK_/antisense_ probes), macos (._* files); repeatable")

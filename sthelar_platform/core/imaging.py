@@ -155,6 +155,37 @@ def read_level(path: str | Path, level: int) -> np.ndarray:
         return tf.series[0].levels[level].asarray()
 
 
+def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """A preview of an image's first plane (e.g. the DAPI channel) at most ~``max_px`` per side, without
+    reading full resolution: the smallest pyramid level that is large enough, read with a stride.
+
+    The file is read as a plain TIFF (its own pages and SubIFD levels): a multi-file OME series, such
+    as XOA 2's four ``morphology_focus_000N.ome.tif``, has no pyramid as an OME series.
+    Returns the preview and the file's level shapes (first plane).
+    """
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path, is_ome=False) as tf:
+            levels = tf.series[0].levels
+            shapes = [tuple(lv.shape) for lv in levels]
+            axes = tf.series[0].axes
+    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
+        raise InputError(path, f"not a readable TIFF image ({exc})", "re-copy the morphology image from the Xenium output") from exc
+    yx = [axes.index("Y"), axes.index("X")]
+    sizes = [max(s[yx[0]], s[yx[1]]) for s in shapes]
+    level = next((i for i in range(len(sizes) - 1, -1, -1) if sizes[i] >= max_px), 0)
+    step = max(1, sizes[level] // max_px)
+    store = tifffile.imread(path, aszarr=True, level=level, is_ome=False)
+    try:
+        arr = zarr.open(store, mode="r")
+        index = tuple(slice(None, None, step) if i in yx else 0 for i in range(arr.ndim))
+        preview = np.asarray(arr[index])
+    finally:
+        store.close()
+    plane_shapes = [(s[yx[0]], s[yx[1]]) for s in shapes]
+    return preview, plane_shapes
+
+
 def thumbnail_level(info: PyramidInfo, max_px: int) -> int:
     """Index of the first level whose longest side is at most ``max_px`` (or the smallest level)."""
     for i, shape in enumerate(info.level_shapes):

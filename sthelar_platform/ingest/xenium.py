@@ -9,14 +9,13 @@ Output folder (``warehouse/xenium_slide/<slide_id>/``):
 ``expression.h5ad`` (cells x genes counts, obs = cells metadata; protein features, scaled back, in
 ``obsm["protein"]``), ``cells.parquet``, ``nucleus_boundaries.parquet`` (one row per vertex, µm, a
 ``label_id`` per nucleus polygon) / ``cell_boundaries.parquet``, ``transcripts.parquet`` (streamed,
-typed, with ``is_control``), ``morphology_focus.ome.tif`` (the DAPI pyramid), ``thumbnail_dapi.png``
-and ``summary.json``.
+typed, with ``is_control``), ``thumbnail_dapi.png`` and ``summary.json`` (which references the
+bundle's DAPI image by path, size and mtime instead of copying it).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from scipy import sparse
 from sthelar_platform.core.config import IngestConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import cell_ids_to_mask_ints
-from sthelar_platform.core.imaging import open_pyramid, read_level, thumbnail_level
+from sthelar_platform.core.imaging import first_plane_thumbnail
 from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.ingest.bundle_reader import BundleTables, read_bundle
 from sthelar_platform.ingest.generation import Generation, detect_generation
@@ -58,6 +57,7 @@ class XeniumIngestSummary:
     n_cells_without_nucleus: int
     n_multinucleate_cells: int
     layout: dict
+    morphology_image: dict
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -160,14 +160,17 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     nuclei.write_parquet(out_dir / "nucleus_boundaries.parquet")
     tables.cells.write_parquet(out_dir / "cell_boundaries.parquet")
     tx = stream_transcripts(bundle / "transcripts.parquet", out_dir / "transcripts.parquet")
-    shutil.copyfile(info.morphology_image, out_dir / "morphology_focus.ome.tif")
-    pyr = open_pyramid(out_dir / "morphology_focus.ome.tif")
-    level = thumbnail_level(pyr, thumbnail_px)
-    save_png(read_level(out_dir / "morphology_focus.ome.tif", level), out_dir / "thumbnail_dapi.png", max_px=thumbnail_px)
+    # the DAPI stays in the bundle (a reference, not a copy); its preview comes from a pyramid level
+    preview, morph_levels = first_plane_thumbnail(info.morphology_image, thumbnail_px)
+    save_png(preview, out_dir / "thumbnail_dapi.png", max_px=thumbnail_px)
+    stat = info.morphology_image.stat()
     summary = XeniumIngestSummary(
         n_cells=int(table.n_obs), n_genes=int(table.n_vars), n_transcripts=tx["n"], n_controls=tx["controls"],
         n_unassigned=tx["unassigned"], n_nuclei=int(nuclei["label_id"].n_unique()), pixel_size_um=info.pixel_size_um,
-        analysis_sw_version=info.analysis_sw_version, morphology_levels=[list(s) for s in pyr.level_shapes],
+        analysis_sw_version=info.analysis_sw_version, morphology_levels=[list(s) for s in morph_levels],
+        # the referenced image's identity: the output (and its data version) changes when the file does
+        morphology_image={"path": str(info.morphology_image.resolve()), "bytes": stat.st_size,
+                          "mtime_ns": stat.st_mtime_ns},
         generation=generation.label, reader=reader, n_proteins=0 if tables.protein is None else int(tables.protein.n_vars),
         n_cells_without_nucleus=int(table.n_obs - nuclei["cell_id"].n_unique()),
         n_multinucleate_cells=int((nuclei.group_by("cell_id").agg(pl.col("label_id").n_unique()).get_column("label_id") > 1).sum()),

@@ -21,18 +21,39 @@ SHAPES = "nucleus_boundaries"
 
 
 def nucleus_shapes(boundaries: str | Path, morph_um: float):
-    """Nucleus polygons (µm) as a SpatialData shapes element indexed by Xenium cell id."""
+    """Nucleus (or cell) polygons (µm) as a SpatialData shapes element indexed by Xenium cell id.
+
+    Rings are the runs of equal (cell_id, label_id); a cell with several nuclei gets one MultiPolygon
+    of separate polygons, never one merged ring.
+    """
     import geopandas as gpd
     import shapely
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Scale
 
-    df = pl.read_parquet(boundaries, columns=["cell_id", "vertex_x", "vertex_y"])
+    names = pl.read_parquet_schema(boundaries)
+    df = pl.read_parquet(boundaries, columns=["cell_id", "vertex_x", "vertex_y"] + (["label_id"] if "label_id" in names else []))
     ids = df["cell_id"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    new_ring = np.r_[True, ids[1:] != ids[:-1]]
+    if "label_id" in df.columns:
+        labels = df["label_id"].to_numpy()
+        new_ring |= np.r_[True, labels[1:] != labels[:-1]]
+    starts = np.flatnonzero(new_ring)
     ring_of_vertex = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ids)]))
-    rings = shapely.linearrings(df.select("vertex_x", "vertex_y").to_numpy(), indices=ring_of_vertex)
-    gdf = gpd.GeoDataFrame({"geometry": shapely.polygons(rings)}, index=ids[starts].astype(str))
+    polygons = shapely.polygons(shapely.linearrings(df.select("vertex_x", "vertex_y").to_numpy(), indices=ring_of_vertex))
+    ring_cells = ids[starts].astype(str)
+    cells, first = np.unique(ring_cells, return_index=True)
+    if len(cells) < len(ring_cells):  # several nuclei in one cell: a MultiPolygon of its polygons
+        cell_of_ring = np.searchsorted(cells, ring_cells)
+        counts = np.bincount(cell_of_ring, minlength=len(cells))
+        by_cell = np.argsort(cell_of_ring, kind="stable")
+        start = np.r_[0, np.cumsum(counts)[:-1]]
+        geoms = polygons[first].copy()
+        for i in np.flatnonzero(counts > 1):
+            geoms[i] = shapely.multipolygons(polygons[by_cell[start[i]:start[i] + counts[i]]])
+        keep_order = np.argsort(first)  # the file's cell order
+        polygons, ring_cells = geoms[keep_order], cells[keep_order]
+    gdf = gpd.GeoDataFrame({"geometry": polygons}, index=ring_cells)
     gdf.index.name = "cell_id"
     return ShapesModel.parse(gdf, transformations={"global": Scale([1 / morph_um, 1 / morph_um], axes=("x", "y"))})
 

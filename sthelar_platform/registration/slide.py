@@ -68,16 +68,22 @@ class SlideRegistration:
 
 
 def nucleus_centroids_um(boundaries: str | Path) -> np.ndarray:
-    """Area centroids (µm) of the nucleus polygons, one per cell (shoelace formula, vectorized)."""
+    """Area centroids (µm) of the nucleus polygons, one per nucleus (shoelace formula, vectorized).
+
+    A polygon is a (cell_id, label_id) run: a cell with two nuclei gives two centroids, never one of a
+    merged ring.
+    """
+    lf = pl.scan_parquet(boundaries)
+    key = ["cell_id", "label_id"] if "label_id" in lf.collect_schema().names() else ["cell_id"]
     # float64 and a per-polygon origin: float32 cross products of µm coordinates cancel catastrophically
-    lf = pl.scan_parquet(boundaries).with_row_index("_row").with_columns(
-        ox=pl.col("vertex_x").cast(pl.Float64).first().over("cell_id", order_by="_row"),
-        oy=pl.col("vertex_y").cast(pl.Float64).first().over("cell_id", order_by="_row"),
+    lf = lf.with_row_index("_row").with_columns(
+        ox=pl.col("vertex_x").cast(pl.Float64).first().over(key, order_by="_row"),
+        oy=pl.col("vertex_y").cast(pl.Float64).first().over(key, order_by="_row"),
     ).with_columns(x=pl.col("vertex_x").cast(pl.Float64) - pl.col("ox"), y=pl.col("vertex_y").cast(pl.Float64) - pl.col("oy"))
-    nxt = [pl.col(c).shift(-1).over("cell_id", order_by="_row").alias(f"n{c}") for c in ("x", "y")]
+    nxt = [pl.col(c).shift(-1).over(key, order_by="_row").alias(f"n{c}") for c in ("x", "y")]
     edges = lf.with_columns(nxt).drop_nulls(["nx", "ny"]).with_columns(
         cross=pl.col("x") * pl.col("ny") - pl.col("nx") * pl.col("y"))
-    agg = edges.group_by("cell_id").agg(
+    agg = edges.group_by(key).agg(
         a=pl.col("cross").sum() / 2,
         sx=((pl.col("x") + pl.col("nx")) * pl.col("cross")).sum(),
         sy=((pl.col("y") + pl.col("ny")) * pl.col("cross")).sum(),

@@ -6,7 +6,10 @@ changes (facts: shared/FORMATS.md, spatialdata-io's reader, 10x's documentation)
 - ``1.9``: ``cells.zarr.zip`` with ``seg_mask_value`` instead of ``polygon_sets`` and a 7-column
   ``cell_summary``; boundaries without ``label_id``; a single ``morphology_focus.ome.tif`` plus
   ``morphology_mip.ome.tif`` at the bundle root;
-- ``2.0``: the canonical bundle (``polygon_sets``, ``label_id``, ``morphology_focus/`` folder);
+- ``2.0``: the canonical bundle (``polygon_sets``, ``label_id``, cells without a nucleus) with the
+  four-file ``morphology_focus/morphology_focus_000{0..3}.ome.tif`` (the OME-XML of file 0 describes
+  all four channels; files 1-3 point to it) and cells with two nuclei (separate polygons, own
+  ``label_id``, ``nucleus_count`` 2; the ``masks/0`` raster is left as generated);
 - ``3.1``: transcripts gain ``codeword_category`` and ``is_gene``; ``cell_feature_matrix.zarr.zip``
   beside the ``.h5``;
 - ``4.0``: the 3.x changes plus ``morphology_focus/chNNNN_<name>.ome.tif`` (one file per channel,
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -46,15 +50,21 @@ RANGER_VERSION = "xenium-3.0.1.1"
 BLANKS = [f"BLANK_{i:04d}" for i in range(1, 6)] + [f"antisense_{g}" for g in ("PTPRC", "EPCAM", "COL1A1")]
 
 
-def apply_flavour(bundle: Path, flavour: str, quirks: tuple[str, ...], rng: np.random.Generator) -> None:
-    """Turn the canonical bundle in ``bundle`` into ``flavour`` with ``quirks`` (in place, before it is published)."""
-    if flavour not in FLAVOURS:
+def apply_flavour(bundle: Path, flavour: str | None, quirks: tuple[str, ...], rng: np.random.Generator) -> None:
+    """Turn the canonical bundle in ``bundle`` into ``flavour`` (None: keep its layout) with ``quirks``,
+    in place, before the slide folder is published.
+    """
+    if flavour is not None and flavour not in FLAVOURS:
         raise ValueError(f"unknown XOA flavour {flavour!r}; known: {', '.join(FLAVOURS)}")
     bad = set(quirks) - set(QUIRKS)
     if bad:
         raise ValueError(f"unknown quirks {sorted(bad)}; known: {', '.join(QUIRKS)}")
     spec = json.loads((bundle / "experiment.xenium").read_text())
-    spec["analysis_sw_version"] = VERSIONS[flavour]
+    if flavour is not None:
+        spec["analysis_sw_version"] = VERSIONS[flavour]
+    if flavour == "2.0":
+        _multifile_morphology(bundle, spec)
+        _multinucleate(bundle, rng)
     if flavour == "1.9":
         _to_1x(bundle, spec)
     if flavour in ("3.1", "4.0"):
@@ -242,3 +252,103 @@ def _add_protein_panel(h5: Path, rng: np.random.Generator) -> None:
             del ft[key]
             ft.create_dataset(key, data=np.concatenate([old, np.array(values_, dtype="S")]).astype("S"))
         f.attrs["protein_scaling_factor"] = PROTEIN_SCALING_FACTOR
+
+
+MORPHOLOGY_CHANNELS = ("DAPI", "ATP1A1/CD45/E-Cadherin", "18S", "AlphaSMA/Vimentin")
+
+
+def _ome_xml(uuids: list[str], shape: tuple[int, int], px_um: float) -> str:
+    channels = "".join(f'<Channel ID="Channel:0:{k}" Name="{name}" SamplesPerPixel="1"/>'
+                       for k, name in enumerate(MORPHOLOGY_CHANNELS))
+    tiffdata = "".join(f'<TiffData FirstC="{k}" FirstT="0" FirstZ="0" IFD="0" PlaneCount="1">'
+                       f'<UUID FileName="morphology_focus_{k:04d}.ome.tif">urn:uuid:{u}</UUID></TiffData>'
+                       for k, u in enumerate(uuids))
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+            f'UUID="urn:uuid:{uuids[0]}" Creator="SYNTHETIC (sthelar_platform.synth)">'
+            '<Image ID="Image:0" Name="morphology_focus">'
+            f'<Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" SizeX="{shape[1]}" SizeY="{shape[0]}" '
+            f'SizeZ="1" SizeC="{len(MORPHOLOGY_CHANNELS)}" SizeT="1" PhysicalSizeX="{px_um}" '
+            f'PhysicalSizeY="{px_um}" PhysicalSizeXUnit="&#181;m" PhysicalSizeYUnit="&#181;m">'
+            f"{channels}{tiffdata}</Pixels></Image></OME>")
+
+
+def _binary_only_xml(uuid: str, meta_uuid: str) -> str:
+    return ('<?xml version="1.0" encoding="UTF-8"?>'
+            f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="urn:uuid:{uuid}">'
+            f'<BinaryOnly MetadataFile="morphology_focus_0000.ome.tif" UUID="urn:uuid:{meta_uuid}"/></OME>')
+
+
+def _multifile_morphology(bundle: Path, spec: dict) -> None:
+    """XOA 2's four morphology files, one channel each, the channel list in file 0's OME-XML."""
+    import uuid
+
+    import tifffile
+
+    focus = bundle / "morphology_focus"
+    src = focus / "morphology_focus_0000.ome.tif"
+    with tifffile.TiffFile(src) as tif:
+        levels = [lv.asarray() for lv in tif.series[0].levels]
+    px_um = float(spec["pixel_size"])
+    uuids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.get('experiment_uuid', 'synthetic')}/morphology/{k}"))
+             for k in range(len(MORPHOLOGY_CHANNELS))]
+    tmp = focus / "staging"
+    tmp.mkdir()
+    for k in range(len(MORPHOLOGY_CHANNELS)):
+        xml = _ome_xml(uuids, levels[0].shape, px_um) if k == 0 else _binary_only_xml(uuids[k], uuids[0])
+        with tifffile.TiffWriter(tmp / f"morphology_focus_{k:04d}.ome.tif", bigtiff=True, ome=False) as tif:
+            for i, lv in enumerate(levels):
+                data = (lv // (k + 1)).astype(np.uint16)  # the stain channels: dimmer copies are enough here
+                res = 1e4 / (px_um * 2**i)
+                tif.write(data, tile=(256, 256), compression="zlib", photometric="minisblack", metadata=None,
+                          description=xml if i == 0 else None, subifds=len(levels) - 1 if i == 0 else None,
+                          subfiletype=0 if i == 0 else 1, resolution=(res, res), resolutionunit="CENTIMETER")
+    for f in tmp.iterdir():
+        f.replace(focus / f.name)
+    tmp.rmdir()
+
+
+def _multinucleate(bundle: Path, rng: np.random.Generator, fraction: float = 0.03) -> None:
+    """Give a few cells two nuclei: their nucleus split into two smaller polygons, each with its own label."""
+    nuclei = pq.read_table(bundle / "nucleus_boundaries.parquet").to_pandas()
+    owners = nuclei["cell_id"].drop_duplicates().to_numpy()
+    picked = set(rng.choice(owners, max(3, int(len(owners) * fraction)), replace=False).tolist())
+    next_label = int(nuclei["label_id"].max()) + 1
+    parts, added = [], []
+    for (cell, label), ring in nuclei.groupby(["cell_id", "label_id"], sort=False):
+        if cell not in picked:
+            parts.append(ring)
+            continue
+        xy = ring[["vertex_x", "vertex_y"]].to_numpy(np.float64)[:-1]  # drop the closing vertex
+        c = xy.mean(0)
+        far = xy[np.argmax(((xy - c) ** 2).sum(1))] - c
+        for sign, lab in ((1, label), (-1, next_label)):
+            half = c + 0.45 * (xy - c) + sign * 0.5 * far  # disjoint: projections on `far` do not meet
+            closed = np.vstack([half, half[:1]])
+            parts.append(pd.DataFrame({"cell_id": cell, "vertex_x": closed[:, 0].astype(np.float32),
+                                       "vertex_y": closed[:, 1].astype(np.float32), "label_id": np.uint32(lab)}))
+        added.append((cell, next_label))
+        next_label += 1
+    table = pa.Table.from_pandas(pd.concat(parts, ignore_index=True), preserve_index=False)
+    pq.write_table(table.cast(pa.schema([("cell_id", pa.string()), ("vertex_x", pa.float32()),
+                                         ("vertex_y", pa.float32()), ("label_id", pa.uint32())])),
+                   bundle / "nucleus_boundaries.parquet")
+    cells = pq.read_table(bundle / "cells.parquet")
+    ids = cells["cell_id"].to_numpy(zero_copy_only=False).astype(str)
+    row = {c: i for i, c in enumerate(ids)}
+    count = np.asarray(cells["nucleus_count"].to_numpy(), np.uint32).copy()
+    count[[row[c] for c, _ in added]] = 2
+    _rewrite_parquet(bundle / "cells.parquet", lambda t: t.set_column(
+        t.schema.get_field_index("nucleus_count"), "nucleus_count", pa.array(count)))
+
+    def add_owners(root: Path) -> None:
+        group = zarr.open_group(zarr.storage.LocalStore(root), mode="r+", zarr_format=2)
+        index = group["polygon_sets/0/cell_index"][:]
+        del group["polygon_sets/0/cell_index"]
+        group["polygon_sets/0"].create_array("cell_index", data=np.r_[index, [row[c] for c, _ in added]].astype(np.uint32))
+        summary = group["cell_summary"][:]
+        names = list(group["cell_summary"].attrs["column_names"])
+        summary[:, names.index("nucleus_count")] = count
+        group["cell_summary"][:] = summary
+
+    _rewrite_zarr_zip(bundle / "cells.zarr.zip", add_owners)

@@ -60,11 +60,12 @@ def default_transform(rng: np.random.Generator) -> TransformSpec:
 
 def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str, seed: int, config: SyntheticConfig,
                      categories: CategorySystem, transform: TransformSpec | None = None,
-                     progress: Progress = _noop, xoa: str = "2.0", quirks: tuple[str, ...] = ()) -> SyntheticSlide:
+                     progress: Progress = _noop, xoa: str | None = None, quirks: tuple[str, ...] = ()) -> SyntheticSlide:
     """Write ``out_root/<slide_id>/{xenium,he,truth}`` atomically.
 
-    ``xoa`` picks the Xenium generation's on-disk layout (``_flavours.FLAVOURS``) and ``quirks`` adds odd
-    cases seen in the field (``_flavours.QUIRKS``); the biology and the images are the same for every flavour.
+    ``xoa`` picks a Xenium generation's on-disk layout (``_flavours.FLAVOURS``; None: the canonical 2.x
+    bundle the demo uses) and ``quirks`` adds odd cases seen in the field (``_flavours.QUIRKS``); the
+    biology and the images are the same for every flavour.
     """
     cfg = config
     validate_slide_id(slide_id)
@@ -116,8 +117,9 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
         write_pyramidal_ome_tiff(he_dir / he_name, he_shape, HERenderer(cells, layout, he_to_um, cfg["eosin"], seed),
                                  dtype=np.uint8, channels=3, pixel_size_um=he_um)
         write_alignment_csv(he_dir / f"{slide_id}_he_imagealignment.csv", he_to_morph)
-        if xoa != "2.0" or quirks:
-            progress(f"{slide_id}: rewriting the bundle as XOA {xoa}{' + ' + ', '.join(quirks) if quirks else ''}")
+        if xoa is not None or quirks:
+            progress(f"{slide_id}: rewriting the bundle as XOA {xoa or 'canonical'}"
+                     f"{' + ' + ', '.join(quirks) if quirks else ''}")
             apply_flavour(bundle, xoa, tuple(quirks), rng)
         _write_truth(truth, cells, cell_ids, counts, cats, programs, he_to_morph, transform, cfg, tissue)
         (tmp / "SYNTHETIC.txt").write_text(
@@ -172,7 +174,7 @@ def synthesize_reference(path: str | Path, tissue: str, n_cells: int, seed: int,
 
 
 def synthesize_cohort(out: str | Path, size: str, config: SyntheticConfig, categories: CategorySystem, seed: int = 0,
-                      progress: Progress = _noop, xoa: str = "2.0", quirks: tuple[str, ...] = ()) -> Path:
+                      progress: Progress = _noop, xoa: str | None = None, quirks: tuple[str, ...] = ()) -> Path:
     """All slides of a size, their tissues' reference atlases, and a manifest; returns the manifest path."""
     cfg = config
     if size not in cfg["sizes"]:

@@ -18,8 +18,9 @@ CASES = {  # slide id -> flavour, quirks, the reader path the asset metadata mus
     "xoa19": ("1.9", (), "spatialdata-io"),
     "xoa31": ("3.1", ("bytes", "blank"), "spatialdata-io"),
     "ranger": ("ranger", ("macos",), "spatialdata-io"),
-    "rnd": ("2.0", ("rnd",), "bundle files"),
+    "rnd": (None, ("rnd",), "bundle files"),
     "xoa40": ("4.0", (), "spatialdata-io"),
+    "xoa20": ("2.0", (), "spatialdata-io"),  # four morphology files, cells with two nuclei
 }
 
 
@@ -52,9 +53,13 @@ def test_generation_goes_through_ingest_registration_counts_and_patches(runs, sl
     xoa, _, reader = CASES[slide_id]
     md = mats["xenium_slide"]
     assert md["reader"].value.startswith(reader)
-    expected = {"1.9": "XOA 1.x", "3.1": "XOA 3.x", "4.0": "XOA 4.x", "ranger": "Xenium Ranger", "2.0": "XOA 2.x"}[xoa]
+    expected = {"1.9": "XOA 1.x", "3.1": "XOA 3.x", "4.0": "XOA 4.x", "ranger": "Xenium Ranger", "2.0": "XOA 2.x",
+                None: "XOA 2.x"}[xoa]
     assert expected in md["generation"].value
     checks = {e.event_specific_data.check_name: e.event_specific_data.passed for e in result.all_events
               if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert checks == {"registration_quality": True, "counts_valid": True, "annotation_quality": True}
     assert mats["patches_40x"]["n_patches"].value > 0 and mats["patches_20x"]["n_patches"].value > 0
+    if slide_id == "xoa20":
+        assert md["n_multinucleate_cells"].value >= 3
+        assert mats["patches_40x"]["n_multipart_nuclei"].value == md["n_multinucleate_cells"].value

@@ -15,12 +15,12 @@ from sthelar_platform.ingest.xenium import ingest_xenium
 from sthelar_platform.synth import synthesize_slide
 
 INGEST = load_config("pipeline").ingest
-CASES = {  # flavour, quirks -> (generation the files show, reader path)
-    ("2.0", ()): ("2.x", "spatialdata-io"),
+CASES = {  # flavour (None: the canonical bundle), quirks -> (generation the files show, reader path)
+    (None, ()): ("2.x", "spatialdata-io"),
     ("1.9", ()): ("1.x", "spatialdata-io"),
     ("3.1", ()): ("3.x", "spatialdata-io"),
     ("ranger", ()): ("2.x", "spatialdata-io"),
-    ("2.0", ("rnd",)): ("2.x", "bundle files"),
+    (None, ("rnd",)): ("2.x", "bundle files"),
     ("1.9", ("rnd", "bytes", "blank", "macos")): ("1.x", "bundle files"),
     ("3.1", ("bytes", "blank", "macos")): ("3.x", "spatialdata-io"),
     ("4.0", ()): ("4.x", "spatialdata-io"),
@@ -32,7 +32,7 @@ def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("generations")
     out = {}
     for xoa, quirks in CASES:
-        name = f"{xoa}-{'-'.join(quirks) or 'plain'}"
+        name = f"{xoa or 'canonical'}-{'-'.join(quirks) or 'plain'}"
         out[(xoa, quirks)] = synthesize_slide(root / name, "gen", "breast", "tiny", 0, load_synthetic(),
                                               load_categories(), xoa=xoa, quirks=quirks).xenium_dir
     return out
@@ -43,19 +43,19 @@ def ingested(bundles, tmp_path_factory):
     root = tmp_path_factory.mktemp("ingested")
     out = {}
     for case, bundle in bundles.items():
-        target = root / f"{case[0]}-{'-'.join(case[1]) or 'plain'}"
+        target = root / f"{case[0] or 'canonical'}-{'-'.join(case[1]) or 'plain'}"
         target.mkdir()
         out[case] = (ingest_xenium(bundle, target, INGEST), target)
     return out
 
 
-@pytest.mark.parametrize("case", list(CASES), ids=lambda c: f"{c[0]}{'+' + '+'.join(c[1]) if c[1] else ''}")
+@pytest.mark.parametrize("case", list(CASES), ids=lambda c: f"{c[0] or 'canonical'}{'+' + '+'.join(c[1]) if c[1] else ''}")
 def test_every_generation_ingests_to_the_same_slide(ingested, case):
     summary, out = ingested[case]
     generation, reader = CASES[case]
     assert f"XOA {generation} layout" in summary.generation
     assert summary.reader.startswith(reader), summary.reader
-    ref_summary, ref = ingested[("2.0", ())]
+    ref_summary, ref = ingested[(None, ())]
     assert summary.n_cells == ref_summary.n_cells and summary.n_genes == ref_summary.n_genes
     a, b = ad.read_h5ad(ref / "expression.h5ad"), ad.read_h5ad(out / "expression.h5ad")
     assert list(a.obs_names) == list(b.obs_names) and list(a.var_names) == list(b.var_names)
@@ -79,7 +79,7 @@ def test_every_generation_ingests_to_the_same_slide(ingested, case):
 
 
 def test_unparseable_version_is_detected_from_the_files(bundles):
-    bundle = bundles[("2.0", ("rnd",))]
+    bundle = bundles[(None, ("rnd",))]
     spec = json.loads((bundle / "experiment.xenium").read_text())
     assert spec["analysis_sw_version"] == "R&D" and parse_reader_version("R&D") is None
     gen = detect_generation(bundle, spec)
@@ -108,7 +108,7 @@ def test_direct_reader_still_names_broken_files(bundles, tmp_path):
     import shutil
 
     bundle = tmp_path / "b"
-    shutil.copytree(bundles[("2.0", ("rnd",))], bundle)
+    shutil.copytree(bundles[(None, ("rnd",))], bundle)
     (bundle / "cell_feature_matrix.h5").write_bytes(b"not hdf5")
     with pytest.raises(InputError, match="cell_feature_matrix.h5"):
         read_bundle(bundle)
@@ -132,3 +132,37 @@ def test_xoa4_protein_panel_is_kept_apart_and_scaled_back(tmp_path, quirks):
     truth = pl.read_parquet(slide.truth_dir / "protein.parquet").to_pandas().set_index("cell_id")
     protein = table.obsm["protein"].loc[truth.index]
     assert np.allclose(protein.to_numpy(), truth[protein.columns].to_numpy(), atol=1e-3)
+
+
+def test_xoa2_multifile_morphology_and_two_nucleus_cells(tmp_path):
+    import shapely
+    import tifffile
+
+    from sthelar_platform.registration.registered_he import nucleus_shapes
+    from sthelar_platform.registration.slide import nucleus_centroids_um
+
+    slide = synthesize_slide(tmp_path / "x2", "x2", "breast", "tiny", 0, load_synthetic(), load_categories(), xoa="2.0")
+    bundle = slide.xenium_dir
+    files = sorted((bundle / "morphology_focus").glob("morphology_focus_000*.ome.tif"))
+    assert [f.name for f in files] == [f"morphology_focus_000{k}.ome.tif" for k in range(4)]
+    with tifffile.TiffFile(files[0]) as tif:  # file 0's OME-XML describes all four channels, across the files
+        series = tif.series[0]
+        assert tif.is_ome and series.shape[0] == 4 and series.axes.startswith("C")
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = ingest_xenium(bundle, out, INGEST)
+    assert "XOA 2.x" in summary.generation and summary.n_multinucleate_cells >= 3
+    assert summary.morphology_levels[0] == list(files and tifffile.TiffFile(files[0], is_ome=False).series[0].shape)
+    assert not (out / "morphology_focus.ome.tif").exists()  # referenced, not copied
+    nuclei = pl.read_parquet(out / "nucleus_boundaries.parquet")
+    per_cell = nuclei.group_by("cell_id").agg(pl.col("label_id").n_unique().alias("n"))
+    assert per_cell.filter(pl.col("n") == 2).height == summary.n_multinucleate_cells
+    cells = pl.read_parquet(out / "cells.parquet")
+    two = set(per_cell.filter(pl.col("n") == 2)["cell_id"])
+    assert set(cells.filter(pl.col("nucleus_count") == 2)["cell_id"]) == two
+    # registration sees each nucleus, SpatialData shapes keep them apart and valid
+    assert len(nucleus_centroids_um(out / "nucleus_boundaries.parquet")) == nuclei["label_id"].n_unique()
+    shapes = nucleus_shapes(out / "nucleus_boundaries.parquet", 0.2125)
+    assert shapes.index.is_unique and shapes.geometry.is_valid.all()
+    multi = shapes.loc[sorted(two)].geometry
+    assert all(isinstance(g, shapely.MultiPolygon) and len(g.geoms) == 2 for g in multi)

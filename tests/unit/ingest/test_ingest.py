@@ -17,7 +17,7 @@ def test_ingest_persists_what_later_stages_need(tiny_slide, tmp_path):
     s = ingest_xenium(tiny_slide / "xenium", tmp_path, PIPELINE.ingest)
     names = {p.name for p in tmp_path.iterdir()}
     assert names >= {"expression.h5ad", "cells.parquet", "nucleus_boundaries.parquet", "cell_boundaries.parquet",
-                     "transcripts.parquet", "morphology_focus.ome.tif", "thumbnail_dapi.png", "summary.json"}
+                     "transcripts.parquet", "thumbnail_dapi.png", "summary.json"}
     raw = pl.scan_parquet(tiny_slide / "xenium" / "transcripts.parquet").select(pl.len()).collect().item()
     assert s.n_transcripts == raw and s.n_controls > 0 and s.n_unassigned > 0
     cells = pl.read_parquet(tmp_path / "cells.parquet")
