@@ -7,6 +7,7 @@ use. Xenium cell ids (``aaaachba-1``) encode a uint32 prefix as 8 base-16 letter
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -60,3 +61,37 @@ def decode_cell_ids(cell_ids: np.ndarray | list[str]) -> np.ndarray:
 def cell_ids_to_mask_ints(cell_ids: np.ndarray | list[str]) -> np.ndarray:
     """Integer used in cell-id masks: prefix + 1, so 0 is background."""
     return decode_cell_ids(cell_ids).astype(np.int64) + 1
+
+
+HASHED_MASK_OFFSET = 1 << 33  # above every Xenium mask id (prefix + 1 <= 2**32)
+
+
+def is_xenium_cell_id(cell_ids: np.ndarray | list[str]) -> np.ndarray:
+    """Which ids are Xenium-coded (``aaaachba-1``): others come from Baysor, Proseg or other segmenters."""
+    arr = np.asarray(cell_ids, dtype="U")
+    if arr.size == 0:
+        return np.zeros(0, bool)
+    letters, dash, suffix = (np.char.partition(arr, "-")[..., i] for i in range(3))
+    ok = (np.char.str_len(letters) == 8) & (dash == "-") & (np.char.str_len(suffix) > 0)
+    raw = np.frombuffer(np.where(ok, letters, "aaaaaaaa").astype("S8").tobytes(), np.uint8).reshape(-1, 8)
+    return ok & ((raw >= ord("a")) & (raw <= ord("p"))).all(1)
+
+
+def mask_ints(cell_ids: np.ndarray | list[str]) -> tuple[np.ndarray, str]:
+    """Mask integers of a slide's cell ids and the scheme used.
+
+    Xenium-coded ids keep ``prefix + 1`` (``xenium``). Ids of other segmenters (Baysor, Proseg: ``cell-12``,
+    ``4711``) get a stable 52-bit hash above the Xenium range (``hashed``): the same id always maps to the
+    same integer, in every stage and every run; ingest stores the mapping in cells.parquet (``mask_id``).
+    """
+    arr = np.asarray(cell_ids, dtype="U")
+    if arr.size == 0 or is_xenium_cell_id(arr).all():
+        return cell_ids_to_mask_ints(arr), "xenium"
+    digests = [hashlib.blake2b(c.encode(), digest_size=8).digest() for c in arr.tolist()]
+    ints = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64) >> np.uint64(12)
+    out = ints.astype(np.int64) + HASHED_MASK_OFFSET
+    unique_ids, first = np.unique(arr, return_index=True)
+    if len(np.unique(out[first])) != len(unique_ids):
+        raise InputError(None, "two cell ids hash to the same mask integer",
+                         "report the slide: rename its cells (e.g. prefix them) and ingest it again")
+    return out, "hashed"

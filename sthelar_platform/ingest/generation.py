@@ -17,8 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
+import polars as pl
 import pyarrow.parquet as pq
 from packaging.version import InvalidVersion, Version
+
+from sthelar_platform.core.ids import is_xenium_cell_id
 
 # the pattern spatialdata-io 0.7 uses: a string it does not match is "no version" to it
 READER_VERSION = re.compile(r"^(?:x|X)enium-(\d+\.\d+\.\d+(\.\d+-\d+)?)")
@@ -119,7 +122,11 @@ def detect_generation(bundle: Path, specs: dict) -> Generation:
     # spatialdata-io takes its branch from the string alone: an unparseable string means "< 2.0" to it
     reader_layout = "<1.3" if parsed is None or parsed < Version("1.3.0") else "1.x" if parsed < Version("2.0.0") else "2.x"
     # and it refuses 2.x nucleus boundaries without label_id (early 2.0 builds)
-    reader_ok = parsed is not None and reader_layout == layout and (layout != "2.x" or "label_id" in boundary_cols)
+    # and it decodes cells.zarr.zip's cell ids, which say nothing of another segmenter's ids (Baysor, Proseg)
+    foreign_ids = not is_xenium_cell_id(pl.read_parquet(bundle / "cells.parquet", columns=["cell_id"], n_rows=1000)
+                                        ["cell_id"].cast(pl.String).to_numpy()).all()
+    reader_ok = parsed is not None and reader_layout == layout and (layout != "2.x" or "label_id" in boundary_cols) \
+        and not foreign_ids
     return Generation(version_string=text, version_key=key, parsed_version=None if parsed is None else str(parsed),
                       layout=layout, generation=generation, ranger=key.startswith("xenium_ranger"),
                       boundary_label_id="label_id" in boundary_cols, morphology=morphology,

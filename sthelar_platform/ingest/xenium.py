@@ -28,7 +28,7 @@ from scipy import sparse
 
 from sthelar_platform.core.config import IngestConfig
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.ids import cell_ids_to_mask_ints
+from sthelar_platform.core.ids import mask_ints
 from sthelar_platform.core.imaging import first_plane_thumbnail
 from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.ingest.bundle_reader import BundleTables, read_bundle
@@ -58,6 +58,7 @@ class XeniumIngestSummary:
     n_multinucleate_cells: int
     layout: dict
     morphology_image: dict
+    mask_id_scheme: str
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -146,7 +147,8 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     obs["x_centroid"], obs["y_centroid"] = table.obsm["spatial"][:, 0], table.obsm["spatial"][:, 1]
     keep = [c for c in obs.columns if c not in ("region",)]
     cells = pl.from_pandas(obs[keep].reset_index(drop=True).astype({"cell_id": str}))
-    cells = cells.with_columns(pl.Series("mask_id", cell_ids_to_mask_ints(cells["cell_id"].to_numpy())))
+    mask_id, mask_scheme = mask_ints(cells["cell_id"].to_numpy())
+    cells = cells.with_columns(pl.Series("mask_id", mask_id))
     cells.write_parquet(out_dir / "cells.parquet")
     out = table.copy()
     out.obs = out.obs.drop(columns=["region"], errors="ignore")
@@ -174,7 +176,7 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
         generation=generation.label, reader=reader, n_proteins=0 if tables.protein is None else int(tables.protein.n_vars),
         n_cells_without_nucleus=int(table.n_obs - nuclei["cell_id"].n_unique()),
         n_multinucleate_cells=int((nuclei.group_by("cell_id").agg(pl.col("label_id").n_unique()).get_column("label_id") > 1).sum()),
-        layout=generation.to_dict(),
+        layout=generation.to_dict(), mask_id_scheme=mask_scheme,
     )
     (out_dir / "summary.json").write_text(summary.to_json())
     return summary

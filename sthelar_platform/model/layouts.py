@@ -38,7 +38,7 @@ from scipy import sparse
 
 from sthelar_platform.core.config import HFLayoutConfig
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.ids import encode_cell_ids
+from sthelar_platform.core.ids import encode_cell_ids, mask_ints
 from sthelar_platform.tiling.exports import link_or_copy
 from sthelar_platform.tiling.patches import load_labels
 
@@ -240,9 +240,24 @@ def _float16(values: pd.Series) -> np.ndarray:
     return pd.to_numeric(values, errors="coerce").to_numpy(np.float16)
 
 
-def _cell_ids(cell_id_map: np.ndarray) -> list[str]:
-    ints = np.unique(cell_id_map[cell_id_map > 0])
-    return encode_cell_ids((ints - 1).astype(np.uint32)).tolist() if len(ints) else []
+class CellIdLookup:
+    """Mask integer -> cell id, per slide, from the slide export's cell_labels.parquet (any id scheme)."""
+
+    def __init__(self) -> None:
+        self._by_slide: dict[Path, dict[int, str]] = {}
+
+    def __call__(self, source: str, cell_id_map: np.ndarray) -> list[str]:
+        ints = np.unique(cell_id_map[cell_id_map > 0]).tolist()
+        export = Path(source).parents[2]  # exports/<slide>/cellvit/<mag>/<grouping>
+        if export not in self._by_slide:
+            labels = export / "cell_labels.parquet"
+            ids = pd.read_parquet(labels, columns=["cell_id"])["cell_id"].astype(str).to_numpy() if labels.exists() \
+                else np.zeros(0, str)
+            self._by_slide[export] = dict(zip(mask_ints(ids)[0].tolist(), ids.tolist(), strict=True))
+        lookup = self._by_slide[export]
+        # without a labels table, Xenium-coded integers still decode
+        return [lookup.get(i) or str(encode_cell_ids(np.array([i - 1], np.uint32))[0]) for i in ints
+                if i in lookup or i <= 2**32]
 
 
 def write_hf_layout(layout: LayoutInput, out: Path, cfg: HFLayoutConfig) -> dict:
@@ -253,6 +268,7 @@ def write_hf_layout(layout: LayoutInput, out: Path, cfg: HFLayoutConfig) -> dict
     names = fork_names(p)
     schema = hf_schema(layout.classes, list(cfg.tissue_classes))
     tissue_index = {t: i for i, t in enumerate(cfg.tissue_classes)}
+    cell_ids = CellIdLookup()
     rows_per_split = {}
     for split, hf_split in HF_SPLITS.items():
         part = p[p["split"] == split]
@@ -272,7 +288,7 @@ def write_hf_layout(layout: LayoutInput, out: Path, cfg: HFLayoutConfig) -> dict
                         cols["cell_id_map"].append(sparse_npz_bytes(lab["cell_id_map"]))
                         cols["inst_map"].append(sparse_npz_bytes(lab["inst_map"]))
                         cols["type_map"].append(sparse_npz_bytes(lab["type_map"]))
-                        cols["cell_ids"].append(_cell_ids(lab["cell_id_map"]))
+                        cols["cell_ids"].append(cell_ids(row.source, lab["cell_id_map"]))
                     cols["slide_id"] = group["slide_id"].tolist()
                     cols["tissue"] = [tissue_index[tissue_label(t, cfg)] for t in group["tissue"]]
                     cols["Dice"], cols["Jaccard"], cols["bPQ"] = (_float16(group[c]) for c in ("dice", "jaccard", "bpq"))

@@ -21,7 +21,9 @@ changes (facts: shared/FORMATS.md, spatialdata-io's reader, 10x's documentation)
 
 Quirks that any flavour can carry: ``rnd`` (``analysis_sw_version: "R&D"``), ``bytes`` (transcript
 ``feature_name`` stored as binary), ``blank`` (``BLANK_`` and ``antisense_`` control probes in the
-transcripts and the matrix), ``macos`` (``._*`` AppleDouble files beside the morphology images).
+transcripts and the matrix), ``macos`` (``._*`` AppleDouble files beside the morphology images),
+``foreign_ids`` (a Baysor / Proseg re-segmentation: cell ids ``cell-<n>`` in the tables, polygons and
+transcripts, which no Xenium id decodes).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import pyarrow.parquet as pq
 import zarr
 
 FLAVOURS = ("1.9", "2.0", "3.1", "4.0", "ranger")
-QUIRKS = ("rnd", "bytes", "blank", "macos")
+QUIRKS = ("rnd", "bytes", "blank", "macos", "foreign_ids")
 VERSIONS = {"1.9": "xenium-1.9.0.2", "2.0": "xenium-2.0.0.10", "3.1": "xenium-3.1.0.4", "4.0": "xenium-4.0.0.9",
             "ranger": "xenium-1.6.0.7"}
 PROTEINS = ("CD45", "PanCK", "Vimentin", "HLA-DR", "CD20")
@@ -82,6 +84,8 @@ def apply_flavour(bundle: Path, flavour: str | None, quirks: tuple[str, ...], rn
         _rewrite_parquet(bundle / "transcripts.parquet",
                          lambda t: t.set_column(t.schema.get_field_index("feature_name"), "feature_name",
                                                 pc.cast(t["feature_name"], pa.binary())))
+    if "foreign_ids" in quirks:
+        _foreign_cell_ids(bundle)
     if "macos" in quirks:
         for image in list(bundle.rglob("*.ome.tif")):
             (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
@@ -352,3 +356,23 @@ def _multinucleate(bundle: Path, rng: np.random.Generator, fraction: float = 0.0
         group["cell_summary"][:] = summary
 
     _rewrite_zarr_zip(bundle / "cells.zarr.zip", add_owners)
+
+
+def _foreign_cell_ids(bundle: Path) -> None:
+    """Cell ids as another segmenter writes them (``cell-1`` ...), consistently in every table."""
+    cells = pq.read_table(bundle / "cells.parquet")
+    old = cells["cell_id"].to_numpy(zero_copy_only=False).astype(str)
+    new = np.array([f"cell-{i + 1}" for i in range(len(old))], dtype=object)
+    mapping = dict(zip(old.tolist(), new.tolist(), strict=True))
+
+    def rename(t: pa.Table) -> pa.Table:
+        ids = t["cell_id"].to_numpy(zero_copy_only=False).astype(str)
+        renamed = np.array([mapping.get(c, c) for c in ids], dtype=object)  # UNASSIGNED stays
+        return t.set_column(t.schema.get_field_index("cell_id"), "cell_id", pa.array(renamed))
+
+    for name in ("cells.parquet", "nucleus_boundaries.parquet", "cell_boundaries.parquet", "transcripts.parquet"):
+        _rewrite_parquet(bundle / name, rename)
+    with h5py.File(bundle / "cell_feature_matrix.h5", "r+") as f:
+        barcodes = f["matrix/barcodes"][:].astype(str)
+        del f["matrix/barcodes"]
+        f["matrix"].create_dataset("barcodes", data=np.array([mapping[b] for b in barcodes], dtype="S"))

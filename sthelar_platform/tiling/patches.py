@@ -28,7 +28,7 @@ from scipy import ndimage
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import PatchesConfig, TilingConfig, TissueMaskConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
-from sthelar_platform.core.ids import cell_ids_to_mask_ints
+from sthelar_platform.core.ids import mask_ints
 from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, read_level_region
 from sthelar_platform.tiling.masks import load_nucleus_polygons, rasterize_region
 
@@ -155,7 +155,7 @@ def cell_class_tables(cell_ids: np.ndarray, labels: pd.DataFrame, categories: Ca
     """Per polygon cell: type-map value in each grouping and the integer cell id used in masks."""
     cats = categories
     category = labels.set_index("cell_id")["category"].reindex(cell_ids).fillna("Unknown").to_numpy()
-    out = {"cell_id_int": cell_ids_to_mask_ints(cell_ids) if len(cell_ids) else np.zeros(0, np.int64)}
+    out = {"cell_id_int": mask_ints(cell_ids)[0] if len(cell_ids) else np.zeros(0, np.int64)}
     for name, grouping in cats.groupings.items():
         lut = {c: grouping.class_index(c) for c in cats.all_labels}
         out[name] = np.array([lut[c] for c in category], np.int32)

@@ -1,6 +1,8 @@
 """Bundles of other Xenium generations go through the Dagster assets: ingest, registration, counts,
 annotation and patches."""
 
+import numpy as np
+import polars as pl
 import pytest
 from dagster import DagsterInstance, materialize
 
@@ -8,6 +10,7 @@ import sthelar_definitions
 from sthelar_platform.core.config import load_categories, load_synthetic
 from sthelar_platform.ingest.manifest import SlideCatalog, SlideSpec
 from sthelar_platform.synth import synthesize_reference, synthesize_slide
+from sthelar_platform.tiling.patches import load_labels
 
 STAGES = ("xenium_slide", "he_image", "he_registration", "nucleus_counts", "cell_counts", "tangram_labels",
           "clusters", "cell_types", "patches_40x", "patches_20x")
@@ -21,6 +24,7 @@ CASES = {  # slide id -> flavour, quirks, the reader path the asset metadata mus
     "rnd": (None, ("rnd",), "bundle files"),
     "xoa40": ("4.0", (), "spatialdata-io"),
     "xoa20": ("2.0", (), "spatialdata-io"),  # four morphology files, cells with two nuclei
+    "proseg": ("3.1", ("foreign_ids",), "bundle files"),  # another segmenter's cell ids
 }
 
 
@@ -39,8 +43,9 @@ def runs(tmp_path_factory):
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("slides", list(CASES))
     resources = sthelar_definitions.build_resources(str(home))
-    return {s: materialize(ASSETS + CHECKS, partition_key=s, instance=instance, resources=resources,
-                           raise_on_error=False) for s in CASES}
+    out = {s: materialize(ASSETS + CHECKS, partition_key=s, instance=instance, resources=resources,
+                          raise_on_error=False) for s in CASES}
+    return {**out, "_home": home}
 
 
 @pytest.mark.parametrize("slide_id", list(CASES))
@@ -63,3 +68,14 @@ def test_generation_goes_through_ingest_registration_counts_and_patches(runs, sl
     if slide_id == "xoa20":
         assert md["n_multinucleate_cells"].value >= 3
         assert mats["patches_40x"]["n_multipart_nuclei"].value == md["n_multinucleate_cells"].value
+    if slide_id == "proseg":  # hashed mask integers reach the patches' cell-id maps
+        from sthelar_platform.core.ids import mask_ints
+
+        home = runs["_home"]
+        labels = pl.read_parquet(home / "warehouse" / "cell_types" / slide_id / "cell_labels.parquet")
+        ints = set(mask_ints(labels["cell_id"].to_numpy())[0].tolist())
+        patch_dir = home / "warehouse" / "patches_40x" / slide_id / "labels"
+        seen = set()
+        for npz in sorted(patch_dir.glob("*.npz"))[:20]:
+            seen |= set(np.unique(load_labels(npz)["cell_id_map"]).tolist()) - {0}
+        assert seen and seen <= ints
