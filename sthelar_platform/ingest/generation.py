@@ -42,6 +42,7 @@ class Generation:
     transcript_extras: tuple[str, ...]  # codeword_category / is_gene (XOA 3+)
     protein_features: int
     reader_ok: bool               # spatialdata-io's version branch matches the files
+    reader_issue: str = ""        # why it would misread them, when it would
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,9 +126,17 @@ def detect_generation(bundle: Path, specs: dict) -> Generation:
     # and it decodes cells.zarr.zip's cell ids, which say nothing of another segmenter's ids (Baysor, Proseg)
     foreign_ids = not is_xenium_cell_id(pl.read_parquet(bundle / "cells.parquet", columns=["cell_id"], n_rows=1000)
                                         ["cell_id"].cast(pl.String).to_numpy()).all()
-    reader_ok = parsed is not None and reader_layout == layout and (layout != "2.x" or "label_id" in boundary_cols) \
-        and not foreign_ids
+    issues = []
+    if parsed is None:
+        issues.append(f"version string {text!r} is unparseable to it")
+    elif reader_layout != layout:
+        issues.append(f"version string {text!r} sends it to the {reader_layout} branch, the files are {layout}")
+    if layout == "2.x" and "label_id" not in boundary_cols:
+        issues.append("2.x nucleus boundaries without label_id")
+    if foreign_ids:
+        issues.append("cell ids of another segmenter")
     return Generation(version_string=text, version_key=key, parsed_version=None if parsed is None else str(parsed),
                       layout=layout, generation=generation, ranger=key.startswith("xenium_ranger"),
                       boundary_label_id="label_id" in boundary_cols, morphology=morphology,
-                      transcript_extras=extras, protein_features=protein, reader_ok=reader_ok)
+                      transcript_extras=extras, protein_features=protein, reader_ok=not issues,
+                      reader_issue="; ".join(issues))

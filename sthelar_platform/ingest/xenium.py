@@ -105,7 +105,7 @@ def _vertices(gdf, id_column: str | None) -> pl.DataFrame:
 def read_tables(bundle: Path, generation: Generation) -> tuple[BundleTables, str]:
     """The bundle's elements and the path taken: spatialdata-io where its version branch fits the files."""
     if not generation.reader_ok:
-        return read_bundle(bundle), "bundle files (spatialdata-io would misread this version string)"
+        return read_bundle(bundle), f"bundle files (spatialdata-io would misread it: {generation.reader_issue})"
     try:
         return _read_with_spatialdata_io(bundle), "spatialdata-io"
     except InputError as exc:
