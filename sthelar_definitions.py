@@ -64,7 +64,7 @@ ALL_ASSETS = [*ingest.ASSETS, *registration.ASSETS, *annotation.ASSETS, *tiling.
 COHORT_ASSETS = model.COHORT_ASSETS
 PREDICTION_ASSETS = model.PREDICTION_ASSETS
 QC_ASSETS = qc.ASSETS
-ALL_CHECKS = [*registration.CHECKS, *annotation.CHECKS, *tiling.CHECKS, *model.CHECKS]
+ALL_CHECKS = [*registration.CHECKS, *annotation.CHECKS, *tiling.CHECKS, *model.CHECKS, *qc.CHECKS]
 
 slide_pipeline = define_asset_job(
     "slide_pipeline",

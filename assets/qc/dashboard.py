@@ -2,7 +2,16 @@
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from assets._runtime import code_version_of, run_slide_stage
 from resources import LineageResource, StorageResource
@@ -45,3 +54,18 @@ def qc_dashboard(context: AssetExecutionContext, storage: StorageResource, linea
                 "serve": MetadataValue.md("`sthelar dashboard` serves it on http://127.0.0.1:8765/ (localhost only)")}
 
     return run_slide_stage(context, "qc_dashboard", storage, lineage, compute, final=final)
+
+
+@asset_check(
+    asset=qc_dashboard,
+    description="Lineage spool files that could not be merged (another version's table, a truncated file, a value "
+                "DuckDB refuses) are kept in lineage_spool/quarantine/ with a reason; warns while any are there.",
+)
+def lineage_quarantine(lineage: LineageResource) -> AssetCheckResult:
+    quarantined = lineage.store().quarantined()
+    return AssetCheckResult(
+        passed=not quarantined, severity=AssetCheckSeverity.WARN,
+        description="no quarantined lineage files" if not quarantined else
+        f"{len(quarantined)} lineage spool file(s) quarantined in {lineage.store().quarantine}",
+        metadata={"n_quarantined": len(quarantined),
+                  "files": MetadataValue.md("\n".join(f"- `{q['file']}`: {q['reason']}" for q in quarantined) or "none")})

@@ -100,6 +100,34 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[dict[str
         con.unregister("_incoming_rows")
 
 
+def _checked_payload(payload: Any) -> dict[str, Any]:
+    """A spool payload whose table and columns this deployment knows (raises otherwise)."""
+    if not isinstance(payload, dict) or "table" not in payload or not ("row" in payload or "rows" in payload):
+        raise ValueError("not a lineage spool record ({table, row | rows})")
+    table = payload["table"]
+    if table not in SCHEMA:
+        raise KeyError(f"unknown lineage table {table!r} (written by another version of the platform?)")
+    rows = payload["rows"] if "rows" in payload else [payload["row"]]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError("rows are not objects")
+    known = {c for c, _ in SCHEMA[table]}
+    unknown = sorted({c for r in rows for c in r} - known)
+    if unknown:
+        raise KeyError(f"columns {unknown} are not in lineage table {table!r}")
+    return payload
+
+
+def _insert_payload(con: duckdb.DuckDBPyConnection, payload: dict[str, Any]) -> None:
+    table = payload["table"]
+    if "rows" in payload:
+        _insert_rows(con, table, payload["rows"])
+        return
+    row = payload["row"]
+    cols = [c for c, _ in SCHEMA[table] if c in row]
+    sql = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+    con.execute(sql, [row[c] for c in cols])
+
+
 def utcnow() -> str:
     """Naive UTC timestamp with microseconds (the lineage tables' time format)."""
     return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
@@ -197,41 +225,70 @@ class LineageStore:
                     con.execute(f"ALTER TABLE {table} ADD COLUMN {c} {t.replace(' PRIMARY KEY', '')}")
 
     def flush(self) -> int:
-        """Merge spooled rows into DuckDB; returns how many files were merged (0 if busy)."""
+        """Merge spooled rows into DuckDB; returns how many files were merged (0 if busy).
+
+        A spool file that cannot be merged (not JSON, an unknown table or column, a value DuckDB
+        refuses: e.g. written by a newer deployment) moves to ``<spool>/quarantine/`` with a reason
+        file; every other file still merges. Nothing is dropped silently, and one bad file never
+        stops the platform.
+        """
         with self._locked() as got:
             if not got:
                 return 0
-            files = sorted(self.spool.glob("*.json"))
             try:
                 con = self._connect()
             except duckdb.IOException:
                 return 0  # another process (dbt, a dashboard) holds the database; retry later
             try:
                 self.ensure_schema(con)
-                if not files:
-                    return 0
-                con.execute("BEGIN TRANSACTION")
-                merged = []
+                files = sorted(self.spool.glob("*.json"))
+                payloads = {}
                 for f in files:
                     try:
-                        payload = json.loads(f.read_text())
+                        payloads[f] = _checked_payload(json.loads(f.read_text()))
                     except FileNotFoundError:
-                        continue
-                    table = payload["table"]
-                    if "rows" in payload:
-                        _insert_rows(con, table, payload["rows"])
-                    else:
-                        row = payload["row"]
-                        cols = [c for c, _ in SCHEMA[table] if c in row]
-                        sql = f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-                        con.execute(sql, [row[c] for c in cols])
-                    merged.append(f)
-                con.execute("COMMIT")
+                        continue  # merged by another process meanwhile
+                    except (ValueError, KeyError, TypeError) as exc:
+                        self._quarantine(f, f"{type(exc).__name__}: {exc}")
+                while payloads:
+                    con.execute("BEGIN TRANSACTION")
+                    current = None
+                    try:
+                        for current, payload in payloads.items():
+                            _insert_payload(con, payload)
+                        con.execute("COMMIT")
+                        break
+                    except duckdb.Error as exc:  # one file's values were refused: set it aside, merge the rest
+                        con.execute("ROLLBACK")
+                        self._quarantine(current, f"{type(exc).__name__}: {exc}")
+                        payloads.pop(current)
             finally:
                 con.close()
-            for f in merged:
+            for f in payloads:
                 f.unlink(missing_ok=True)
-            return len(merged)
+            return len(payloads)
+
+    @property
+    def quarantine(self) -> Path:
+        """Where spool files that could not be merged are kept, each with a ``.reason.txt``."""
+        return self.spool / "quarantine"
+
+    def quarantined(self) -> list[dict[str, str]]:
+        """The quarantined spool files and why (for the dashboard and the warn check)."""
+        if not self.quarantine.is_dir():
+            return []
+        return [{"file": f.name, "reason": f.with_suffix(".reason.txt").read_text().strip()
+                 if f.with_suffix(".reason.txt").exists() else "unknown"}
+                for f in sorted(self.quarantine.glob("*.json"))]
+
+    def _quarantine(self, f: Path, reason: str) -> None:
+        import logging
+
+        self.quarantine.mkdir(exist_ok=True)
+        write_text_atomic(self.quarantine / f.with_suffix(".reason.txt").name, reason + "\n")
+        f.replace(self.quarantine / f.name)
+        logging.getLogger("sthelar.lineage").warning(
+            "lineage spool file %s could not be merged (%s); moved to %s", f.name, reason, self.quarantine)
 
     # -- reading -------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ import polars as pl
 from sthelar_platform.core.atomic import atomic_dir
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.core.lineage import LineageStore
 from sthelar_platform.core.paths import StorageLayout
 from sthelar_platform.qc.dbt_project import summarize_run_results
 
@@ -189,6 +190,11 @@ def build_dashboard(qc_db: Path, layout: StorageLayout, out_dir: Path, run_resul
         dbt = dbt_status(run_results)
         warnings = [w for s in slides for w in slide_warnings(s, thresholds)]
         warnings += [f"dbt test {p['name']} failed ({p['failures']} rows)" for p in dbt["problems"] if p["kind"] == "test"]
+        quarantined = LineageStore(layout.lineage_db).quarantined()
+        if quarantined:  # lineage rows set aside, not lost: an operator fixes and moves them back
+            warnings.append(f"{len(quarantined)} lineage spool file(s) quarantined in "
+                            f"{LineageStore(layout.lineage_db).quarantine}")
+            warnings += [f"quarantined {q['file']}: {q['reason']}" for q in quarantined]
         common = {"built_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "qc_db": str(qc_db),
                   "synthetic": any(s.get("synthetic") for s in slides)}
         with atomic_dir(out_dir) as tmp:
@@ -225,6 +231,7 @@ def build_dashboard(qc_db: Path, layout: StorageLayout, out_dir: Path, run_resul
     finally:
         con.close()
     return {"n_slides": len(slides), "n_models": len(models), "n_warnings": len(warnings),
+            "n_quarantined_lineage_files": len(quarantined),
             "dbt_tests": dbt["n_tests"], "dbt_failed": dbt["n_failed"], "build_s": round(time.perf_counter() - t0, 3)}
 
 

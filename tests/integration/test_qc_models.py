@@ -105,3 +105,21 @@ def test_two_qc_refreshes_at_once_while_the_pipeline_writes(tmp_path):
     # nothing was lost: every written row is in the lineage database
     assert LineageStore(home / "lineage.duckdb").query("SELECT count(*) AS n FROM patch_qc")[0]["n"] == 2 * 125 + 4 * 125
     assert not list((home / "qc").glob("*.tmp-*"))
+
+
+def test_quarantined_lineage_files_warn_and_show_on_the_dashboard(tmp_path):
+    from assets.qc import lineage_quarantine
+
+    home = tmp_path / "home"
+    write_synthetic_qc(home / "lineage.duckdb", n_slides=2, n_patches=50)
+    store = LineageStore(home / "lineage.duckdb")
+    (store.spool / "zz-from-a-newer-deployment.json").write_text(json.dumps({"table": "gpu_usage", "row": {"h": 1}}))
+    result = materialize(sthelar_definitions.QC_ASSETS + [lineage_quarantine], instance=DagsterInstance.ephemeral(),
+                         resources=sthelar_definitions.build_resources(str(home)), raise_on_error=False)
+    assert result.success  # the platform goes on: every other row merged, the dashboard built
+    assert _checks(result)[("qc_dashboard", "lineage_quarantine")] is False
+    meta = next(m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == "qc_dashboard")
+    assert meta.materialization.metadata["n_quarantined_lineage_files"].value == 1
+    index = (home / "dashboards" / "site" / "index.html").read_text()
+    assert "zz-from-a-newer-deployment.json" in index and "gpu_usage" in index
+    assert (store.quarantine / "zz-from-a-newer-deployment.json").exists() and store.pending() == 0

@@ -76,3 +76,32 @@ def test_older_database_gains_new_columns(tmp_path):
     rows = store.query("SELECT slide_id, passed, magnification FROM registration_qc ORDER BY slide_id")
     assert rows == [{"slide_id": "s1", "passed": True, "magnification": None},
                     {"slide_id": "s2", "passed": False, "magnification": "40x"}]
+
+
+def test_unmergeable_spool_files_are_quarantined_and_nothing_else_stops(tmp_path):
+    import json
+
+    store = LineageStore(tmp_path / "lineage.duckdb")
+    store.record("materializations", {"run_id": "r0", "asset_key": "he_image", "partition_key": "s0",
+                                      "status": "success", "data_version": "v0"})
+    # a newer deployment's table, a truncated file, a value DuckDB refuses, a column this version lacks
+    (store.spool / "a-foreign.json").write_text(json.dumps({"table": "future_table", "row": {"x": 1}}))
+    (store.spool / "b-truncated.json").write_text('{"table": "materializations", "row": {"run_')
+    (store.spool / "c-badvalue.json").write_text(json.dumps(
+        {"table": "slide_ingest", "row": {"run_id": "r1", "slide_id": "s1", "n_cells": "many"}}))
+    (store.spool / "d-newcolumn.json").write_text(json.dumps(
+        {"table": "materializations", "row": {"run_id": "r2", "asset_key": "x", "gpu_hours": 3}}))
+    store.record("materializations", {"run_id": "r3", "asset_key": "xenium_slide", "partition_key": "s1",
+                                      "status": "success", "data_version": "v3"}, flush=False)
+    assert store.latest_data_version("xenium_slide", "s1") == "v3"  # the good row merged, no KeyError
+    assert store.latest_data_version("he_image", "s0") == "v0"
+    assert store.pending() == 0
+    quarantined = {q["file"]: q["reason"] for q in store.quarantined()}
+    assert set(quarantined) == {"a-foreign.json", "b-truncated.json", "c-badvalue.json", "d-newcolumn.json"}
+    assert "future_table" in quarantined["a-foreign.json"] and "gpu_hours" in quarantined["d-newcolumn.json"]
+    assert "Conversion" in quarantined["c-badvalue.json"] or "many" in quarantined["c-badvalue.json"]
+    # kept byte for byte, never dropped: an operator can fix and move them back
+    assert json.loads((store.quarantine / "a-foreign.json").read_text())["table"] == "future_table"
+    store.record("materializations", {"run_id": "r4", "asset_key": "cell_types", "partition_key": "s1",
+                                      "status": "success", "data_version": "v4"})
+    assert store.latest_data_version("cell_types", "s1") == "v4"
