@@ -8,8 +8,11 @@ good earlier output unless the new one is complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import random
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,3 +87,27 @@ def clean_stale_tmp(directory: str | Path) -> list[Path]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: str | Path, timeout_s: float) -> Iterator[bool]:
+    """An exclusive OS lock on ``lock_path`` (flock), polled until ``timeout_s``; yields whether it was got.
+
+    For read-modify-write files several processes share (lineage.duckdb, catalog.yaml): the lock file
+    itself holds nothing, so a crashed holder never leaves a stale lock (the OS drops it).
+    """
+    deadline = time.monotonic() + timeout_s
+    with open(lock_path, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(random.uniform(0.01, 0.05))
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -10,7 +10,6 @@ its spool file for the next merge: rows are delayed, never lost.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import random
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import duckdb
 
-from sthelar_platform.core.atomic import write_text_atomic
+from sthelar_platform.core.atomic import file_lock, write_text_atomic
 
 # table -> ordered (column, DuckDB type). event_id is the idempotency key of every row.
 SCHEMA: dict[str, list[tuple[str, str]]] = {
@@ -181,21 +180,8 @@ class LineageStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[bool]:
-        deadline = time.monotonic() + self.lock_timeout_s
-        with open(self.lock_path, "a+") as fh:
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        yield False
-                        return
-                    time.sleep(random.uniform(0.01, 0.05))
-            try:
-                yield True
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.lock_path, self.lock_timeout_s) as got:
+            yield got
 
     def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s

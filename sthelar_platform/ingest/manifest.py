@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from sthelar_platform.core.atomic import write_text_atomic
+from sthelar_platform.core.atomic import file_lock, write_text_atomic
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
 
@@ -146,13 +146,19 @@ class SlideCatalog:
                 return s
         raise InputError(self.path, f"slide {slide_id!r} is not registered", "run `sthelar slides add` first")
 
-    def add(self, specs: list[SlideSpec], replace: bool = False) -> list[SlideSpec]:
-        current = {s.slide_id: s for s in self.list()}
-        for s in specs:
-            if s.slide_id in current and current[s.slide_id] != s and not replace:
-                raise InputError(self.path, f"slide id {s.slide_id!r} is already registered with other files",
-                                 "choose another slide_id, or pass --replace to re-point it")
-            current[s.slide_id] = s
+    def add(self, specs: list[SlideSpec], replace: bool = False, lock_timeout_s: float = 60.0) -> list[SlideSpec]:
+        """Register ``specs`` (read, merge, rewrite under a file lock: two ``slides add`` at once both land)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, yaml.safe_dump({"slides": [s.to_record() for s in current.values()]}, sort_keys=False))
-        return list(current.values())
+        with file_lock(self.path.with_name(self.path.name + ".lock"), lock_timeout_s) as got:
+            if not got:
+                raise InputError(self.path, f"the catalog stayed locked for {lock_timeout_s:.0f} s",
+                                 "wait for the other `slides add` (or the landing sensor) to finish, then retry")
+            current = {s.slide_id: s for s in self.list()}
+            for s in specs:
+                if s.slide_id in current and current[s.slide_id] != s and not replace:
+                    raise InputError(self.path, f"slide id {s.slide_id!r} is already registered with other files",
+                                     "choose another slide_id, or pass --replace to re-point it")
+                current[s.slide_id] = s
+            write_text_atomic(self.path, yaml.safe_dump({"slides": [s.to_record() for s in current.values()]},
+                                                        sort_keys=False))
+            return list(current.values())

@@ -68,3 +68,31 @@ def test_catalog_refuses_repointing_without_replace(tiny_slide, tmp_path):
     assert cat.get("s1").tissue == "skin"
     with pytest.raises(InputError, match="not registered"):
         cat.get("s2")
+
+
+def _add_slides(catalog: str, prefix: str, n: int) -> None:
+    from pathlib import Path
+
+    from sthelar_platform.ingest.manifest import SlideCatalog, SlideSpec
+
+    for i in range(n):
+        SlideCatalog(catalog).add([SlideSpec(slide_id=f"{prefix}{i:02d}", tissue="breast",
+                                             xenium_dir=Path(f"/data/{prefix}{i}/xenium"),
+                                             he_image=Path(f"/data/{prefix}{i}/he.ome.tif"))])
+
+
+def test_two_concurrent_slides_add_both_land(tmp_path):
+    import multiprocessing as mp
+
+    from sthelar_platform.ingest.manifest import SlideCatalog
+
+    catalog = str(tmp_path / "catalog.yaml")
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=_add_slides, args=(catalog, prefix, 15)) for prefix in ("a", "b")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+        assert w.exitcode == 0
+    ids = sorted(s.slide_id for s in SlideCatalog(catalog).list())
+    assert ids == sorted([f"a{i:02d}" for i in range(15)] + [f"b{i:02d}" for i in range(15)])
