@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.synth._flavours import FLAVOURS, QUIRKS
+from sthelar_platform.synth.flavours import FLAVOURS, QUIRKS
 
 DEFAULT_HOME = "./sthelar_home"
 

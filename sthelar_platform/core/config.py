@@ -394,10 +394,8 @@ def config_path(name: str) -> Path:
     """The file a config name resolves to: the override folder's, else the packaged one."""
     if name not in MODELS:
         raise KeyError(f"unknown config {name!r}; known: {', '.join(MODELS)}")
-    override = os.environ.get("STHELAR_CONFIG_DIR")
-    if override and (Path(override) / f"{name}.yaml").exists():
-        return Path(override) / f"{name}.yaml"
-    return PACKAGED_CONFIG_DIR / f"{name}.yaml"
+    candidate = config_dir() / f"{name}.yaml"
+    return candidate if candidate.exists() else PACKAGED_CONFIG_DIR / f"{name}.yaml"
 
 
 def _describe(exc: ValidationError) -> str:
@@ -473,4 +471,4 @@ def load_synthetic() -> SyntheticConfig:
 
 def load_categories() -> CategorySystem:
     """The harmonized categories of the active config (what a caller passes as ``categories=``)."""
-    return load_settings().categories
+    return load_config("categories").system()  # type: ignore[attr-defined]

@@ -169,9 +169,9 @@ def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, li
             levels = tf.series[0].levels
             shapes = [tuple(lv.shape) for lv in levels]
             axes = tf.series[0].axes
+            yx = [axes.index("Y"), axes.index("X")]
     except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
         raise InputError(path, f"not a readable TIFF image ({exc})", "re-copy the morphology image from the Xenium output") from exc
-    yx = [axes.index("Y"), axes.index("X")]
     sizes = [max(s[yx[0]], s[yx[1]]) for s in shapes]
     level = next((i for i in range(len(sizes) - 1, -1, -1) if sizes[i] >= max_px), 0)
     step = max(1, sizes[level] // max_px)

@@ -10,8 +10,8 @@ _EXPORTS = {
     "synthesize_slide": "cohort",
     "synthesize_reference": "cohort",
     "synthesize_cohort": "cohort",
-    "FLAVOURS": "_flavours",
-    "QUIRKS": "_flavours",
+    "FLAVOURS": "flavours",
+    "QUIRKS": "flavours",
     "TransformSpec": "transform",
     "write_alignment_csv": "transform",
 }

@@ -41,8 +41,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
-FLAVOURS = ("1.9", "2.0", "3.1", "4.0", "ranger")
-QUIRKS = ("rnd", "bytes", "blank", "macos", "foreign_ids")
+from sthelar_platform.synth.flavours import FLAVOURS, QUIRKS
+
 VERSIONS = {"1.9": "xenium-1.9.0.2", "2.0": "xenium-2.0.0.10", "3.1": "xenium-3.1.0.4", "4.0": "xenium-4.0.0.9",
             "ranger": "xenium-1.6.0.7"}
 PROTEINS = ("CD45", "PanCK", "Vimentin", "HLA-DR", "CD20")
