@@ -189,7 +189,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """`sthelar ui`: the Dagster webserver and daemon on localhost."""
+    from sthelar_cli.runner import init_instance_storage
+
     _home(args)
+    init_instance_storage()
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", str(root / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")

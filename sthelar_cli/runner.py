@@ -36,6 +36,20 @@ def use_home(home: str | Path) -> StorageLayout:
     return layout
 
 
+def init_instance_storage() -> None:
+    """Create the Dagster instance's SQLite schemas once, in this process.
+
+    `dagster dev` starts the webserver, the daemon and their code servers at once; on a fresh
+    DAGSTER_HOME each of them creates and stamps the schedule schema, and two concurrent stamps leave
+    `alembic_version` with two heads, after which the code location never loads and no sensor ticks.
+    """
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        instance.get_runs(limit=1)
+        list(instance.all_instigator_state())
+
+
 def register_partitions(slide_ids: list[str]) -> None:
     """Add the slides missing from the `slides` dynamic partitions."""
     from dagster import DagsterInstance

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance
 
+from sthelar_cli.runner import init_instance_storage
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.ingest.manifest import SlideCatalog
 
@@ -63,8 +64,10 @@ def test_daemon_sensor_waits_for_a_complete_upload_then_requests_one_run(tiny_sl
 
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "STHELAR_HOME": str(home), "STHELAR_CONFIG_DIR": str(config)}
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    init_instance_storage()  # as `sthelar ui` does: the daemon and its code server would race to create it
+    log = (tmp_path / "daemon.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         with DagsterInstance.get() as instance:
             _wait(lambda: len(_sensor_ticks(instance, "slide_landing_sensor")) >= 3, 240, proc, "three sensor ticks")
@@ -85,8 +88,9 @@ def test_daemon_sensor_waits_for_a_complete_upload_then_requests_one_run(tiny_sl
     finally:
         proc.terminate()
         try:
-            _, err = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
-        print(err[-4000:])
+            proc.wait()
+        log.close()
+        print((tmp_path / "daemon.log").read_text()[-4000:])
