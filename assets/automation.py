@@ -73,9 +73,10 @@ def slide_landing_sensor(context: SensorEvaluationContext, storage: StorageResou
     registered, requests = [], []
     for f in ready:
         try:
-            slides.add([f.spec], replace=True)
+            slides.add([f.spec], replace=bool(cfg["landing_replace_existing"]))
         except InputError as exc:
-            context.log.error(f"landing/{f.slide_id}: not registered: {exc}")
+            context.log.error(f"landing/{f.slide_id}: not registered: {exc} (or set automation.landing_replace_existing "
+                              "in pipeline.yaml to let landing folders re-point registered slides)")
             nxt.done.pop(f.slide_id, None)
             continue
         registered.append(f.slide_id)

@@ -95,6 +95,7 @@ class AutomationConfig(Section):
     landing_dir: str
     landing_interval_s: PositiveInt
     landing_settle_s: Num = Field(ge=0)
+    landing_replace_existing: bool
     reference_observe_cron: str
 
 

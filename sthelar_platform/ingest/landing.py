@@ -8,6 +8,10 @@ Layout (``$STHELAR_HOME/landing/incoming/<slide_id>/``)::
     xenium/           the Xenium output bundle
     *he_image.ome.tif the H&E image
 
+Uploads stay in their folder: every path slide.yaml names, and every symlink below the folder,
+must resolve (symlinks followed) inside it, so a dropped folder cannot make the platform read
+any other file on the machine. Operator manifests (``sthelar slides add``) keep absolute paths.
+
 A folder is *ready* when slide.yaml parses, every required Xenium file and the H&E exist,
 and nothing in it changed between two looks that are at least ``settle_s`` apart (same sizes,
 same modification times, newest change older than ``settle_s``). A half-copied folder never
@@ -17,6 +21,7 @@ passes: a missing file fails the first rule, a file still growing fails the seco
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +74,25 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def _outside(path: Path, root: Path) -> bool:
+    return not path.resolve().is_relative_to(root)
+
+
+def confinement_problems(folder: Path, spec: SlideSpec) -> list[str]:
+    """Paths of an upload that resolve outside its folder (symlinks followed); empty when confined."""
+    root = folder.resolve()
+    problems = [f"{name} {path} resolves to {path.resolve()}"
+                for name, path in (("xenium_dir", spec.xenium_dir), ("he_image", spec.he_image),
+                                   ("alignment_csv", spec.alignment_csv), ("reference", spec.reference))
+                if path is not None and _outside(path, root)]
+    for dirpath, dirnames, filenames in os.walk(folder):  # symlinks are checked, never followed here
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink() and _outside(p, root):
+                problems.append(f"symlink {p.relative_to(folder)} points to {p.resolve()}")
+    return problems
+
+
 def inspect_folder(folder: Path) -> LandingFolder:
     """Completeness and a change signature of one landing folder (no file is read but slide.yaml)."""
     slide_id = folder.name
@@ -96,6 +120,12 @@ def inspect_folder(folder: Path) -> LandingFolder:
         return LandingFolder(**base, error=str(exc))
     if spec.slide_id != slide_id:
         return LandingFolder(**base, error=f"slide.yaml names slide {spec.slide_id!r} inside folder {slide_id!r}")
+    outside = confinement_problems(folder, spec)
+    if outside:
+        return LandingFolder(**base, error=str(InputError(
+            entry, f"uploads must stay inside their folder, but {'; '.join(outside[:3])}",
+            "copy the files into the slide folder (or register the slide with `sthelar slides add`, "
+            "where an operator's manifest may name any path)")))
     missing = [f"xenium/{f}" for f in REQUIRED_FILES if not (spec.xenium_dir / f).is_file()]
     if not any((spec.xenium_dir / m).exists() for m in ("morphology_focus", "morphology_focus.ome.tif", "morphology.ome.tif")):
         missing.append("xenium/morphology_focus")

@@ -13,7 +13,7 @@ from dagster import DagsterInstance
 
 from sthelar_cli.runner import init_instance_storage
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
-from sthelar_platform.ingest.manifest import SlideCatalog
+from sthelar_platform.ingest.manifest import SlideCatalog, specs_from_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +94,47 @@ def test_daemon_sensor_waits_for_a_complete_upload_then_requests_one_run(tiny_sl
             proc.wait()
         log.close()
         print((tmp_path / "daemon.log").read_text()[-4000:])
+
+
+def _landing_copy(tiny_slide, home: Path, slide_id: str) -> Path:
+    upload = home / "landing" / "incoming" / slide_id
+    shutil.copytree(tiny_slide / "xenium", upload / "xenium")
+    shutil.copy2(next((tiny_slide / "he").glob("*he_image.ome.tif")), upload / "he_image.ome.tif")
+    (upload / "slide.yaml").write_text("tissue: breast\nsynthetic: true\n")
+    _age(upload, 600)
+    return upload
+
+
+def _tick(home: Path, cursor: str | None):
+    from dagster import build_sensor_context
+
+    from assets.automation import slide_landing_sensor
+    from resources import SlideCatalogResource, StorageResource
+
+    with DagsterInstance.ephemeral() as instance:
+        ctx = build_sensor_context(instance=instance, cursor=cursor, resources={
+            "storage": StorageResource(root=str(home)), "catalog": SlideCatalogResource(path=str(home / "catalog.yaml"))})
+        return slide_landing_sensor(ctx)
+
+
+def test_a_landing_folder_does_not_re_point_a_registered_slide_without_consent(tiny_slide, tmp_path, monkeypatch):
+    """An operator registered `s1` at their own files; an upload named `s1` must not take it over."""
+    home = tmp_path / "home"
+    operator = SlideCatalog(home / "catalog.yaml")
+    operator.add([specs_from_folder(tiny_slide, "breast", "s1")])
+    before = (home / "catalog.yaml").read_bytes()
+    _landing_copy(tiny_slide, home, "s1")
+    result = _tick(home, None)
+    result = _tick(home, result.cursor)  # the second look finds it complete and settled
+    assert not result.run_requests
+    assert (home / "catalog.yaml").read_bytes() == before
+
+    config = tmp_path / "config"
+    config.mkdir()
+    pipeline = yaml.safe_load((PACKAGED_CONFIG_DIR / "pipeline.yaml").read_text())
+    pipeline["automation"]["landing_replace_existing"] = True
+    (config / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    monkeypatch.setenv("STHELAR_CONFIG_DIR", str(config))
+    result = _tick(home, _tick(home, None).cursor)
+    assert [r.partition_key for r in result.run_requests] == ["s1"]
+    assert SlideCatalog(home / "catalog.yaml").get("s1").xenium_dir == home / "landing" / "incoming" / "s1" / "xenium"

@@ -92,3 +92,40 @@ def test_bad_folder_or_slide_yaml_is_reported_not_taken(tmp_path, name, slide_ya
     (folder / "slide.yaml").write_text(slide_yaml)
     f = inspect_folder(folder)
     assert not f.complete and error in (f.error or "")
+
+
+@pytest.mark.parametrize("escape", ["he_image_path", "xenium_dir_path", "symlinked_file", "symlinked_folder"])
+def test_an_upload_that_points_outside_its_folder_is_refused(tiny_slide, tmp_path, escape):
+    incoming = tmp_path / "incoming"
+    folder = _upload(tiny_slide, incoming)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder, elsewhere)  # valid files, but not inside the upload
+    he = next(folder.glob("*he_image.ome.tif"))
+    if escape == "he_image_path":
+        (folder / "slide.yaml").write_text(f"tissue: breast\nhe_image: ../../elsewhere/{he.name}\n")
+    elif escape == "xenium_dir_path":
+        (folder / "slide.yaml").write_text(f"tissue: breast\nxenium_dir: {elsewhere / 'xenium'}\n")
+    elif escape == "symlinked_file":
+        he.unlink()
+        he.symlink_to(elsewhere / he.name)
+    else:
+        shutil.rmtree(folder / "xenium")
+        (folder / "xenium").symlink_to(elsewhere / "xenium", target_is_directory=True)
+    _age(folder, 600)
+    f = inspect_folder(folder)
+    assert not f.complete
+    assert "slide.yaml" in f.error and "must stay inside their folder" in f.error and "elsewhere" in f.error
+    cursor = LandingCursor()
+    for _ in range(2):
+        ready, waiting, cursor = scan(incoming, cursor, settle_s=1)
+        assert ready == [] and waiting[0].error == f.error
+
+
+def test_a_symlink_that_stays_inside_the_upload_is_fine(tiny_slide, tmp_path):
+    folder = _upload(tiny_slide, tmp_path / "incoming")
+    he = next(folder.glob("*he_image.ome.tif"))
+    (folder / "scans").mkdir()
+    he.rename(folder / "scans" / he.name)
+    he.symlink_to(folder / "scans" / he.name)
+    _age(folder, 600)
+    assert inspect_folder(folder).complete
