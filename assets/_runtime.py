@@ -17,11 +17,12 @@ from typing import Any
 from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
 
 from resources import LineageResource, StorageResource
-from sthelar_platform.core.atomic import atomic_dir
+from sthelar_platform.core.atomic import atomic_dir, recover_interrupted_swap
 from sthelar_platform.core.config import config_version, load_config
-from sthelar_platform.core.hashing import sha256_text, sha256_tree
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.hashing import VERSION_MARKER, sha256_text, sha256_tree
 from sthelar_platform.core.ids import validate_slide_id
-from sthelar_platform.core.lineage import utcnow
+from sthelar_platform.core.lineage import LineageStore, utcnow
 from sthelar_platform.core.thumbnails import png_data_uri
 
 
@@ -41,6 +42,33 @@ def code_version_of(*objects: Any, configs: tuple[str, ...] = ()) -> str:
     """Hash of the source of the library modules/functions an asset calls plus its config files."""
     parts = [inspect.getsource(o) for o in objects] + [config_version(c) for c in configs]
     return sha256_text("\n".join(parts))[:12]
+
+
+def _input_folder(store: LineageStore, storage: StorageResource, name: str, slide_id: str | None) -> Path | None:
+    """Where input ``name`` of this run lives: the slide's stage folder, else its latest recorded output."""
+    if slide_id is not None:
+        folder = storage.stage_dir(name, slide_id)
+        recover_interrupted_swap(folder)  # a killed upstream swap is finished before it is read
+        if folder.exists():
+            return folder
+    for key in dict.fromkeys((slide_id, None)):
+        rows = store.query("SELECT output_uri FROM materializations WHERE asset_key = ? AND partition_key IS NOT "
+                           "DISTINCT FROM ? AND status = 'success' ORDER BY finished_at DESC LIMIT 1", [name, key])
+        if rows and rows[0]["output_uri"]:
+            return Path(rows[0]["output_uri"].removeprefix("file://"))
+    return None
+
+
+def _read_input_versions(store: LineageStore, folders: dict[str, Path | None], slide_id: str | None) -> dict[str, Any]:
+    """The data version each input folder holds now (its marker); lineage's latest only for pre-marker outputs."""
+    versions = {}
+    for name, folder in folders.items():
+        marker = folder / VERSION_MARKER if folder is not None else None
+        if marker is not None and marker.is_file():
+            versions[name] = json.loads(marker.read_text())["data_version"]
+        else:
+            versions[name] = store.latest_data_version(name, slide_id)
+    return versions
 
 
 def run_slide_stage(
@@ -64,16 +92,21 @@ def run_slide_stage(
         final = storage.stage_dir(stage, slide_id)
     label = f"{stage}[{slide_id or 'all slides'}]"
     store = lineage.store()
-    input_versions = {name: store.latest_data_version(name, slide_id) for name in inputs}
+    input_folders = {name: _input_folder(store, storage, name, slide_id) for name in inputs}
+    input_versions = _read_input_versions(store, input_folders, slide_id)
     started = utcnow()
     t0 = time.perf_counter()
     base = {"run_id": context.run_id, "asset_key": stage, "partition_key": slide_id,
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or "",
             "input_versions": json.dumps(input_versions), "output_uri": final.as_uri(), "started_at": started}
     try:
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, stale_after_s=load_config("pipeline").outputs.stale_tmp_max_age_s) as tmp:
             metadata = compute(tmp)
+            _check_inputs_unchanged(store, input_folders, input_versions, slide_id, label)
             data_version = sha256_tree(tmp)
+            (tmp / VERSION_MARKER).write_text(json.dumps(
+                {"asset_key": stage, "partition_key": slide_id, "data_version": data_version, "run_id": context.run_id,
+                 "input_versions": input_versions, "written_at": utcnow()}, indent=1))
     except BaseException as exc:
         store.record("materializations", {**base, "status": "failure", "finished_at": utcnow(),
                                           "error": f"{type(exc).__name__}: {exc}"[:4000]})
@@ -87,6 +120,17 @@ def run_slide_stage(
     meta.update({"dagster/uri": MetadataValue.path(str(final)), "wall_s": round(wall, 3),
                  "input_versions": MetadataValue.json(input_versions)})
     return MaterializeResult(metadata=meta, data_version=DataVersion(data_version))
+
+
+def _check_inputs_unchanged(store: LineageStore, folders: dict[str, Path | None], read: dict[str, Any],
+                            slide_id: str | None, label: str) -> None:
+    """Refuse to publish an output whose inputs were rewritten while it was computed (it may mix both)."""
+    now = _read_input_versions(store, folders, slide_id)
+    for name, version in read.items():
+        if now[name] != version:
+            raise InputError(folders[name], f"input {name} was rewritten while {label} ran (version "
+                             f"{str(version)[:12]} -> {str(now[name])[:12]}); this output was discarded",
+                             "re-run this asset: it will read the new input")
 
 
 def md_image(path: Path, alt: str, px: int = 256) -> MetadataValue:

@@ -1,13 +1,21 @@
-"""Atomic outputs: write to a temporary sibling, then rename into place.
+"""Atomic outputs: write to a temporary sibling, then swap it into place.
 
-A crashed or killed step leaves only a ``.tmp-*`` sibling (ignored and cleaned
-later), never a half-written output under the final name, and never replaces a
+A crashed or killed step leaves only a ``.tmp-*`` sibling (removed by a later run once it is older
+than the configured age), never a half-written output under the final name, and never replaces a
 good earlier output unless the new one is complete.
+
+A folder is swapped over an existing one with Linux ``renameat2(RENAME_EXCHANGE)``: one system
+call, so at every instant the final name holds the old or the new output. Where the filesystem
+cannot exchange, a journaled three-rename swap is used (``.tmp-ready-`` marks a complete new
+output, ``.tmp-old-`` the earlier one set aside) and :func:`recover_interrupted_swap` puts the
+right one back if a kill lands between the renames.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import os
 import random
@@ -24,11 +32,94 @@ def _tmp_sibling(final: Path) -> Path:
     return final.with_name(f"{final.name}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+_READY, _OLD = f"{TMP_MARKER}ready-", f"{TMP_MARKER}old-"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one system call; False where the OS or filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def recover_interrupted_swap(final: str | Path) -> Path | None:
+    """Put an output back under ``final`` if a kill left it between two renames; returns what was restored.
+
+    A complete new output (``.tmp-ready-``) wins over the earlier one set aside (``.tmp-old-``).
+    """
+    final = Path(final)
+    if final.exists() or not final.parent.is_dir():
+        return None
+    for marker in (_READY, _OLD):
+        found = sorted(final.parent.glob(f"{glob_escape(final.name)}{marker}*"), key=lambda p: p.stat().st_mtime)
+        if found:
+            os.replace(found[-1], final)
+            return found[-1]
+    return None
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped (slide ids cannot hold them, other names might)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _newest_mtime(path: Path, newer_than: float) -> float:
+    """The newest modification time in a tree (stops as soon as one is newer than ``newer_than``)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, filenames in os.walk(path):
+            for name in dirnames + filenames:
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                if newest > newer_than:
+                    return newest
+    return newest
+
+
+def clean_stale_siblings(final: str | Path, older_than_s: float) -> list[Path]:
+    """Remove ``final``'s own ``.tmp-*`` siblings untouched for ``older_than_s`` (leftovers of killed runs).
+
+    A sibling still being written by a concurrent run has recent files, so it is kept. An
+    interrupted swap is recovered first, so the earlier good output is never among the removed.
+    """
+    final = Path(final)
+    recover_interrupted_swap(final)
+    if not final.parent.is_dir():
+        return []
+    cutoff = time.time() - older_than_s
+    removed = []
+    for p in final.parent.glob(f"{glob_escape(final.name)}{TMP_MARKER}*"):
+        try:
+            if _newest_mtime(p, cutoff) > cutoff:
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except FileNotFoundError:
+            continue  # removed by another run meanwhile
+        removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``final`` only on success."""
+def atomic_dir(final: str | Path, stale_after_s: float | None = None) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``final`` only on success.
+
+    With ``stale_after_s``, this output's own stale ``.tmp-*`` siblings (killed earlier runs) are
+    removed first.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    if stale_after_s is not None:
+        clean_stale_siblings(final, stale_after_s)
+    else:
+        recover_interrupted_swap(final)
     tmp = _tmp_sibling(final)
     tmp.mkdir()
     try:
@@ -40,20 +131,23 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    # A directory cannot be swapped atomically over a non-empty one; move the old one
-    # aside first so that at every instant either the old or the new output is complete.
-    old = None
-    if final.exists():
-        old = final.with_name(f"{final.name}{TMP_MARKER}old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    try:
+    if not final.exists():
         os.replace(tmp, final)
+        return
+    if _exchange(tmp, final):  # tmp now holds the earlier output
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # No exchange here: journal the swap so recover_interrupted_swap can finish or undo it.
+    token = uuid.uuid4().hex[:8]
+    ready, old = final.with_name(f"{final.name}{_READY}{token}"), final.with_name(f"{final.name}{_OLD}{token}")
+    os.replace(tmp, ready)
+    os.replace(final, old)
+    try:
+        os.replace(ready, final)
     except BaseException:
-        if old is not None:
-            os.replace(old, final)
+        os.replace(old, final)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -74,19 +168,6 @@ def write_text_atomic(final: str | Path, text: str) -> None:
     """Replace ``final`` with ``text`` atomically."""
     with atomic_file(final) as tmp:
         tmp.write_text(text)
-
-
-def clean_stale_tmp(directory: str | Path) -> list[Path]:
-    """Remove leftovers of killed runs (``*.tmp-*``) under ``directory``; return what was removed."""
-    directory = Path(directory)
-    removed = []
-    if not directory.exists():
-        return removed
-    for p in directory.rglob(f"*{TMP_MARKER}*"):
-        if p.exists():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
 
 
 @contextlib.contextmanager

@@ -99,8 +99,13 @@ class AutomationConfig(Section):
     reference_observe_cron: str
 
 
+class OutputsConfig(Section):
+    stale_tmp_max_age_s: PosNum
+
+
 class PipelineConfig(Section):
     version: int
+    outputs: OutputsConfig
     ingest: IngestConfig
     he_image: HEImageConfig
     registration: RegistrationConfig

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from sthelar_platform.core.atomic import TMP_MARKER, atomic_dir, atomic_file, clean_stale_tmp
+from sthelar_platform.core.atomic import TMP_MARKER, atomic_dir, atomic_file, clean_stale_siblings
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):
@@ -50,5 +50,17 @@ def test_killed_process_leaves_old_output_and_only_tmp_leftovers(tmp_path):
     assert (final / "data").read_text() == "good"
     leftovers = [p for p in tmp_path.iterdir() if TMP_MARKER in p.name]
     assert len(leftovers) == 1
-    assert clean_stale_tmp(tmp_path) == leftovers
+    assert clean_stale_siblings(final, older_than_s=3600) == []  # could still be a live run's
+    assert clean_stale_siblings(final, older_than_s=0) == leftovers
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert (final / "data").read_text() == "good"
+
+
+def test_stale_cleanup_touches_only_this_outputs_siblings(tmp_path):
+    final, other = tmp_path / "s1", tmp_path / "s10"
+    for d in (final.with_name(f"s1{TMP_MARKER}1-a"), other.with_name(f"s10{TMP_MARKER}1-b")):
+        d.mkdir()
+        (d / "x").write_text("x")
+    with atomic_dir(final, stale_after_s=0) as tmp:
+        (tmp / "data").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1", f"s10{TMP_MARKER}1-b"]
