@@ -12,7 +12,7 @@ PIP_PINNED := $(PY) -m pip install -q -c constraints.txt -c requirements.lock
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 export STHELAR_HOME ?= $(CURDIR)/sthelar_home
 
-.PHONY: setup setup-test demo test lint ui bench clean-home browser
+.PHONY: setup setup-test demo test lint ui bench clean-home browser postgres
 
 setup: $(STAMP)
 
@@ -44,10 +44,16 @@ browser:
 	  { echo "installing Debian's chromium + chromium-driver"; $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# The Postgres lineage tests start their own throw-away server from Debian's postgresql binaries.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { echo "installing Debian's postgresql"; $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
 lint: setup-test
 	$(VENV)/bin/ruff check .
 
-test: setup-test browser
+test: setup-test browser postgres
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadfile -q
 

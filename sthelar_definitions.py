@@ -8,6 +8,7 @@ from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
     Definitions,
+    EnvVar,
     ScheduleDefinition,
     define_asset_job,
     multiprocess_executor,
@@ -41,7 +42,8 @@ def build_executor():
             "max_concurrent": int(os.environ.get("STHELAR_K8S_MAX_CONCURRENT", "32")),
             # at most this many GPU steps of one run at once (the `gpu` pool limits it across runs)
             "tag_concurrency_limits": [{"key": "sthelar/compute", "value": "gpu", "limit": 1}],
-            "env_vars": ["STHELAR_HOME", "STHELAR_DEVICE", "STHELAR_CONFIG_DIR", "DBT_SEND_ANONYMOUS_USAGE_STATS"],
+            "env_vars": ["STHELAR_HOME", "STHELAR_DEVICE", "STHELAR_CONFIG_DIR", "STHELAR_LINEAGE_URL",
+                         "DBT_SEND_ANONYMOUS_USAGE_STATS"],
         })
     raise ValueError(f"STHELAR_EXECUTOR={kind!r}: use multiprocess (default) or k8s")
 
@@ -51,7 +53,9 @@ def build_resources(home: str | None = None) -> dict:
     layout = StorageLayout.at(home or os.environ.get("STHELAR_HOME", "./sthelar_home"))
     return {
         "storage": StorageResource(root=str(layout.root)),
-        "lineage": LineageResource(db_path=str(layout.lineage_db)),
+        # STHELAR_LINEAGE_URL=postgresql://... puts lineage in Postgres (many hosts); read at run time, never logged
+        "lineage": LineageResource(db_path=str(layout.lineage_db),
+                                   url=EnvVar("STHELAR_LINEAGE_URL") if os.environ.get("STHELAR_LINEAGE_URL") else ""),
         "catalog": SlideCatalogResource(path=str(layout.catalog)),
         # torch's device for training, evaluation and predictions: auto (CUDA when present) | cpu | cuda[:N]
         "compute": ComputeDeviceResource(device=os.environ.get("STHELAR_DEVICE", "auto")),

@@ -13,7 +13,7 @@ from typing import Any
 from dagster import AssetExecutionContext
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
-from resources import StorageResource
+from resources import LineageResource, StorageResource
 from resources.dbt import qc_dbt_project
 from sthelar_platform.qc import dbt_project as qc_lib
 
@@ -28,9 +28,10 @@ class QcTranslator(DagsterDbtTranslator):
     dagster_dbt_translator=QcTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)),
     name="qc_models",
 )
-def qc_models(context: AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource) -> Iterator:
+def qc_models(context: AssetExecutionContext, dbt: DbtCliResource, storage: StorageResource,
+              lineage: LineageResource) -> Iterator:
     layout = storage.layout
-    build = qc_lib.start_build(layout)
+    build = qc_lib.start_build(layout, lineage.store())
     os.environ.update(build.env)  # dbt's profile reads both paths from the environment
     invocation = dbt.cli(["build"], context=context, raise_on_error=False)
     results: Path | None = None

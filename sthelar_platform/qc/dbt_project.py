@@ -89,12 +89,12 @@ def run_results_path(layout: StorageLayout) -> Path:
     return layout.qc / "dbt_run_results.json"
 
 
-def start_build(layout: StorageLayout) -> QcBuild:
-    """Snapshot the lineage database and name the temporary qc.duckdb a dbt build writes."""
+def start_build(layout: StorageLayout, lineage: LineageStore) -> QcBuild:
+    """Snapshot the lineage tables (DuckDB file, whatever the backend) and name the qc.duckdb a dbt build writes."""
     token = uuid.uuid4().hex[:8]
     qc = layout.qc
     qc.mkdir(parents=True, exist_ok=True)
-    snapshot = LineageStore(layout.lineage_db).snapshot(qc / f"lineage_snapshot.tmp-{token}.duckdb")
+    snapshot = lineage.snapshot(qc / f"lineage_snapshot.tmp-{token}.duckdb")
     return QcBuild(snapshot=snapshot, database=qc / f"qc.duckdb.tmp-{token}", final=qc_database(layout))
 
 

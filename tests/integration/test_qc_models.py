@@ -123,3 +123,28 @@ def test_quarantined_lineage_files_warn_and_show_on_the_dashboard(tmp_path):
     index = (home / "dashboards" / "site" / "index.html").read_text()
     assert "zz-from-a-newer-deployment.json" in index and "gpu_usage" in index
     assert (store.quarantine / "zz-from-a-newer-deployment.json").exists() and store.pending() == 0
+
+
+def test_qc_refresh_with_lineage_in_a_real_postgres_server(tmp_path, monkeypatch):
+    """STHELAR_LINEAGE_URL: the pipeline's rows and the QC assets' own records live in Postgres; dbt builds
+    from a DuckDB snapshot exported from it; no lineage.duckdb is ever created."""
+    from _postgres import fresh_database, postgres_server
+
+    home = tmp_path / "home"
+    with postgres_server() as server:
+        url = fresh_database(server)
+        slides = write_synthetic_qc(home / "lineage.duckdb", n_slides=2, n_patches=60, url=url)
+        monkeypatch.setenv("STHELAR_LINEAGE_URL", url)
+        result = _refresh(home)
+        assert result.success
+        con = duckdb.connect(str(home / "qc" / "qc.duckdb"), read_only=True)
+        try:
+            assert [r[0] for r in con.execute("SELECT slide_id FROM slide_summary ORDER BY slide_id").fetchall()] == slides
+            assert con.execute("SELECT count(*) FROM patch_quality").fetchone()[0] == 2 * 75
+        finally:
+            con.close()
+        store = LineageStore(home / "lineage.duckdb", url=url)
+        recorded = {r["asset_key"] for r in store.query(
+            "SELECT DISTINCT asset_key FROM materializations WHERE status = 'success'")}
+        assert "qc_dashboard" in recorded  # written by the QC assets themselves, into Postgres
+        assert not (home / "lineage.duckdb").exists()

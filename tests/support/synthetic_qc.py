@@ -21,10 +21,10 @@ TISSUES = ["breast", "skin", "brain", "lung", "colon"]
 
 
 def write_synthetic_qc(db_path: str | Path, n_slides: int, n_patches: int, seed: int = 0,
-                       n_clusters: int = 15) -> list[str]:
-    """Append one run's worth of QC rows per slide; returns the slide ids."""
+                       n_clusters: int = 15, url: str | None = None) -> list[str]:
+    """Append one run's worth of QC rows per slide (to Postgres when ``url`` is given); returns the slide ids."""
     rng = np.random.default_rng(seed)
-    store = LineageStore(db_path)
+    store = LineageStore(db_path, url=url)
     slides = [f"synthqc-{i:03d}" for i in range(n_slides)]
     for i, sid in enumerate(slides):
         run = uuid.uuid4().hex
