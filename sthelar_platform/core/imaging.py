@@ -180,6 +180,9 @@ def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, li
         arr = zarr.open(store, mode="r")
         index = tuple(slice(None, None, step) if i in yx else 0 for i in range(arr.ndim))
         preview = np.asarray(arr[index])
+    except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged tiles
+        raise InputError(path, f"image tiles cannot be decoded ({type(exc).__name__}: {exc}); the file is damaged or "
+                         "truncated", "re-copy the image from its source") from exc
     finally:
         store.close()
     plane_shapes = [(s[yx[0]], s[yx[1]]) for s in shapes]

@@ -113,8 +113,12 @@ def read_tables(bundle: Path, generation: Generation) -> tuple[BundleTables, str
         return tables, f"bundle files (spatialdata-io failed: {exc.problem})"
 
 
-def stream_transcripts(src: Path, dst: Path) -> dict[str, int]:
-    """Typed copy of the transcripts with an ``is_control`` flag, streamed (constant memory)."""
+def stream_transcripts(src: Path, dst: Path, extent_um: tuple[float, float] | None = None) -> dict[str, int]:
+    """Typed copy of the transcripts with an ``is_control`` flag, streamed (constant memory).
+
+    With ``extent_um`` (the morphology image's width and height in µm), transcripts must lie on it:
+    coordinates written in pixels, or from another slide, stop here rather than misplace every cell.
+    """
     lf = pl.scan_parquet(src)
     names = lf.collect_schema().names()
     cols = [pl.col(c).cast(t) for c, t in TRANSCRIPT_COLUMNS.items() if c in names]
@@ -127,10 +131,38 @@ def stream_transcripts(src: Path, dst: Path) -> dict[str, int]:
             pl.len().alias("n"), pl.col("is_control").sum().alias("controls"),
             (pl.col("cell_id") == "UNASSIGNED").sum().alias("unassigned"),
             pl.col("feature_name").filter(~pl.col("is_control")).n_unique().alias("genes"),
+            (pl.col("x_location").is_nan() | pl.col("y_location").is_nan() | pl.col("x_location").is_null()
+             | pl.col("y_location").is_null()).sum().alias("nan_xy"),
+            pl.col("x_location").max().alias("x_max"), pl.col("y_location").max().alias("y_max"),
+            pl.min_horizontal(pl.col("x_location").min(), pl.col("y_location").min()).alias("xy_min"),
         ).collect().row(0, named=True))
     except pl.exceptions.PolarsError as exc:
         raise InputError(src, f"cannot stream transcripts ({exc})", "re-copy transcripts.parquet; it may be truncated") from exc
-    return {k: int(v) for k, v in stats.items()}
+    if stats["nan_xy"]:
+        raise InputError(src, f"{stats['nan_xy']} transcript(s) with NaN or missing x/y_location",
+                         "re-export the bundle from Xenium Onboard Analysis; a valid transcript always has a position")
+    if extent_um is not None and stats["n"]:
+        w, h = extent_um
+        margin = 0.01 * max(w, h) + 10  # µm: decoded positions may sit a little past the last pixel
+        if stats["xy_min"] < -margin or stats["x_max"] > w + margin or stats["y_max"] > h + margin:
+            raise InputError(src, f"transcripts lie outside the morphology image (x up to {stats['x_max']:.0f}, "
+                             f"y up to {stats['y_max']:.0f}, min {stats['xy_min']:.0f} µm; the image is "
+                             f"{w:.0f} x {h:.0f} µm)", "x/y_location must be in µm on this slide's morphology image: "
+                             "check they are not pixels, and that the bundle's files come from one run")
+    return {k: int(v) for k, v in stats.items() if k in ("n", "controls", "unassigned", "genes")}
+
+
+def _check_cells(cells: pl.DataFrame, source: Path) -> None:
+    """Unique ids and finite centroids: every later join and mask relies on both."""
+    dup = cells.filter(pl.col("cell_id").is_duplicated()).get_column("cell_id")
+    if len(dup):
+        raise InputError(source, f"{dup.n_unique()} duplicate cell id(s) (first: {dup[0]!r})",
+                         "re-export the bundle; Xenium cell ids are unique within a run (were two runs merged?)")
+    finite = pl.col("x_centroid").is_finite().fill_null(False) & pl.col("y_centroid").is_finite().fill_null(False)
+    bad = cells.filter(~finite)  # from pandas, NaN arrives as null
+    if len(bad):
+        raise InputError(source, f"{len(bad)} cell(s) with NaN or infinite x/y_centroid (first: {bad['cell_id'][0]!r})",
+                         "re-export the bundle from Xenium Onboard Analysis; every segmented cell has a centroid")
 
 
 def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) -> XeniumIngestSummary:
@@ -147,6 +179,7 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     obs["x_centroid"], obs["y_centroid"] = table.obsm["spatial"][:, 0], table.obsm["spatial"][:, 1]
     keep = [c for c in obs.columns if c not in ("region",)]
     cells = pl.from_pandas(obs[keep].reset_index(drop=True).astype({"cell_id": str}))
+    _check_cells(cells, bundle / "cells.parquet")
     mask_id, mask_scheme = mask_ints(cells["cell_id"].to_numpy())
     cells = cells.with_columns(pl.Series("mask_id", mask_id))
     cells.write_parquet(out_dir / "cells.parquet")
@@ -161,9 +194,10 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     nuclei = tables.nuclei
     nuclei.write_parquet(out_dir / "nucleus_boundaries.parquet")
     tables.cells.write_parquet(out_dir / "cell_boundaries.parquet")
-    tx = stream_transcripts(bundle / "transcripts.parquet", out_dir / "transcripts.parquet")
     # the DAPI stays in the bundle (a reference, not a copy); its preview comes from a pyramid level
     preview, morph_levels = first_plane_thumbnail(info.morphology_image, thumbnail_px)
+    extent_um = (morph_levels[0][1] * info.pixel_size_um, morph_levels[0][0] * info.pixel_size_um)
+    tx = stream_transcripts(bundle / "transcripts.parquet", out_dir / "transcripts.parquet", extent_um)
     save_png(preview, out_dir / "thumbnail_dapi.png", max_px=thumbnail_px)
     stat = info.morphology_image.stat()
     summary = XeniumIngestSummary(
