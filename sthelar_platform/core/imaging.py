@@ -151,8 +151,27 @@ def read_level_region(path: str | Path, level: int, y0: int, x0: int, h: int, w:
 
 def read_level(path: str | Path, level: int) -> np.ndarray:
     """Read a whole (small, low-resolution) level; callers pick a level that fits in memory."""
-    with tifffile.TiffFile(path) as tf:
-        return tf.series[0].levels[level].asarray()
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return tf.series[0].levels[level].asarray()
+    except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged tiles
+        raise InputError(path, f"image tiles cannot be decoded ({type(exc).__name__}: {exc}); the file is damaged or "
+                         "truncated", "re-copy the image from its source") from exc
+
+
+def check_tile_data_present(path: str | Path) -> None:
+    """Every tile or strip of every level lies inside the file: a truncated copy is caught without decoding."""
+    path = Path(path)
+    size = path.stat().st_size
+    with tifffile.TiffFile(path, is_ome=False) as tf:  # this file's own pages (an OME series may span files)
+        for level in tf.series[0].levels:
+            for page in level.pages:
+                if page is None or not hasattr(page, "dataoffsets"):
+                    continue
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True) if n]
+                if ends and max(ends) > size:
+                    raise InputError(path, f"truncated: image data runs to byte {max(ends)} but the file has {size} "
+                                     "bytes", "copy the file again completely (compare its size with the source)")
 
 
 def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:

@@ -29,7 +29,7 @@ from scipy import sparse
 from sthelar_platform.core.config import IngestConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import mask_ints
-from sthelar_platform.core.imaging import first_plane_thumbnail
+from sthelar_platform.core.imaging import check_tile_data_present, first_plane_thumbnail
 from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.ingest.bundle_reader import BundleTables, read_bundle
 from sthelar_platform.ingest.generation import Generation, detect_generation
@@ -195,6 +195,7 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     nuclei.write_parquet(out_dir / "nucleus_boundaries.parquet")
     tables.cells.write_parquet(out_dir / "cell_boundaries.parquet")
     # the DAPI stays in the bundle (a reference, not a copy); its preview comes from a pyramid level
+    check_tile_data_present(info.morphology_image)
     preview, morph_levels = first_plane_thumbnail(info.morphology_image, thumbnail_px)
     extent_um = (morph_levels[0][1] * info.pixel_size_um, morph_levels[0][0] * info.pixel_size_um)
     tx = stream_transcripts(bundle / "transcripts.parquet", out_dir / "transcripts.parquet", extent_um)

@@ -61,10 +61,14 @@ class SlideRegistration:
 
     @classmethod
     def read(cls, path: str | Path) -> SlideRegistration:
-        d = json.loads(Path(path).read_text())
-        d.pop("passed", None)
-        d["qc"] = reg.RegistrationQC(**d["qc"])
-        return cls(**d)
+        try:
+            d = json.loads(Path(path).read_text())
+            d.pop("passed", None)
+            d["qc"] = reg.RegistrationQC(**d["qc"])
+            return cls(**d)
+        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise InputError(path, f"not a readable registration record ({type(exc).__name__}: {exc})",
+                             "materialize he_registration for this slide again") from exc
 
 
 def nucleus_centroids_um(boundaries: str | Path) -> np.ndarray:

@@ -96,7 +96,7 @@ CASES = {
                                        "nucleus_boundaries.parquet", "vertex_x"),
     "matrix_not_hdf5": (lambda b: replace_file(b / "cell_feature_matrix.h5", "not hdf5"), "cell_feature_matrix.h5", "HDF5"),
     "cells_zarr_not_zip": (lambda b: replace_file(b / "cells.zarr.zip", b"PK-not-really"), "cells.zarr.zip", "zip"),
-    "morphology_truncated": (_morphology_corrupt, "morphology_focus", "morphology"),
+    "morphology_truncated": (_morphology_corrupt, "morphology_focus", "truncated"),
     "morphology_missing": (_morphology_missing, "", "no morphology image"),
 }
 
