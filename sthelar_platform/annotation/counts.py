@@ -18,7 +18,7 @@ import pandas as pd
 import polars as pl
 from scipy import sparse
 
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 
 COMPARTMENTS = {"cell": "cell_boundaries", "nucleus": "nucleus_boundaries", "cytoplasm": "cell_boundaries"}
 FIX_TX = "re-run xenium_slide for this slide (its transcripts.parquet is incomplete)"
@@ -26,7 +26,7 @@ FIX_TX = "re-run xenium_slide for this slide (its transcripts.parquet is incompl
 
 def assigned_transcripts(transcripts: str | Path, qv_min: float) -> pl.LazyFrame:
     """Gene transcripts of usable quality, with the cell they belong to and whether they lie in its nucleus."""
-    path = Path(transcripts)
+    path = require_readable_parquet(Path(transcripts), "xenium_slide")
     cols = pl.scan_parquet(path).collect_schema().names()
     missing = {"cell_id", "feature_name", "qv", "overlaps_nucleus", "is_control"} - set(cols)
     if missing:

@@ -21,7 +21,7 @@ from sthelar_platform.annotation import rule as annotation
 from sthelar_platform.annotation import tangram as tangram_transfer
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import AnnotationConfig
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 
 COUNT_FILES = {"nucleus_counts": ("nucleus",), "cell_counts": ("cell", "cytoplasm")}
 
@@ -115,9 +115,9 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     """Apply the rule, harmonize, cross-check; write cell_labels / cluster_review / crosscheck tables."""
     cats = categories
     cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
-    tg = pd.read_parquet(require_stage_output(tangram_dir / "tangram_labels.parquet", "tangram_labels"))
+    tg = pd.read_parquet(require_readable_parquet(tangram_dir / "tangram_labels.parquet", "tangram_labels"))
     probs = pd.read_parquet(tangram_dir / "category_probabilities.parquet").set_index("cell_id")
-    cl = pd.read_parquet(require_stage_output(clusters_dir / "clusters.parquet", "clusters")).set_index("cell_id")
+    cl = pd.read_parquet(require_readable_parquet(clusters_dir / "clusters.parquet", "clusters")).set_index("cell_id")
     ms = pd.read_parquet(clusters_dir / "marker_scores.parquet").set_index("cluster")
     cells = pd.DataFrame({"n_transcripts": cell.obs["n_transcripts"].to_numpy()}, index=cell.obs_names)
     cells.index.name = "cell_id"

@@ -14,14 +14,28 @@ class InputError(ValueError):
 
     def __init__(self, file: str | Path | None, problem: str, fix: str) -> None:
         self.file = str(file) if file is not None else None
-        self.problem = problem
-        self.fix = fix
+        # one line, whatever a wrapped third-party message held (YAML and torch errors span several)
+        self.problem = " ".join(str(problem).split())
+        self.fix = " ".join(str(fix).split())
         where = f"{self.file}: " if self.file else ""
-        super().__init__(f"{where}{problem}. Fix: {fix}")
+        super().__init__(f"{where}{self.problem}. Fix: {self.fix}")
 
 
 def require_stage_output(path: Path, stage: str) -> Path:
     """``path`` if it exists; otherwise the error every stage gives for a missing upstream output."""
     if not path.exists():
         raise InputError(path, f"missing output of the {stage} stage", f"materialize {stage} for this slide first")
+    return path
+
+
+def require_readable_parquet(path: Path, stage: str) -> Path:
+    """``path`` if its parquet footer reads (a truncated or overwritten stage output is caught here, by name)."""
+    import pyarrow.parquet as pq
+
+    require_stage_output(path, stage)
+    try:
+        pq.ParquetFile(path).metadata  # noqa: B018 - reading the footer is the check
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        raise InputError(path, f"not a readable parquet file ({type(exc).__name__}: {exc})",
+                         f"materialize {stage} for this slide again") from exc
     return path

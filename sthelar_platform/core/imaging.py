@@ -136,6 +136,7 @@ def open_pyramid(path: str | Path) -> PyramidInfo:
     except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
         raise InputError(path, f"not a readable TIFF/OME-TIFF image ({exc})",
                          "export the image as a tiled pyramidal (OME-)TIFF, e.g. with bfconvert or QuPath") from exc
+    check_tile_data_present(path)  # every stage opens its image here: a truncated copy stops with its name
     return PyramidInfo(path=path, level_shapes=levels, dtype=dtype, pixel_size_um=px, axes=axes)
 
 
@@ -145,6 +146,9 @@ def read_level_region(path: str | Path, level: int, y0: int, x0: int, h: int, w:
     try:
         arr = zarr.open(store, mode="r")
         return np.asarray(arr[y0 : y0 + h, x0 : x0 + w])
+    except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged tiles
+        raise InputError(path, f"image tiles cannot be decoded ({type(exc).__name__}: {exc}); the file is damaged or "
+                         "truncated", "re-copy the image from its source") from exc
     finally:
         store.close()
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.imaging import PyramidInfo, check_tile_data_present, open_pyramid, read_level, thumbnail_level
+from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, thumbnail_level
 from sthelar_platform.core.thumbnails import save_png
 
 FIX_IMAGE = "export the H&E as an RGB tiled pyramidal OME-TIFF (e.g. bfconvert, QuPath or vips tiffsave --pyramid)"
@@ -45,8 +45,7 @@ def magnification_of(pixel_size_um: float | None, ranges: Mapping[str, tuple[flo
 
 def validate_he(path: str | Path) -> PyramidInfo:
     """The pyramid of an H&E file that later stages can use; an InputError names what is wrong."""
-    info = open_pyramid(path)
-    check_tile_data_present(path)
+    info = open_pyramid(path)  # also refuses a truncated file
     shape0 = info.level_shapes[0]
     if len(shape0) != 3 or 3 not in (shape0[-1], shape0[0]):
         raise InputError(path, f"not an RGB image (level 0 shape {shape0}, axes {info.axes})", FIX_IMAGE)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import TilingConfig, TrainingConfig
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
 from sthelar_platform.model.cellvit.inference import LoadedModel
 from sthelar_platform.tiling.masks import load_nucleus_polygons, rasterize_region
@@ -119,7 +119,7 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
     grid["tissue_fraction"] = tissue_fractions(grid, mask, mask_down, lv.downsample, size)
     tiles = grid[grid["tissue_fraction"] >= float(icfg["min_tissue_fraction"])]
     existing = set(zip(tiles["x0"].tolist(), tiles["y0"].tolist(), strict=True))
-    labels = pd.read_parquet(require_stage_output(labels_path, "cell_types"), columns=["cell_id", "category"])
+    labels = pd.read_parquet(require_readable_parquet(labels_path, "cell_types"), columns=["cell_id", "category"])
     polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample))
     xen_class = cell_class_tables(polys.cell_ids, labels, categories)[grouping]
     bs, min_iou = int(icfg["batch_size"]), float(icfg["link_min_iou"])

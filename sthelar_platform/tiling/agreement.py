@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from sthelar_platform.core.errors import require_stage_output
+from sthelar_platform.core.errors import require_readable_parquet, require_stage_output
 from sthelar_platform.tiling.patches import load_labels
 
 METRICS = ("dice", "jaccard", "bpq", "dq", "sq", "det_f1")
@@ -92,7 +92,7 @@ def patch_agreement(truth: np.ndarray, pred: np.ndarray, radius_px: float, match
 def slide_agreement(patches_dir: Path, ref_dir: Path, radius_px: float, match_iou: float, flag_below_jaccard: float,
                     workers: int = 2, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """One row per patch of one magnification: metrics and whether the patch is flagged."""
-    table = pd.read_parquet(require_stage_output(patches_dir / "patches.parquet", "patches"),
+    table = pd.read_parquet(require_readable_parquet(patches_dir / "patches.parquet", "patches"),
                             columns=["slide_id", "magnification", "patch_id", "name", "x0", "y0", "n_nuclei", "tissue"])
     require_stage_output(ref_dir / "counts.parquet", "reference_segmentation")
 

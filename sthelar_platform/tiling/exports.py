@@ -26,7 +26,7 @@ import pandas as pd
 
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import TilingConfig
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.tiling.patches import load_labels, save_npz
 
 CELL_LABEL_COLUMNS = ["cell_id", "category", "detailed_class", "grouped_class", "confidence", "tangram_label",
@@ -152,16 +152,16 @@ def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, ou
     """All exports of one slide into ``out`` (a temporary folder the caller renames into place)."""
     cats = categories
     ecfg = cfg["exports"]
-    labels = pd.read_parquet(require_stage_output(dirs["cell_types"] / "cell_labels.parquet", "cell_types"))
+    labels = pd.read_parquet(require_readable_parquet(dirs["cell_types"] / "cell_labels.parquet", "cell_types"))
     labels[[c for c in CELL_LABEL_COLUMNS if c in labels] + [c for c in labels if c not in CELL_LABEL_COLUMNS]].to_parquet(
         out / "cell_labels.parquet")
-    agreement = pd.read_parquet(require_stage_output(dirs["segmentation_agreement"] / "agreement.parquet",
+    agreement = pd.read_parquet(require_readable_parquet(dirs["segmentation_agreement"] / "agreement.parquet",
                                                      "segmentation_agreement"))
     summary: dict = {"slide_id": slide_id, "cellvit": {}, "pannuke": {}}
     patch_tables = {}
     for mag in ("40x", "20x"):
         pdir = dirs[f"patches_{mag}"]
-        patches = pd.read_parquet(require_stage_output(pdir / "patches.parquet", f"patches_{mag}"))
+        patches = pd.read_parquet(require_readable_parquet(pdir / "patches.parquet", f"patches_{mag}"))
         qc = patches.merge(agreement[agreement["magnification"] == mag].drop(
             columns=["slide_id", "magnification", "name", "x0", "y0", "n_nuclei", "tissue"]), on="patch_id", how="left")
         # level downsample of this magnification: places its patches in level-0 pixels (one split for all)

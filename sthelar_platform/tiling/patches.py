@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import PatchesConfig, TilingConfig, TissueMaskConfig
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.core.ids import mask_ints
 from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, read_level_region
 from sthelar_platform.tiling.masks import load_nucleus_polygons, rasterize_region
@@ -193,7 +193,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     info = open_pyramid(he_path)
     lv = choose_level(info, level0_um, magnification, cfg["magnifications"])
     h, w = info.level_shapes[lv.level][:2]
-    labels = pd.read_parquet(require_stage_output(labels_path, "cell_types"), columns=["cell_id", "category"])
+    labels = pd.read_parquet(require_readable_parquet(labels_path, "cell_types"), columns=["cell_id", "category"])
     polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample))
     tables = cell_class_tables(polys.cell_ids, labels, categories)
     grid = patch_grid(h, w, size, overlap)

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import ndimage
 
 from sthelar_platform.core.config import ReferenceSegmentationConfig
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import InputError, require_readable_parquet
 from sthelar_platform.registration.transform import hematoxylin
 from sthelar_platform.tiling.patches import save_npz
 
@@ -95,7 +95,7 @@ def make_segmenter(cfg: ReferenceSegmentationConfig, root: Path | None = None, d
 def segment_patches(patches_dir: Path, out: Path, segmenter: NucleusSegmenter, compresslevel: int = 1,
                     workers: int = 2, progress: Callable[[int, int], None] | None = None) -> dict:
     """Segment every patch image of one magnification; writes ``<name>.npz`` (inst_map) per patch."""
-    table = pd.read_parquet(require_stage_output(patches_dir / "patches.parquet", "patches"))
+    table = pd.read_parquet(require_readable_parquet(patches_dir / "patches.parquet", "patches"))
     summary = json.loads((patches_dir / "summary.json").read_text())
     um = float(summary["um_per_px"])
     out.mkdir(parents=True, exist_ok=True)
