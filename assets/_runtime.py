@@ -19,7 +19,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 from resources import LineageResource, StorageResource
 from sthelar_platform.core.atomic import atomic_dir, recover_interrupted_swap
 from sthelar_platform.core.config import config_version, load_config
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.errors import InputError, out_of_space
 from sthelar_platform.core.hashing import VERSION_MARKER, sha256_text, sha256_tree
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.lineage import LineageStore, utcnow
@@ -108,9 +108,16 @@ def run_slide_stage(
                 {"asset_key": stage, "partition_key": slide_id, "data_version": data_version, "run_id": context.run_id,
                  "input_versions": input_versions, "written_at": utcnow()}, indent=1))
     except BaseException as exc:
-        store.record("materializations", {**base, "status": "failure", "finished_at": utcnow(),
-                                          "error": f"{type(exc).__name__}: {exc}"[:4000]})
+        full = out_of_space(exc, final)  # a full disk is named as such, not as the writer's own error
+        error = full or exc
+        try:
+            store.record("materializations", {**base, "status": "failure", "finished_at": utcnow(),
+                                              "error": f"{type(error).__name__}: {error}"[:4000]})
+        except OSError as lost:  # the same full disk may refuse the record: never hide the step's own error
+            context.log.warning(f"{label}: the failure could not be recorded in lineage ({lost})")
         context.log.error(f"{label} failed; earlier output (if any) kept at {final}\n{traceback.format_exc(limit=3)}")
+        if full is not None:
+            raise full from exc
         raise
     wall = time.perf_counter() - t0
     store.record("materializations", {**base, "status": "success", "finished_at": utcnow(), "data_version": data_version,

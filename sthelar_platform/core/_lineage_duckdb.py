@@ -95,6 +95,9 @@ class DuckDBBackend:
                             insert_rows(con, payload["table"], rows)
                         con.execute("COMMIT")
                         break
+                    except duckdb.IOException:  # the disk, not the rows (full, read-only): they wait in the spool
+                        con.execute("ROLLBACK")
+                        return []
                     except duckdb.Error as exc:  # one file's values were refused: set it aside, merge the rest
                         con.execute("ROLLBACK")
                         quarantine(current, f"{type(exc).__name__}: {exc}")

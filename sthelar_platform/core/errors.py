@@ -39,3 +39,21 @@ def require_readable_parquet(path: Path, stage: str) -> Path:
         raise InputError(path, f"not a readable parquet file ({type(exc).__name__}: {exc})",
                          f"materialize {stage} for this slide again") from exc
     return path
+
+
+_NO_SPACE = {"ENOSPC", "EDQUOT", "EFBIG"}
+
+
+def out_of_space(exc: BaseException, output: Path) -> InputError | None:
+    """An InputError for a write that failed for lack of space (anywhere in the chain), else None."""
+    import errno
+    import os
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and errno.errorcode.get(seen.errno or 0) in _NO_SPACE:
+            return InputError(output, f"no space to write this output ({os.strerror(seen.errno)}); the earlier output "
+                              "is kept and the partial one removed",
+                              "free space (or raise the quota) on the volume holding STHELAR_HOME, then re-run")
+        seen = seen.__cause__ or seen.__context__
+    return None
