@@ -58,7 +58,9 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
     code_version=code_version_of(he_lib, configs=("pipeline",)),
     group_name="ingest",
     kinds={"python", "tiff"},
-    description="The slide's H&E whole-slide image: validated RGB pyramid with pixel size and magnification.",
+    description="The slide's H&E scan (SVS, NDPI, OME-TIFF in any axis order, tiled or single-level TIFF) stored once "
+                "as the platform's tiled 2x OME-TIFF pyramid (hard-linked when it already is one), with pixel size "
+                "and magnification.",
 )
 def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
              catalog: SlideCatalogResource) -> MaterializeResult:
@@ -67,11 +69,16 @@ def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: 
 
     def compute(out: Path) -> dict:
         s = he_lib.ingest_he(spec.he_image, out, pipeline.he_image.magnification_um_per_px,
-                             thumbnail_px=pipeline.ingest.thumbnail_max_px)
-        context.log.info(f"{spec.slide_id}: H&E {s.width}x{s.height} px, {s.pixel_size_um} µm/px ({s.magnification})")
+                             thumbnail_px=pipeline.ingest.thumbnail_max_px,
+                             assumed_um_per_px=pipeline.registration.assumed_he_um_per_px,
+                             progress=lambda msg: context.log.info(f"{spec.slide_id}: H&E pyramid {msg}"))
+        context.log.info(f"{spec.slide_id}: H&E {s.width}x{s.height} px, {s.pixel_size_um} µm/px ({s.magnification}, "
+                         f"from {s.pixel_size_source}); stored as {s.stored_as}")
         return {
             "width": s.width, "height": s.height, "n_levels": s.n_levels, "level_shapes": s.level_shapes,
             "pixel_size_um": s.pixel_size_um if s.pixel_size_um is not None else "unknown",
+            "pixel_size_source": s.pixel_size_source, "source_axes": s.source_axes,
+            "source_levels": s.source_levels, "stored_as": s.stored_as,
             "magnification": s.magnification, "source": str(spec.he_image),
             "alignment_csv": str(spec.alignment_csv) if spec.alignment_csv else "none",
             "he_thumbnail": md_image(out / "thumbnail_he.png", "H&E"),

@@ -24,7 +24,7 @@ from resources import LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import require_stage_output
 from sthelar_platform.core.ids import validate_slide_id
-from sthelar_platform.ingest.he_image import validate_he
+from sthelar_platform.core.imaging import open_pyramid
 from sthelar_platform.tiling import agreement as agreement_lib
 from sthelar_platform.tiling.patches import PatchLevel, draw_patch_overview
 
@@ -64,7 +64,7 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
             agreement_lib.histogram_png(frame, out / f"distributions_{mag}.png", f"{slide_id} {mag}")
             ps = json.loads(require_stage_output(pdir / "summary.json", f"patches_{mag}").read_text())
             lv = PatchLevel(mag, ps["level"], ps["downsample"], ps["um_per_px"])
-            draw_patch_overview(he_path, validate_he(he_path), frame, lv, ps["size_px"], out / f"quality_map_{mag}.png",
+            draw_patch_overview(he_path, open_pyramid(he_path), frame, lv, ps["size_px"], out / f"quality_map_{mag}.png",
                                 values=frame["jaccard"].to_numpy())
             context.log.info(f"{slide_id} {mag}: {dist['n_flagged']}/{dist['n_patches']} patches flagged "
                              f"(Jaccard < {acfg['flag_below_jaccard']}); median Jaccard "

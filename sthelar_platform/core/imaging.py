@@ -79,6 +79,13 @@ def write_pyramidal_ome_tiff(path: str | Path, shape: tuple[int, int], render: R
     return shapes
 
 
+def write_tiled_tiff(path: str | Path, shape: tuple[int, int], render: RenderFn, *, workers: int = 2) -> None:
+    """One RGB level as a tiled TIFF, rendered tile by tile (scratch levels of a pyramid being built)."""
+    tifffile.imwrite(path, _tiles(render, 0, shape, 3, np.uint8, workers), shape=(*shape, 3), dtype=np.uint8,
+                     tile=(TILE, TILE), photometric="rgb", compression="zlib", compressionargs={"level": 1},
+                     bigtiff=True, maxworkers=workers)
+
+
 @dataclass(frozen=True)
 class PyramidInfo:
     path: Path
@@ -96,71 +103,30 @@ class PyramidInfo:
         return int(self.level_shapes[0][1])
 
 
-def _pixel_size_from_tiff(tf: tifffile.TiffFile) -> float | None:
-    if tf.is_ome and tf.ome_metadata:
-        import re
-
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tf.ome_metadata)
-        if m:
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tf.ome_metadata)
-            value = float(m.group(1))
-            if unit and unit.group(1) in ("nm",):
-                value /= 1000
-            elif unit and unit.group(1) in ("mm",):
-                value *= 1000
-            return value
-    page = tf.pages.first
-    tag = page.tags.get("XResolution")
-    unit = page.tags.get("ResolutionUnit")
-    if tag is not None and unit is not None and tag.value[0]:
-        per_unit = tag.value[0] / tag.value[1]
-        if unit.value == 3:  # centimetre
-            return 1e4 / per_unit
-        if unit.value == 2:  # inch
-            return 25400 / per_unit
-    return None
-
-
 def open_pyramid(path: str | Path) -> PyramidInfo:
-    """Inspect a (pyramidal) TIFF without reading pixel data; clear error when it is not an image."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "image file does not exist", "check the path in the slide manifest")
-    try:
-        with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            levels = [tuple(lv.shape) for lv in series.levels]
-            axes = series.axes
-            dtype = str(series.dtype)
-            px = _pixel_size_from_tiff(tf)
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as exc:
-        raise InputError(path, f"not a readable TIFF/OME-TIFF image ({exc})",
-                         "export the image as a tiled pyramidal (OME-)TIFF, e.g. with bfconvert or QuPath") from exc
-    check_tile_data_present(path)  # every stage opens its image here: a truncated copy stops with its name
-    return PyramidInfo(path=path, level_shapes=levels, dtype=dtype, pixel_size_um=px, axes=axes)
+    """Inspect an image (through the whole-slide layer) without reading pixel data."""
+    from sthelar_platform.core.wsi import WholeSlide
+
+    with WholeSlide(path) as slide:
+        shapes = [(lv.height, lv.width) + ((3,) if slide.is_rgb else ()) for lv in slide.levels]
+        return PyramidInfo(path=Path(path), level_shapes=shapes, dtype=slide.dtype, pixel_size_um=slide.mpp,
+                           axes="YXS" if slide.is_rgb else "YX")
 
 
 def read_level_region(path: str | Path, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Read one window of one pyramid level lazily (only the tiles it touches)."""
-    store = tifffile.imread(path, aszarr=True, level=level)
-    try:
-        arr = zarr.open(store, mode="r")
-        return np.asarray(arr[y0 : y0 + h, x0 : x0 + w])
-    except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged tiles
-        raise InputError(path, f"image tiles cannot be decoded ({type(exc).__name__}: {exc}); the file is damaged or "
-                         "truncated", "re-copy the image from its source") from exc
-    finally:
-        store.close()
+    """Read one window of one pyramid level lazily (only the tiles it touches), as ``(h, w, 3)``."""
+    from sthelar_platform.core.wsi import WholeSlide
+
+    with WholeSlide(path) as slide:
+        return slide.read_region(level, y0, x0, h, w)
 
 
 def read_level(path: str | Path, level: int) -> np.ndarray:
-    """Read a whole (small, low-resolution) level; callers pick a level that fits in memory."""
-    try:
-        with tifffile.TiffFile(path) as tf:
-            return tf.series[0].levels[level].asarray()
-    except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged tiles
-        raise InputError(path, f"image tiles cannot be decoded ({type(exc).__name__}: {exc}); the file is damaged or "
-                         "truncated", "re-copy the image from its source") from exc
+    """Read a whole (small, low-resolution) level; refused when it is too large to hold."""
+    from sthelar_platform.core.wsi import WholeSlide
+
+    with WholeSlide(path) as slide:
+        return slide.read_level(level)
 
 
 def check_tile_data_present(path: str | Path) -> None:

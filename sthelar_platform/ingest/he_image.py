@@ -1,22 +1,30 @@
-"""The H&E whole-slide image as given: validated, measured and kept as a lazy pyramid.
+"""The H&E scan as the lab has it, turned once into the platform's own pyramid.
 
-Registration (a later stage) decides how it maps onto Xenium; here we only make sure it
-is a readable RGB pyramid and report its magnification from its pixel size.
+Any scan the whole-slide layer opens (SVS, NDPI, OME-TIFF in any axis order, generic tiled or
+single-level TIFF, JPEG / JPEG 2000 / LZW / deflate tiles) becomes one tiled ``YXS`` uint8 OME-TIFF
+with 2x levels down to thumbnail size and its pixel size in the OME metadata. The conversion is
+streamed region by region (each level from the one above, area-averaged, through temporary
+single-level files), so peak memory does not grow with the slide. A scan that already is such a
+pyramid is hard-linked, not copied. That file is the only stored copy: every later stage reads it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, thumbnail_level
-from sthelar_platform.core.thumbnails import save_png
+import numpy as np
 
-FIX_IMAGE = "export the H&E as an RGB tiled pyramidal OME-TIFF (e.g. bfconvert, QuPath or vips tiffsave --pyramid)"
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.imaging import pyramid_shapes, write_pyramidal_ome_tiff, write_tiled_tiff
+from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.core.wsi import WholeSlide
+
+FIX_IMAGE = "export the H&E as an RGB whole-slide image (SVS, NDPI or tiled OME-TIFF; see the README's scanners table)"
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,10 @@ class HEImageSummary:
     pixel_size_um: float | None
     magnification: str
     dtype: str
+    pixel_size_source: str = "none"
+    source_axes: str = "YXS"
+    source_levels: list[list[int]] | None = None
+    stored_as: str = "converted"        # "hard link" (already the platform's pyramid) or "converted"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -43,28 +55,105 @@ def magnification_of(pixel_size_um: float | None, ranges: Mapping[str, tuple[flo
     return f"other ({pixel_size_um:.3f} µm/px)"
 
 
-def validate_he(path: str | Path) -> PyramidInfo:
-    """The pyramid of an H&E file that later stages can use; an InputError names what is wrong."""
-    info = open_pyramid(path)  # also refuses a truncated file
-    shape0 = info.level_shapes[0]
-    if len(shape0) != 3 or 3 not in (shape0[-1], shape0[0]):
-        raise InputError(path, f"not an RGB image (level 0 shape {shape0}, axes {info.axes})", FIX_IMAGE)
-    if info.dtype != "uint8":
-        raise InputError(path, f"H&E pixels are {info.dtype}, expected uint8 RGB", FIX_IMAGE)
-    if min(shape0[:2] if shape0[-1] == 3 else shape0[1:]) < 256:
-        raise InputError(path, f"image too small ({shape0}) for 256 px patches", "use the full-resolution whole-slide image")
-    return info
+def validate_he(path: str | Path) -> WholeSlide:
+    """The scan, opened; an InputError names what makes it unusable as an H&E."""
+    slide = WholeSlide(path)
+    if not slide.is_rgb:
+        raise InputError(path, f"not an RGB image (axes {slide.axes}, level 0 shape {slide._level_shapes[0]})", FIX_IMAGE)
+    if slide.dtype != "uint8":
+        raise InputError(path, f"H&E pixels are {slide.dtype}, expected uint8 RGB", FIX_IMAGE)
+    if min(slide.height, slide.width) < 256:
+        raise InputError(path, f"image too small ({slide.width} x {slide.height} px) for 256 px patches",
+                         "use the full-resolution whole-slide image")
+    return slide
+
+
+def is_platform_pyramid(slide: WholeSlide) -> bool:
+    """Already what ingest would write: tiled YXS uint8, exact 2x levels, OME pixel size."""
+    shapes = [(lv.height, lv.width) for lv in slide.levels]
+    return (slide.axes == "YXS" and slide.dtype == "uint8" and slide.tiled and slide.mpp_source == "OME PhysicalSizeX"
+            and shapes == pyramid_shapes(slide.height, slide.width))
+
+
+def _halve(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int]):
+    """A render function for the next level: 2x2 area averages of the level read by ``read``."""
+    ph, pw = shape
+
+    def render(_level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        y1, x1 = min(2 * (y0 + h), ph), min(2 * (x0 + w), pw)
+        block = read(2 * y0, 2 * x0, y1 - 2 * y0, x1 - 2 * x0).astype(np.float32)
+        if block.shape[0] < 2 * h or block.shape[1] < 2 * w:  # odd border: repeat the last row / column
+            block = np.pad(block, ((0, 2 * h - block.shape[0]), (0, 2 * w - block.shape[1]), (0, 0)), mode="edge")
+        return (block.reshape(h, 2, w, 2, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+
+    return render
+
+
+def write_platform_pyramid(slide: WholeSlide, dst: Path, pixel_size_um: float, workers: int = 2,
+                           progress: Callable[[str], None] | None = None) -> list[tuple[int, int]]:
+    """Stream ``slide`` into the platform's pyramid at ``dst``; returns its level shapes.
+
+    Level k is averaged from level k-1, which is kept in a temporary single-level tiled TIFF beside
+    ``dst`` (removed at the end), so the source's level 0 is decoded twice in all, region by region.
+    """
+    shapes = pyramid_shapes(slide.height, slide.width)
+    readers: list[Callable[[int, int, int, int], np.ndarray]] = [lambda y, x, h, w: slide.read_region(0, y, x, h, w)]
+    temps: list[WholeSlide] = []
+    scratch = dst.with_name(dst.name + ".levels")
+    scratch.mkdir(exist_ok=True)
+    try:
+        for k in range(1, len(shapes)):
+            path = scratch / f"level{k}.tif"
+            write_tiled_tiff(path, shapes[k], _halve(readers[k - 1], shapes[k - 1]), workers=workers)
+            temps.append(WholeSlide(path))
+            readers.append(lambda y, x, h, w, s=temps[-1]: s.read_region(0, y, x, h, w))
+            if progress:
+                progress(f"level {k} of {len(shapes) - 1} averaged")
+        write_pyramidal_ome_tiff(dst, shapes[0], lambda level, y, x, h, w: readers[level](y, x, h, w),
+                                 dtype=np.uint8, channels=3, pixel_size_um=pixel_size_um, workers=workers)
+    finally:
+        for t in temps:
+            t.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return shapes
+
+
+def _link_or_copy(src: Path, dst: Path) -> str:
+    try:
+        os.link(src, dst)
+        return "hard link"
+    except OSError:  # another filesystem: a copy is the only way to keep the file
+        shutil.copyfile(src, dst)
+        return "copy (another filesystem)"
 
 
 def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str, tuple[float, float]],
-              thumbnail_px: int = 512) -> HEImageSummary:
-    """Validate and copy the H&E pyramid into ``out_dir`` with a thumbnail and summary."""
-    info = validate_he(path)
-    dst = Path(out_dir) / "he_image.ome.tif"
-    shutil.copyfile(path, dst)
-    save_png(read_level(dst, thumbnail_level(info, thumbnail_px)), Path(out_dir) / "thumbnail_he.png", max_px=thumbnail_px)
-    summary = HEImageSummary(width=info.width, height=info.height, n_levels=len(info.level_shapes),
-                             level_shapes=[list(s) for s in info.level_shapes], pixel_size_um=info.pixel_size_um,
-                             magnification=magnification_of(info.pixel_size_um, magnifications), dtype=info.dtype)
-    (Path(out_dir) / "summary.json").write_text(summary.to_json())
+              thumbnail_px: int = 512, assumed_um_per_px: float | None = None, workers: int = 2,
+              progress: Callable[[str], None] | None = None) -> HEImageSummary:
+    """Validate the scan and store it once as the platform's pyramid ``he_image.ome.tif`` in ``out_dir``.
+
+    A scan without a pixel size is written with ``assumed_um_per_px`` in its OME metadata and
+    ``pixel_size_um`` None in the summary: registration then searches a wide scale range and
+    records the pixel size it implies.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    slide = validate_he(path)
+    dst = out_dir / "he_image.ome.tif"
+    try:
+        if is_platform_pyramid(slide):
+            stored = _link_or_copy(path, dst)
+        else:
+            write_platform_pyramid(slide, dst, slide.mpp or assumed_um_per_px or 0.25, workers, progress)
+            stored = "converted"
+    finally:
+        slide.close()
+    with WholeSlide(dst) as own:
+        thumb = own.read_level(own.smallest_level_at_least(thumbnail_px))
+        levels = [[lv.height, lv.width, 3] for lv in own.levels]
+    save_png(thumb, out_dir / "thumbnail_he.png", max_px=thumbnail_px)
+    summary = HEImageSummary(width=slide.width, height=slide.height, n_levels=len(levels), level_shapes=levels,
+                             pixel_size_um=slide.mpp, magnification=magnification_of(slide.mpp, magnifications),
+                             dtype=slide.dtype, pixel_size_source=slide.mpp_source, source_axes=slide.axes,
+                             source_levels=[[lv.height, lv.width] for lv in slide.levels], stored_as=stored)
+    (out_dir / "summary.json").write_text(summary.to_json())
     return summary
