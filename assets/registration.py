@@ -184,4 +184,21 @@ def registered_he(context: AssetExecutionContext, storage: StorageResource, line
 
 
 ASSETS = [he_registration, registered_he]
-CHECKS = [registration_quality, alignment_csv_agreement]
+@asset_check(
+    asset=he_registration,
+    partitions_def=slides_partitions,
+    description="Warns when the H&E had no pixel size: the size the registration implies is used downstream instead.",
+)
+def he_pixel_size_known(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
+    r = registration_of(storage, context.partition_key)
+    known = r.he_pixel_size_source == "metadata"
+    return AssetCheckResult(
+        passed=known, severity=AssetCheckSeverity.WARN,
+        description=f"pixel size from the scan's metadata ({r.he_pixel_size_um} µm/px)" if known else
+        f"the scan has no pixel size: registration implies {r.implied_he_pixel_size_um:.4f} µm/px "
+        f"({r.magnification}), used by patches and predictions; give the pixel size in the OME metadata to be sure",
+        metadata={"he_pixel_size_source": r.he_pixel_size_source,
+                  "he_pixel_size_um_implied": round(r.implied_he_pixel_size_um, 4), "notes": MetadataValue.json(r.notes)})
+
+
+CHECKS = [registration_quality, alignment_csv_agreement, he_pixel_size_known]

@@ -83,6 +83,8 @@ class RegistrationConfig(Section):
     icp_radii_um: list[PosNum]
     min_he_nuclei: PositiveInt
     assumed_he_um_per_px: PosNum
+    unknown_pixel_size_candidates_um: list[PosNum]
+    unknown_pixel_size_scales: tuple[Num, Num, Num]
     fallback_to_automatic: bool
     min_matched_fraction: Num = Field(ge=0, le=1)
     max_median_residual_um: PosNum

@@ -124,6 +124,40 @@ def _implied_pixel_size(m: np.ndarray, morph_um: float) -> float:
     return float(np.sqrt(abs(np.linalg.det(np.asarray(m)[:2, :2]))) * morph_um)
 
 
+def _detect(he_path: Path, cfg: RegistrationConfig, pixel_size_um: float | None = None) -> np.ndarray:
+    pts = reg.detect_he_nuclei(he_path, cfg["detection_um_per_px"], cfg["detection_sigma_um"],
+                               cfg["detection_min_distance_um"], pixel_size_um=pixel_size_um)
+    if len(pts) < cfg["min_he_nuclei"]:
+        raise InputError(he_path, f"only {len(pts)} nuclei detected in the H&E (need {cfg['min_he_nuclei']})",
+                         "check that the H&E shows this slide's tissue and is not blank or out of focus")
+    return pts
+
+
+def _widened(cfg: RegistrationConfig) -> RegistrationConfig:
+    return cfg.model_copy(update={"coarse_scales": tuple(cfg.unknown_pixel_size_scales)})
+
+
+def _guess_pixel_size(he_path: Path, xen_um: np.ndarray, morph_um: float, cfg: RegistrationConfig,
+                      notes: list[str]) -> tuple[float, np.ndarray]:
+    """The candidate pixel size (and its detected nuclei) whose automatic registration matches most nuclei."""
+    tried = []
+    for px in cfg.unknown_pixel_size_candidates_um:
+        try:
+            pts = _detect(he_path, cfg, px)
+            q = reg.register(pts, px, xen_um, morph_um, _widened(cfg))
+        except InputError:
+            continue
+        tried.append((q.matched_fraction, px, pts))
+    if not tried:
+        raise InputError(he_path, "no nuclei found at any candidate pixel size "
+                         f"{list(cfg.unknown_pixel_size_candidates_um)} µm/px",
+                         "check the H&E shows this slide's tissue; or give its pixel size in the OME metadata")
+    tried.sort(key=lambda t: t[0])
+    fraction, px, pts = tried[-1]
+    notes.append("H&E has no pixel size metadata; tried " + ", ".join(f"{p} µm/px ({f:.0%} matched)" for f, p, _ in tried))
+    return float(px), pts
+
+
 def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: str | Path | None, out_dir: str | Path,
                    cfg: RegistrationConfig, magnifications: Mapping[str, tuple[float, float]],
                    overlay_px: int = 512) -> SlideRegistration:
@@ -143,28 +177,30 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     he_px, px_source = (float(he_meta_px), "metadata") if he_meta_px else (float(cfg["assumed_he_um_per_px"]), "assumed")
 
     xen_um = nucleus_centroids_um(xenium_dir / "nucleus_boundaries.parquet")
-    he_pts = reg.detect_he_nuclei(he_path, cfg["detection_um_per_px"], cfg["detection_sigma_um"],
-                                  cfg["detection_min_distance_um"])
-    if len(he_pts) < cfg["min_he_nuclei"]:
-        raise InputError(he_path, f"only {len(he_pts)} nuclei detected in the H&E (need {cfg['min_he_nuclei']})",
-                         "check that the H&E shows this slide's tissue and is not blank or out of focus")
+    notes: list[str] = []
+    if px_source == "assumed":  # no pixel size: try each usual scanner size with a wider scale search
+        he_px, he_pts = _guess_pixel_size(he_path, xen_um, morph_um, cfg, notes)
+    else:
+        he_pts = _detect(he_path, cfg, he_px)
 
-    csv_matrix, csv_q, notes = None, None, []
+    csv_matrix, csv_q = None, None
     if alignment_csv is not None:
         expected = he_px / morph_um if px_source == "metadata" else None
         csv_matrix = reg.read_alignment_csv(alignment_csv, expected_scale=expected, tolerance=cfg["scale_tolerance"])
         csv_q = reg.measure(csv_matrix, he_pts, xen_um / morph_um, morph_um, cfg["match_radius_um"], "csv")
-    qc = reg.register(he_pts, he_px, xen_um, morph_um, cfg, csv_matrix=csv_matrix)
+    search = _widened(cfg) if px_source == "assumed" else cfg
+    qc = reg.register(he_pts, he_px, xen_um, morph_um, search, csv_matrix=csv_matrix)
     failures = quality_failures(qc, _implied_pixel_size(qc.transform, morph_um), he_px, px_source, cfg, magnifications)
     if csv_matrix is not None and failures and cfg["fallback_to_automatic"]:
-        auto = reg.register(he_pts, he_px, xen_um, morph_um, cfg)
+        auto = reg.register(he_pts, he_px, xen_um, morph_um, search)
         auto_failures = quality_failures(auto, _implied_pixel_size(auto.transform, morph_um), he_px, px_source, cfg, magnifications)
         if not auto_failures:
             notes.append(f"alignment CSV {Path(alignment_csv).name} did not fit ({'; '.join(failures)}); "
                          "replaced by the automatic estimate")
             qc, failures = auto, auto_failures
     if px_source == "assumed":
-        notes.append(f"H&E has no pixel size metadata; assumed {he_px} µm/px")
+        notes.append(f"H&E has no pixel size metadata; the fit implies {_implied_pixel_size(qc.transform, morph_um):.4f} "
+                     "µm/px, used downstream")
 
     result = SlideRegistration(
         qc=qc, he_pixel_size_um=he_px, he_pixel_size_source=px_source,

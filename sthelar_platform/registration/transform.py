@@ -73,9 +73,9 @@ def read_alignment_csv(path: str | Path, expected_scale: float | None = None, to
     return m
 
 
-def detection_level(info, target_um: float) -> tuple[int, float]:
+def detection_level(info, target_um: float, pixel_size_um: float | None = None) -> tuple[int, float]:
     """Pyramid level whose pixel size is closest to ``target_um`` and that pixel size."""
-    base = info.pixel_size_um or 0.25
+    base = pixel_size_um or info.pixel_size_um or 0.25
     best, best_px = 0, base
     for i, shape in enumerate(info.level_shapes):
         px = base * info.level_shapes[0][0] / shape[0]
@@ -92,12 +92,15 @@ def hematoxylin(rgb: np.ndarray) -> np.ndarray:
 
 
 def detect_he_nuclei(he_path: str | Path, target_um: float = 0.5, sigma_um: float = 1.2, min_distance_um: float = 3.0,
-                     tile: int = 2048) -> np.ndarray:
-    """Nucleus centroids (level-0 H&E px), detected tile by tile on a low-resolution level."""
+                     tile: int = 2048, pixel_size_um: float | None = None) -> np.ndarray:
+    """Nucleus centroids (level-0 H&E px), detected tile by tile on a low-resolution level.
+
+    ``pixel_size_um`` overrides the file's own (a scan whose pixel size is being guessed).
+    """
     from skimage.feature import peak_local_max
 
     info = open_pyramid(he_path)
-    level, px = detection_level(info, target_um)
+    level, px = detection_level(info, target_um, pixel_size_um)
     h, w = info.level_shapes[level][:2]
     down = info.level_shapes[0][0] / h
     sigma = sigma_um / px

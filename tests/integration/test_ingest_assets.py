@@ -99,8 +99,8 @@ def test_asset_graph_snapshot():
     assert sorted(k.to_user_string() for k in defs.resolve_all_asset_keys() if k not in graph.materializable_asset_keys) \
         == ["lineage/annotation_clusters", "lineage/materializations", "reference_atlas"]
     checks = sorted(k.name for k in graph.asset_check_keys if not k.asset_key.to_user_string() in DBT_MODELS)
-    assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "lineage_quarantine",
-                      "model_targets", "patch_quality", "registration_quality"]
+    assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "he_pixel_size_known",
+                      "lineage_quarantine", "model_targets", "patch_quality", "registration_quality"]
     assert sum(k.asset_key.to_user_string() in DBT_MODELS for k in graph.asset_check_keys) == 39  # the dbt tests
     upstream = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
                 for k in graph.get_all_asset_keys()}
