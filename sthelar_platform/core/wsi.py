@@ -143,6 +143,10 @@ class WholeSlide:
         return self.levels[0].width
 
     @property
+    def all_levels_tiled(self) -> bool:
+        return all(lv.pages[0].is_tiled for lv in self._tf.series[0].levels)
+
+    @property
     def is_rgb(self) -> bool:
         return self._channel is not None
 

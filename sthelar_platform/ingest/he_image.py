@@ -69,10 +69,14 @@ def validate_he(path: str | Path) -> WholeSlide:
 
 
 def is_platform_pyramid(slide: WholeSlide) -> bool:
-    """Already what ingest would write: tiled YXS uint8, exact 2x levels, OME pixel size."""
+    """Already what ingest would write: tiled YXS uint8 with its OME pixel size, 2x levels (rounded either way)
+    down to thumbnail size.
+    """
     shapes = [(lv.height, lv.width) for lv in slide.levels]
-    return (slide.axes == "YXS" and slide.dtype == "uint8" and slide.tiled and slide.mpp_source == "OME PhysicalSizeX"
-            and shapes == pyramid_shapes(slide.height, slide.width))
+    halving = all(abs(2 * h - ph) <= 1 and abs(2 * w - pw) <= 1 for (ph, pw), (h, w) in zip(shapes, shapes[1:]))
+    small_enough = max(shapes[-1]) < 512  # as pyramid_shapes stops: the next level would be under 256 px
+    return (slide.axes == "YXS" and slide.dtype == "uint8" and slide.all_levels_tiled and halving and small_enough
+            and slide.mpp_source == "OME PhysicalSizeX")
 
 
 def _halve(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int]):

@@ -34,6 +34,7 @@ VARIANTS = ("ome_cyx", "ome_1yxs", "single_level", "svs", "ndpi", "no_pixel_size
             "corrupt_tile")
 SUFFIX = {"svs": ".svs", "ndpi": "_style.tif"}
 TILE = 256
+JPEG_QUALITY = 90  # Aperio scanners write Q=70-90; the description below says so
 
 
 def _downsample(rgb: np.ndarray, f: int) -> np.ndarray:
@@ -51,12 +52,13 @@ def _ome(path: Path, levels: list[np.ndarray], mpp: float, compression: str) -> 
     with tifffile.TiffWriter(path, ome=True) as tw:
         for k, lv in enumerate(levels):
             tw.write(lv, photometric="rgb", tile=(TILE, TILE), compression=compression,
+                     compressionargs={"level": JPEG_QUALITY} if compression == "jpeg" else None,
                      subifds=len(levels) - 1 if k == 0 else None, subfiletype=1 if k else 0,
                      metadata=meta if k == 0 else None, **_res(mpp * 2**k))
 
 
 def _aperio_description(w: int, h: int, mpp: float, extra: str = "") -> str:
-    return (f"Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] ({TILE}x{TILE}) JPEG/RGB Q=85{extra}"
+    return (f"Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] ({TILE}x{TILE}) JPEG/RGB Q={JPEG_QUALITY}{extra}"
             f"|AppMag = 40|StripeWidth = 2040|ScanScope ID = SS0000|Filename = synthetic|Date = 12/01/26"
             f"|Time = 08:00:00|MPP = {mpp:.4f}|Left = 25.0|Top = 18.0")
 
@@ -64,21 +66,21 @@ def _aperio_description(w: int, h: int, mpp: float, extra: str = "") -> str:
 def _svs(path: Path, rgb: np.ndarray, mpp: float) -> None:
     h, w = rgb.shape[:2]
     with tifffile.TiffWriter(path, bigtiff=False) as tw:  # metadata=None: no tifffile "shaped" description
-        tw.write(rgb, photometric="rgb", tile=(TILE, TILE), compression="jpeg", description=_aperio_description(w, h, mpp),
-                 metadata=None)
+        tw.write(rgb, photometric="rgb", tile=(TILE, TILE), compression="jpeg", compressionargs={"level": JPEG_QUALITY},
+                 description=_aperio_description(w, h, mpp), metadata=None)
         thumb = _downsample(rgb, 8)
-        tw.write(thumb, photometric="rgb", compression="jpeg", metadata=None, description=_aperio_description(
-            w, h, mpp, f" -> {thumb.shape[1]}x{thumb.shape[0]} - "))
+        tw.write(thumb, photometric="rgb", compression="jpeg", compressionargs={"level": JPEG_QUALITY}, metadata=None,
+                 description=_aperio_description(w, h, mpp, f" -> {thumb.shape[1]}x{thumb.shape[0]} - "))
         for f in (4, 16):
             lv = _downsample(rgb, f)
             if min(lv.shape[:2]) < 64:
                 break
-            tw.write(lv, photometric="rgb", tile=(TILE, TILE), compression="jpeg", metadata=None,
-                     description=_aperio_description(w, h, mpp, f" -> {lv.shape[1]}x{lv.shape[0]} - "))
+            tw.write(lv, photometric="rgb", tile=(TILE, TILE), compression="jpeg", compressionargs={"level": JPEG_QUALITY},
+                     metadata=None, description=_aperio_description(w, h, mpp, f" -> {lv.shape[1]}x{lv.shape[0]} - "))
         tw.write(np.full((120, 120, 3), 200, np.uint8), photometric="rgb", compression="lzw", subfiletype=1,
                  metadata=None, description="Aperio Image Library v12.0.15 \r\nlabel 120x120")
-        tw.write(_downsample(rgb, 16), photometric="rgb", compression="jpeg", subfiletype=9, metadata=None,
-                 description="Aperio Image Library v12.0.15 \r\nmacro")
+        tw.write(_downsample(rgb, 16), photometric="rgb", compression="jpeg", compressionargs={"level": JPEG_QUALITY},
+                 subfiletype=9, metadata=None, description="Aperio Image Library v12.0.15 \r\nmacro")
 
 
 def _ndpi(path: Path, rgb: np.ndarray, mpp: float) -> None:
@@ -87,8 +89,8 @@ def _ndpi(path: Path, rgb: np.ndarray, mpp: float) -> None:
             lv = rgb if f == 1 else _downsample(rgb, f)
             tags = [(65420, "I", 1, 1, True), (65421, "f", 1, 40.0, True), (65422, "i", 1, 0, True),
                     (65423, "i", 1, 0, True), (271, "s", 0, "Hamamatsu", True), (272, "s", 0, "NanoZoomer", True)]
-            tw.write(lv, photometric="rgb", tile=(TILE, TILE), compression="jpeg", extratags=tags, metadata=None,
-                     **_res(mpp * f))
+            tw.write(lv, photometric="rgb", tile=(TILE, TILE), compression="jpeg", compressionargs={"level": JPEG_QUALITY},
+                     extratags=tags, metadata=None, **_res(mpp * f))
 
 
 def write_he_variant(src: str | Path, dst_dir: str | Path, variant: str) -> Path:

@@ -4,7 +4,7 @@ earlier outputs stay."""
 import anndata as ad
 import numpy as np
 import pytest
-from bad_inputs_support import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
+from case_homes import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
 from scipy import sparse
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bad_inputs_support import assert_refused, outputs_digest, run, step_errors
+from case_homes import assert_refused, outputs_digest, run, step_errors
 
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.ingest.landing import inspect_folder

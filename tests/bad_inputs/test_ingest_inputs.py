@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bad_inputs_support import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
+from case_homes import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
 
 
 def _rewrite_parquet(path, change):

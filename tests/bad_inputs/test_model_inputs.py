@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 import yaml
-from bad_inputs_support import assert_refused, outputs_digest, replace_file, run, step_errors
+from case_homes import assert_refused, outputs_digest, replace_file, run, step_errors
 
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 

@@ -4,7 +4,7 @@ with one line; earlier outputs stay."""
 import numpy as np
 import pytest
 import tifffile
-from bad_inputs_support import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
+from case_homes import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
 
 
 def _tiff(path, array, **kw):

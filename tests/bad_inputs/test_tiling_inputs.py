@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from bad_inputs_support import assert_refused, outputs_digest, run, step_errors, truncate
+from case_homes import assert_refused, outputs_digest, run, step_errors, truncate
 
 
 def _truncated(stage, name):

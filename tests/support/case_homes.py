@@ -1,5 +1,6 @@
-"""Helpers of the bad-input corpus (tests/bad_inputs/): private case homes, breaking files without
-touching the hard-linked originals, running a stage, and the one assertion every case makes.
+"""Case homes: one good slide home built once, and cheap private copies of it (outputs hard-linked,
+inputs re-pointed at private copies) that a test may break or rewrite. Used by the bad-input corpus
+(tests/bad_inputs/) and the H&E format tests; also the corpus's one assertion.
 """
 
 from __future__ import annotations
@@ -7,14 +8,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, materialize
 
 import sthelar_definitions
 from sthelar_platform.core.hashing import VERSION_MARKER
-from sthelar_platform.ingest.manifest import SlideSpec
+from sthelar_platform.ingest.manifest import SlideCatalog, SlideSpec, load_manifest
 
 SLIDE = "tiny"
 SLIDE_ASSETS = sthelar_definitions.ALL_ASSETS
@@ -62,6 +63,53 @@ def outputs_digest(home: Path) -> dict[str, str]:
 
 def link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=os.link, symlinks=True)
+
+
+def build_good_home(root: Path, cohort: Path) -> tuple[Path, SlideSpec]:
+    """The tiny slide of ``cohort`` materialized through its exports and the training dataset, under ``root``."""
+    spec = load_manifest(cohort / "manifest.yaml")[0]
+    home = root / "home"
+    SlideCatalog(home / "catalog.yaml").add([spec])
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("slides", [SLIDE])
+    resources = sthelar_definitions.build_resources(str(home))
+    r = materialize(SLIDE_ASSETS, partition_key=SLIDE, instance=instance, resources=resources, raise_on_error=False)
+    assert r.success, "the good baseline must build"
+    r = materialize([*SLIDE_ASSETS, *COHORT_ASSETS], selection=[AssetKey("training_dataset")], instance=instance,
+                    resources=resources, raise_on_error=False)
+    assert r.success, "the good baseline's training dataset must build"
+    return home, spec
+
+
+def make_case(base: Path, spec: SlideSpec, tmp_path: Path) -> CaseHome:
+    """A private copy of the good home ``base`` whose inputs are private (hard-linked) copies too."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for root in OUTPUT_ROOTS:
+        if (base / root).exists():
+            link_tree(base / root, home / root)  # cheap; every write is a new file (atomic outputs)
+    for name in ("lineage.duckdb", "catalog.yaml"):
+        shutil.copy2(base / name, home / name)  # written in place: real copies
+    inputs = tmp_path / "inputs"
+    link_tree(spec.xenium_dir, inputs / "xenium")
+    copies = {}
+    for field in ("he_image", "alignment_csv", "reference"):
+        src = getattr(spec, field)
+        (inputs / field).mkdir(parents=True)
+        copies[field] = inputs / field / src.name
+        os.link(src, copies[field])
+    private = replace(spec, xenium_dir=inputs / "xenium", **copies)
+    SlideCatalog(home / "catalog.yaml").add([private], replace=True)
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    return CaseHome(home=home, spec=private, config_dir=config_dir)
+
+
+def repoint(case: CaseHome, **paths: Path | None) -> CaseHome:
+    """Register the case's slide with some inputs replaced (e.g. another H&E file, no alignment CSV)."""
+    case.spec = replace(case.spec, **paths)
+    SlideCatalog(case.home / "catalog.yaml").add([case.spec], replace=True)
+    return case
 
 
 def run(case: CaseHome, *assets: str, cohort: bool = False):
