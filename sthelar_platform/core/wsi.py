@@ -143,6 +143,11 @@ class WholeSlide:
         return self.levels[0].width
 
     @property
+    def level0_shape(self) -> tuple[int, ...]:
+        """Level 0's shape in the file's own axis order (for messages)."""
+        return self._level_shapes[0]
+
+    @property
     def all_levels_tiled(self) -> bool:
         return all(lv.pages[0].is_tiled for lv in self._tf.series[0].levels)
 

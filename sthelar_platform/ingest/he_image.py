@@ -58,13 +58,17 @@ def magnification_of(pixel_size_um: float | None, ranges: Mapping[str, tuple[flo
 def validate_he(path: str | Path) -> WholeSlide:
     """The scan, opened; an InputError names what makes it unusable as an H&E."""
     slide = WholeSlide(path)
+    problem, fix = None, FIX_IMAGE
     if not slide.is_rgb:
-        raise InputError(path, f"not an RGB image (axes {slide.axes}, level 0 shape {slide._level_shapes[0]})", FIX_IMAGE)
-    if slide.dtype != "uint8":
-        raise InputError(path, f"H&E pixels are {slide.dtype}, expected uint8 RGB", FIX_IMAGE)
-    if min(slide.height, slide.width) < 256:
-        raise InputError(path, f"image too small ({slide.width} x {slide.height} px) for 256 px patches",
-                         "use the full-resolution whole-slide image")
+        problem = f"not an RGB image (axes {slide.axes}, level 0 shape {slide.level0_shape})"
+    elif slide.dtype != "uint8":
+        problem = f"H&E pixels are {slide.dtype}, expected uint8 RGB"
+    elif min(slide.height, slide.width) < 256:
+        problem = f"image too small ({slide.width} x {slide.height} px) for 256 px patches"
+        fix = "use the full-resolution whole-slide image"
+    if problem:
+        slide.close()
+        raise InputError(path, problem, fix)
     return slide
 
 

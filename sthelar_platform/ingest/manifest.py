@@ -106,11 +106,20 @@ def load_manifest(path: str | Path, check_files: bool = True) -> list[SlideSpec]
     return specs
 
 
+# in this order: the Xenium naming, then vendor whole-slide formats, then any (OME-)TIFF
+HE_PATTERNS = ("*he_image.ome.tif", "*.svs", "*.ndpi", "*.ome.tif", "*.ome.tiff", "*.tif", "*.tiff")
+
+
 def find_he_image(folder: Path) -> Path | None:
-    """The H&E of a slide folder: the first ``*he_image.ome.tif`` below it, else any non-morphology OME-TIFF."""
-    hes = sorted(folder.rglob("*he_image.ome.tif")) or sorted(folder.rglob("*.ome.tif*"))
-    hes = [p for p in hes if "morphology" not in p.name]
-    return hes[0] if hes else None
+    """The H&E of a slide folder: the first match of ``HE_PATTERNS`` below it, morphology images aside."""
+    # a Xenium bundle in a subfolder holds no H&E (a bundle that is the folder itself: morphology names aside)
+    bundles = [b.parent for b in folder.rglob("experiment.xenium") if b.parent != folder]
+    for pattern in HE_PATTERNS:
+        hes = [p for p in sorted(folder.rglob(pattern)) if "morphology" not in p.name
+               and not any(p.is_relative_to(b) for b in bundles)]
+        if hes:
+            return hes[0]
+    return None
 
 
 def specs_from_folder(folder: str | Path, tissue: str, slide_id: str | None = None) -> SlideSpec:
@@ -119,7 +128,8 @@ def specs_from_folder(folder: str | Path, tissue: str, slide_id: str | None = No
     xen = folder / "xenium" if (folder / "xenium" / "experiment.xenium").exists() else folder
     he = find_he_image(folder)
     if he is None:
-        raise InputError(folder, "no H&E image (*he_image.ome.tif) found", "pass a manifest naming the H&E image instead")
+        raise InputError(folder, "no H&E image (*he_image.ome.tif, .svs, .ndpi or .tif) found",
+                         "pass a manifest naming the H&E image instead")
     csvs = sorted(folder.rglob("*alignment.csv"))
     row = {"slide_id": slide_id or folder.name.lower().replace(" ", "_"), "tissue": tissue, "xenium_dir": str(xen),
            "he_image": str(he)}
