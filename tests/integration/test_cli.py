@@ -12,8 +12,17 @@ def _cli(*args, home):
 
 
 def test_slides_add_list_and_materialize_with_multiprocess_executor(tiny_cohort, tmp_path):
+    """The whole slide pipeline from the command line, on a slide whose H&E is an Aperio .svs."""
+    from sthelar_platform.synth.he_formats import write_he_variant
+
+    m = yaml.safe_load((tiny_cohort / "manifest.yaml").read_text())
+    entry = {k: str(tiny_cohort / v) if k in ("xenium_dir", "he_image", "alignment_csv", "reference") else v
+             for k, v in m["slides"][0].items()}
+    entry["he_image"] = str(write_he_variant(entry["he_image"], tmp_path / "scans", "svs"))
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"slides": [entry]}))
     home = tmp_path / "home"
-    r = _cli("slides", "add", "--manifest", str(tiny_cohort / "manifest.yaml"), home=home)
+    r = _cli("slides", "add", "--manifest", str(manifest), home=home)
     assert r.returncode == 0, r.stderr
     r = _cli("slides", "list", home=home)
     assert "tiny\tbreast\tSYNTHETIC" in r.stdout
@@ -21,6 +30,9 @@ def test_slides_add_list_and_materialize_with_multiprocess_executor(tiny_cohort,
     assert r.returncode == 0, r.stdout + r.stderr
     assert "tiny: ok" in r.stdout
     assert (home / "warehouse" / "he_image" / "tiny" / "he_image.ome.tif").exists()
+    assert (home / "exports" / "tiny" / "cellvit").is_dir()  # through to the exports
+    summary = yaml.safe_load((home / "warehouse" / "he_image" / "tiny" / "summary.json").read_text())
+    assert summary["pixel_size_source"] == "Aperio description" and summary["stored_as"] == "converted"
     # the run is in the persistent Dagster instance the UI reads
     assert any((home / "dagster").rglob("*.db"))
 
