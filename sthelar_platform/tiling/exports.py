@@ -110,6 +110,27 @@ def export_pannuke(patches_dir: Path, qc: pd.DataFrame, grouping: str, n_classes
     np.save(out / "patch_ids.npy", qc["name"].to_numpy().astype(str))
 
 
+_ZARR_METADATA = {"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"}
+
+
+def _link_image_chunks(src: Path, dst: Path) -> None:
+    """Copy a SpatialData zarr, hard-linking its data chunks (the H&E is not stored again).
+
+    Chunks are written once and never rewritten, so sharing them is safe; metadata files, which a
+    later ``write_element`` rewrites in place, are real copies.
+    """
+    def link_or_copy(a: str, b: str) -> None:
+        if Path(a).name in _ZARR_METADATA:
+            shutil.copy2(a, b)
+            return
+        try:
+            os.link(a, b)
+        except OSError:  # another filesystem
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
 def export_sdata(registered_zarr: Path, cell_h5ad: Path, labels: pd.DataFrame, cell_boundaries: Path,
                  patch_tables: dict[str, pd.DataFrame], morph_um: float, out_zarr: Path) -> list[str]:
     """The complete per-slide SpatialData zarr; returns its element names."""
@@ -122,7 +143,7 @@ def export_sdata(registered_zarr: Path, cell_h5ad: Path, labels: pd.DataFrame, c
 
     from sthelar_platform.registration.registered_he import nucleus_shapes
 
-    shutil.copytree(require_stage_output(registered_zarr, "registered_he"), out_zarr)
+    _link_image_chunks(require_stage_output(registered_zarr, "registered_he"), out_zarr)
     sdata = sd.read_zarr(out_zarr)
     sdata["cell_boundaries"] = nucleus_shapes(cell_boundaries, morph_um)
     sdata.write_element("cell_boundaries")

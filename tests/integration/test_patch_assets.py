@@ -147,6 +147,11 @@ def test_sdata_export_opens_with_patches_and_labelled_table(tiled):
     p40 = sdata["patches_40x"]
     assert {"dice", "jaccard", "bpq", "det_f1", "flagged"} <= set(p40.columns)
     assert len(p40) == len(pd.read_parquet(home / "warehouse" / "patches_40x" / "tiny" / "patches.parquet"))
+    # the H&E is not stored again: the export's image chunks are the registered zarr's, hard-linked
+    exported = home / "exports" / "tiny" / "sdata.zarr" / "images" / "he"
+    registered = home / "warehouse" / "registered_he" / "tiny" / "sdata.zarr" / "images" / "he"
+    chunks = [p for p in exported.rglob("*") if p.is_file() and p.name not in ("zarr.json", ".zattrs", ".zarray")]
+    assert chunks and all(p.stat().st_ino == (registered / p.relative_to(exported)).stat().st_ino for p in chunks)
 
 
 def test_patch_qc_rows_reach_lineage(tiled):
