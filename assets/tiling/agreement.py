@@ -22,7 +22,7 @@ from assets.tiling.patches import patches_20x, patches_40x
 from assets.tiling.reference_segmentation import reference_segmentation
 from resources import LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
-from sthelar_platform.core.errors import require_stage_output
+from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.imaging import open_pyramid
 from sthelar_platform.tiling import agreement as agreement_lib
@@ -56,13 +56,18 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
         meta: dict = {}
         for mag in ("40x", "20x"):
             pdir = storage.stage_dir(f"patches_{mag}", slide_id)
+            ps = json.loads(require_stage_output(pdir / "summary.json", f"patches_{mag}").read_text())
+            if "skipped" in ps:  # e.g. no 40x level on a 20x-only scan: nothing to compare, not a failure
+                context.log.warning(f"{slide_id} {mag}: skipped ({ps['skipped']})")
+                meta[f"agreement_{mag}"] = {"n_patches": 0, "n_flagged": 0, "frac_flagged": 0.0,
+                                            "skipped": ps["skipped"]}
+                continue
             frame = agreement_lib.slide_agreement(pdir, storage.stage_dir("reference_segmentation", slide_id) / mag,
                                                   acfg["detection_radius_px"][mag], acfg["match_iou"],
                                                   acfg["flag_below_jaccard"], int(cfg["patches"]["workers"]))
             frames.append(frame)
             dist = agreement_lib.distribution_summary(frame)
             agreement_lib.histogram_png(frame, out / f"distributions_{mag}.png", f"{slide_id} {mag}")
-            ps = json.loads(require_stage_output(pdir / "summary.json", f"patches_{mag}").read_text())
             lv = PatchLevel(mag, ps["level"], ps["downsample"], ps["um_per_px"])
             draw_patch_overview(he_path, open_pyramid(he_path), frame, lv, ps["size_px"], out / f"quality_map_{mag}.png",
                                 values=frame["jaccard"].to_numpy())
@@ -73,6 +78,9 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
             meta[f"distributions_{mag}"] = md_image(out / f"distributions_{mag}.png", "metric distributions", 640)
             meta[f"quality_map_{mag}"] = md_image(out / f"quality_map_{mag}.png", "patch Jaccard (red low, green high)",
                                                  384)
+        if not frames:
+            raise InputError(storage.stage_dir("patches_20x", slide_id), "no magnification has patches "
+                             "(both skipped: the scan is coarser than 20x)", "scan the slide at 20x or 40x")
         table = holder["table"] = pd.concat(frames, ignore_index=True)
         table.to_parquet(out / "agreement.parquet")
         agreement_lib.write_json(out / "summary.json", {k: v for k, v in meta.items() if k.startswith("agreement_")})
@@ -91,6 +99,8 @@ def patch_quality_failures(summary: dict, max_frac_flagged: float) -> list[str]:
     out = []
     for key, dist in sorted(summary.items()):
         mag = key.removeprefix("agreement_")
+        if "skipped" in dist:
+            continue
         if dist["n_patches"] == 0:
             out.append(f"{mag}: no patches to assess")
         elif dist["frac_flagged"] > max_frac_flagged:
@@ -119,6 +129,7 @@ def patch_quality(context: AssetCheckExecutionContext, storage: StorageResource)
         metadata={**{f"frac_flagged_{k.removeprefix('agreement_')}": round(v["frac_flagged"], 4)
                      for k, v in summary.items()},
                   **{f"median_jaccard_{k.removeprefix('agreement_')}": v["jaccard"].get("median")
-                     for k, v in summary.items()},
+                     for k, v in summary.items() if "jaccard" in v},
+                  **{f"skipped_{k.removeprefix('agreement_')}": v["skipped"] for k, v in summary.items() if "skipped" in v},
                   "thresholds": MetadataValue.json({k: acfg[k] for k in ("flag_below_jaccard", "max_frac_flagged")})},
     )

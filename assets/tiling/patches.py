@@ -47,6 +47,9 @@ def _patches_asset(magnification: str):
                 storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet",
                 storage.stage_dir("cell_types", slide_id) / "cell_labels.parquet", r.he_px_to_um,
                 r.implied_he_pixel_size_um, magnification, out, cfg, categories, progress)
+            if "skipped" in s:
+                context.log.warning(f"{slide_id} {magnification}: skipped: {s['skipped']}")
+                return {"dagster/row_count": 0, **s}
             context.log.info(f"{slide_id} {magnification}: {s['n_patches']} patches kept of {s['n_tissue']} on tissue, "
                              f"{s['n_repaired_polygons']} polygons repaired, {s['n_empty_polygons']} empty dropped")
             return {"dagster/row_count": s["n_patches"], **s,

@@ -21,7 +21,7 @@ from sthelar_platform.core.config import DatasetConfig, TrainingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.model import layouts
 from sthelar_platform.model.layouts import LayoutInput
-from sthelar_platform.tiling.exports import link_or_copy
+from sthelar_platform.tiling.exports import link_or_copy, skipped_magnification
 
 SPLITS = ("train", "val", "test")
 
@@ -147,9 +147,16 @@ def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: 
                   "groupings": {}, "by_magnification": {}, "layouts": {}}
     if not slide_ids:
         raise InputError(exports, "no exported slides", "materialize slide_export for at least one slide")
+    having = {m: [s for s in slide_ids if skipped_magnification(exports / s, m) is None] for m in mags}
+    card["skipped"] = {m: sorted(set(slide_ids) - set(having[m])) for m in mags if set(slide_ids) - set(having[m])}
+    if not having[mag]:
+        raise InputError(exports, f"no exported slide has {mag} patches (the scans are coarser: "
+                         f"{skipped_magnification(exports / slide_ids[0], mag)})",
+                         "train at a magnification the scans have: set dataset.magnification (e.g. 20x) in training.yaml")
+    mags = [m for m in mags if having[m]]
     for grouping in dcfg["groupings"]:
         classes = categories.groupings[grouping].classes
-        patches = pd.concat([gather_patches(exports, slide_ids, m, grouping) for m in mags], ignore_index=True)
+        patches = pd.concat([gather_patches(exports, having[m], m, grouping) for m in mags], ignore_index=True)
         placed = patches.assign(x0=patches["x0"] * patches["downsample"], y0=patches["y0"] * patches["downsample"],
                                 extent=256 * patches["downsample"])  # level-0 pixels: one split for every magnification
         result = split_patches(placed, classes, dcfg)

@@ -182,11 +182,15 @@ def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, ou
     patch_tables = {}
     for mag in ("40x", "20x"):
         pdir = dirs[f"patches_{mag}"]
+        patch_summary = json.loads(require_stage_output(pdir / "summary.json", f"patches_{mag}").read_text())
+        if "skipped" in patch_summary:  # a 20x-only scan has no 40x export, and says why
+            summary[f"skipped_{mag}"] = patch_summary["skipped"]
+            continue
         patches = pd.read_parquet(require_readable_parquet(pdir / "patches.parquet", f"patches_{mag}"))
         qc = patches.merge(agreement[agreement["magnification"] == mag].drop(
             columns=["slide_id", "magnification", "name", "x0", "y0", "n_nuclei", "tissue"]), on="patch_id", how="left")
         # level downsample of this magnification: places its patches in level-0 pixels (one split for all)
-        qc["downsample"] = float(json.loads((pdir / "summary.json").read_text())["downsample"])
+        qc["downsample"] = float(patch_summary["downsample"])
         patch_tables[mag] = qc.drop(columns=["counts_detailed", "counts_grouped"])
         keep = qc[~qc["flagged"].fillna(False).astype(bool)] if ecfg["drop_flagged"] else qc
         keep = keep.drop(columns=["counts_detailed", "counts_grouped", "corners_um"])
@@ -208,4 +212,14 @@ def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, ou
     summary["sdata_elements"] = export_sdata(dirs["registered_he"] / "sdata.zarr", dirs["cell_counts"] / "cell.h5ad",
                                              labels, dirs["xenium_slide"] / "cell_boundaries.parquet", patch_tables,
                                              morph_um, out / "sdata.zarr")
+    (out / EXPORT_SUMMARY).write_text(json.dumps(summary, indent=2))  # the training dataset reads what was skipped
     return summary
+
+
+EXPORT_SUMMARY = "export_summary.json"
+
+
+def skipped_magnification(export_dir: Path, magnification: str) -> str | None:
+    """Why a slide's export has no ``magnification`` (e.g. a 20x-only scan), or None when it has one."""
+    path = export_dir / EXPORT_SUMMARY
+    return json.loads(path.read_text()).get(f"skipped_{magnification}") if path.exists() else None

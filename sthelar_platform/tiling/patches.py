@@ -191,6 +191,9 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     pcfg = cfg["patches"]
     size, overlap = int(pcfg["size_px"]), int(pcfg["overlap_px"])
     info = open_pyramid(he_path)
+    lo, hi = cfg["magnifications"].get(magnification, (0, float("inf")))
+    if level0_um > hi:  # the scan is coarser than this magnification (e.g. a 20x-only scan asked for 40x)
+        return _skipped(slide_id, tissue, magnification, level0_um, out)
     lv = choose_level(info, level0_um, magnification, cfg["magnifications"])
     h, w = info.level_shapes[lv.level][:2]
     labels = pd.read_parquet(require_readable_parquet(labels_path, "cell_types"), columns=["cell_id", "category"])
@@ -259,6 +262,22 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     draw_patch_overview(he_path, info, table, lv, size, out / "patches_overview.png")
+    return summary
+
+
+PATCH_COLUMNS = ["slide_id", "magnification", "patch_id", "name", "row", "col", "x0", "y0", "tissue_fraction",
+                 "n_nuclei", "counts_detailed", "counts_grouped", "corners_um", "tissue"]
+
+
+def _skipped(slide_id: str, tissue: str, magnification: str, level0_um: float, out: Path) -> dict:
+    """An empty patch set that says why: the scan has no level this fine."""
+    (out / "images").mkdir()
+    (out / "labels").mkdir()
+    pd.DataFrame(columns=PATCH_COLUMNS).to_parquet(out / "patches.parquet")
+    summary = {"slide_id": slide_id, "tissue": tissue, "magnification": magnification, "n_patches": 0,
+               "n_tissue": 0, "n_repaired_polygons": 0, "n_empty_polygons": 0,
+               "skipped": f"no {magnification} level (scan is {level0_um:.2f} µm/px)"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

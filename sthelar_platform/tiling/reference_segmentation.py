@@ -97,8 +97,12 @@ def segment_patches(patches_dir: Path, out: Path, segmenter: NucleusSegmenter, c
     """Segment every patch image of one magnification; writes ``<name>.npz`` (inst_map) per patch."""
     table = pd.read_parquet(require_readable_parquet(patches_dir / "patches.parquet", "patches"))
     summary = json.loads((patches_dir / "summary.json").read_text())
-    um = float(summary["um_per_px"])
     out.mkdir(parents=True, exist_ok=True)
+    if "skipped" in summary:  # no patches at this magnification (e.g. a 20x-only scan): nothing to segment
+        pd.DataFrame({"name": pd.Series(dtype=str), "n_ref_nuclei": pd.Series(dtype=int)}).to_parquet(out / "counts.parquet")
+        return {"magnification": summary["magnification"], "n_patches": 0, "segmenter": segmenter.name,
+                "n_ref_nuclei": 0, "skipped": summary["skipped"]}
+    um = float(summary["um_per_px"])
 
     def one(name: str) -> int:
         path = patches_dir / "images" / f"{name}.png"

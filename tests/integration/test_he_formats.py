@@ -13,8 +13,12 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 from case_homes import build_good_home, make_case, repoint, run, step_errors
+from dagster import AssetKey, DagsterInstance, materialize
 
+import sthelar_definitions
+from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.synth.he_formats import write_he_variant
 
 STAGES = ("he_image", "he_registration", "patches_40x", "patches_20x", "reference_segmentation",
@@ -32,10 +36,10 @@ def good_home(tmp_path_factory, tiny_cohort):
     return build_good_home(tmp_path_factory.mktemp("he_formats_baseline"), tiny_cohort)
 
 
-def _run_variant(good_home, tmp_path, variant: str):
+def _run_variant(good_home, tmp_path, variant: str, stages=STAGES, **paths):
     case = make_case(*good_home, tmp_path)
-    repoint(case, he_image=write_he_variant(case.spec.he_image, tmp_path / "scan", variant))
-    result = run(case, *STAGES)
+    repoint(case, he_image=write_he_variant(case.spec.he_image, tmp_path / "scan", variant), **paths)
+    result = run(case, *stages)
     assert result.success, step_errors(result)
     return case
 
@@ -72,6 +76,38 @@ def test_scan_variant_gives_the_patches_of_the_original(good_home, reference, tm
         assert abs(jaccard - jaccard0) <= JACCARD_TOLERANCE.get(variant, 0.02) * jaccard0, (mag, jaccard, jaccard0)
         if variant not in LOSSY and variant != "no_pixel_size":
             assert (n, jaccard) == (n0, jaccard0)  # lossless rewrites give the very same patches
+
+
+def test_a_20x_only_scan_gives_20x_patches_exports_and_training_data(good_home, reference, tmp_path, monkeypatch):
+    # the alignment CSV belongs to the 40x scan; a lab with a 20x scan has none (or its own)
+    case = _run_variant(good_home, tmp_path, "scan_20x", (*STAGES, "slide_export"), alignment_csv=None)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("slides", ["tiny"])
+    check = materialize([*sthelar_definitions.ALL_ASSETS, *sthelar_definitions.ALL_CHECKS], partition_key="tiny",
+                        selection=[AssetKey("segmentation_agreement")], instance=instance,
+                        resources=sthelar_definitions.build_resources(str(case.home)), raise_on_error=False)
+    evaluations = {e.event_specific_data.check_name: e.event_specific_data for e in check.all_events
+                   if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert evaluations["patch_quality"].passed  # a skipped magnification is not a quality failure
+    skipped = json.loads((case.output("patches_40x") / "summary.json").read_text())
+    assert skipped["n_patches"] == 0 and skipped["skipped"] == "no 40x level (scan is 0.55 µm/px)"
+    n, jaccard = _patch_stats(case.home, "20x")
+    n0, jaccard0 = reference["20x"]
+    assert abs(n - n0) <= 0.02 * n0 and abs(jaccard - jaccard0) <= 0.02 * jaccard0, (n, n0, jaccard, jaccard0)
+    export = case.home / "exports" / "tiny"
+    assert (export / "cellvit" / "20x" / "detailed" / "cell_count.csv").exists()
+    assert not (export / "cellvit" / "40x").exists()
+    assert json.loads((export / "export_summary.json").read_text())["skipped_40x"] == skipped["skipped"]
+
+    training = yaml.safe_load((PACKAGED_CONFIG_DIR / "training.yaml").read_text())
+    training["dataset"]["magnification"] = "20x"
+    (case.config_dir / "training.yaml").write_text(yaml.safe_dump(training))
+    monkeypatch.setenv("STHELAR_CONFIG_DIR", str(case.config_dir))
+    result = run(case, "training_dataset", cohort=True)
+    assert result.success, step_errors(result)
+    card = json.loads((case.home / "exports" / "dataset" / "dataset_card.json").read_text())
+    assert card["magnification"] == "20x" and card["skipped"] == {"40x": ["tiny"]}
+    assert sum(card["groupings"]["detailed"]["patches"].values()) > 0
 
 
 def test_the_hard_linked_original_and_its_conversion_agree(good_home, reference):
