@@ -162,22 +162,24 @@ def alignment_csv_agreement(context: AssetCheckExecutionContext, storage: Storag
     code_version=code_version_of(registered_lib),
     group_name="registration",
     kinds={"python", "zarr"},
-    description="SpatialData zarr: the H&E pyramid with its Affine into the Xenium 'global' coordinate system, "
-                "and the Xenium nucleus boundaries.",
+    description="The H&E registered into the Xenium 'global' coordinate system: sdata.zarr (nucleus boundaries), "
+                "the H&E hard-linked (never copied) and its Affine; open_registered_he gives one SpatialData.",
 )
 def registered_he(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
     slide_id = validate_slide_id(context.partition_key)
     r = passed_registration_of(storage, slide_id)
     he_path = storage.stage_dir("he_image", slide_id) / "he_image.ome.tif"
     boundaries = storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet"
-    final = storage.stage_dir("registered_he", slide_id) / "sdata.zarr"
+    final = storage.stage_dir("registered_he", slide_id)
 
     def compute(out: Path) -> dict:
         info = registered_lib.write_registered_he(he_path, np.array(r.qc.transform), boundaries,
-                                                  r.morphology_pixel_size_um, out / "sdata.zarr")
+                                                  r.morphology_pixel_size_um, out)
         return {"element": registered_lib.ELEMENT, "shapes": registered_lib.SHAPES, "coordinate_system": "global",
                 "level_shapes": info["levels"], "transform_source": r.qc.source,
-                "read_with": MetadataValue.md(f"`spatialdata.read_zarr('{final}')`")}
+                "image_stored_as": info["image_stored_as"],
+                "read_with": MetadataValue.md("`from sthelar_platform.registration import open_registered_he; "
+                                              f"open_registered_he('{final}')`")}
 
     return run_slide_stage(context, "registered_he", storage, lineage, compute,
                            inputs=("he_registration", "he_image", "xenium_slide"))

@@ -100,7 +100,7 @@ def _stage_registered_he(data: Path, size: str, seed: int) -> dict[str, Any]:
     he = ingested / "he_image" / "he_image.ome.tif"
     with atomic_dir(data.parent / "registered_he_out") as tmp:
         info = write_registered_he(he, np.array(r.qc.transform), ingested / "xenium_slide" / "nucleus_boundaries.parquet",
-                                   r.morphology_pixel_size_um, tmp / "sdata.zarr")
+                                   r.morphology_pixel_size_um, tmp)
     h, w = info["levels"][0]
     return {"he_px": [w, h], "levels": len(info["levels"]), "_work": h * w / 1e6, "_unit": "megapixels/s"}
 

@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ok &= qc.success
     print(f"\nDemo {'finished' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s.")
     print(f"  outputs:        {layout.warehouse}/<stage>/<slide_id>/")
-    print(f"  exports:        {layout.exports}/<slide_id>/ (cellvit/, pannuke/, sdata.zarr, cell_labels.parquet)")
+    print(f"  exports:        {layout.exports}/<slide_id>/ (cellvit/, pannuke/, sdata.zarr + he_image.ome.tif, cell_labels.parquet)")
     print(f"  dataset:        {layout.exports}/dataset/<mag>/<grouping>/ (splits.csv, dataset_card.json)")
     print(f"  models:         {layout.models}/cellvit_<grouping>/ (best.pt, model.json), evaluation/")
     print(f"  predictions:    {layout.warehouse}/slide_predictions/<slide_id>/")

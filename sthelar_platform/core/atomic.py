@@ -164,6 +164,16 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
             tmp.unlink() if tmp.is_file() else shutil.rmtree(tmp, ignore_errors=True)
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> str:
+    """Hard-link ``src`` at ``dst`` (one stored copy); copy only across filesystems. Returns which it did."""
+    try:
+        os.link(src, dst)
+        return "hard link"
+    except OSError:
+        shutil.copyfile(src, dst)
+        return "copy (another filesystem)"
+
+
 def write_text_atomic(final: str | Path, text: str) -> None:
     """Replace ``final`` with ``text`` atomically."""
     with atomic_file(final) as tmp:

@@ -11,7 +11,6 @@ pyramid is hard-linked, not copied. That file is the only stored copy: every lat
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.imaging import pyramid_shapes, write_pyramidal_ome_tiff, write_tiled_tiff
 from sthelar_platform.core.thumbnails import save_png
@@ -126,15 +126,6 @@ def write_platform_pyramid(slide: WholeSlide, dst: Path, pixel_size_um: float, w
     return shapes
 
 
-def _link_or_copy(src: Path, dst: Path) -> str:
-    try:
-        os.link(src, dst)
-        return "hard link"
-    except OSError:  # another filesystem: a copy is the only way to keep the file
-        shutil.copyfile(src, dst)
-        return "copy (another filesystem)"
-
-
 def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str, tuple[float, float]],
               thumbnail_px: int = 512, assumed_um_per_px: float | None = None, workers: int = 2,
               progress: Callable[[str], None] | None = None) -> HEImageSummary:
@@ -149,7 +140,7 @@ def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str
     dst = out_dir / "he_image.ome.tif"
     try:
         if is_platform_pyramid(slide):
-            stored = _link_or_copy(path, dst)
+            stored = link_or_copy(path, dst)
         else:
             write_platform_pyramid(slide, dst, slide.mpp or assumed_um_per_px or 0.25, workers, progress)
             stored = "converted"

@@ -13,6 +13,7 @@ _EXPORTS = {
     "measure": "transform",
     "RegistrationQC": "transform",
     "write_registered_he": "registered_he",
+    "open_registered_he": "registered_he",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

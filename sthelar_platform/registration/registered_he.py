@@ -1,23 +1,30 @@
-"""The H&E as a SpatialData image element in the Xenium coordinate system.
+"""The H&E as a SpatialData image element in the Xenium coordinate system, without a second copy.
 
-The zarr holds the H&E pyramid (``images/he``) with an ``Affine`` to the ``global``
-coordinate system (Xenium morphology pixels, as spatialdata-io's Xenium reader uses), and
-the nucleus boundaries (``shapes/nucleus_boundaries``, µm with a ``Scale`` to ``global``),
-so ``spatialdata.read_zarr`` gives both already overlaid. Pixels stream from the TIFF
-tile by tile through dask: level 0 is never held in memory.
+A registered folder holds ``sdata.zarr`` (the nucleus boundaries, µm with a ``Scale`` to the
+``global`` coordinate system of Xenium morphology pixels, as spatialdata-io's Xenium reader uses),
+``he_image.ome.tif`` (a hard link of the platform's one stored H&E pyramid) and ``he_image.json``
+(its ``Affine`` to ``global``). :func:`open_registered_he` returns one SpatialData with the image
+attached lazily: pixels stream from the TIFF tile by tile through dask, and no pixel is ever
+written into the zarr (a zarr image would be a full copy of the slide).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from sthelar_platform.core.atomic import link_or_copy
+from sthelar_platform.core.errors import require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, pyramid_shapes
 
 ELEMENT = "he"
 SHAPES = "nucleus_boundaries"
+IMAGE_FILE = "he_image.ome.tif"
+IMAGE_META = "he_image.json"
+SDATA = "sdata.zarr"
 
 
 def nucleus_shapes(boundaries: str | Path, morph_um: float):
@@ -59,27 +66,46 @@ def nucleus_shapes(boundaries: str | Path, morph_um: float):
 
 
 def write_registered_he(he_path: str | Path, transform: np.ndarray, boundaries: str | Path, morph_um: float,
-                        out_zarr: str | Path, chunk: int = 1024) -> dict:
-    """Write the SpatialData zarr; returns the element's level shapes."""
+                        out_dir: str | Path) -> dict:
+    """Write the registered folder (shapes zarr, hard-linked H&E, its affine); returns the level shapes."""
+    from spatialdata import SpatialData
+
+    out_dir = Path(out_dir)
+    info = open_pyramid(he_path)
+    stored = link_image(he_path, np.asarray(transform, float).tolist(), out_dir)
+    SpatialData(shapes={SHAPES: nucleus_shapes(boundaries, morph_um)}).write(out_dir / SDATA)
+    levels = pyramid_shapes(info.height, info.width)
+    return {"levels": [list(s) for s in levels], "image_stored_as": stored}
+
+
+def link_image(he_path: str | Path, affine: list[list[float]], out_dir: Path) -> str:
+    """Place the H&E (hard link) and its affine to ``global`` in ``out_dir``."""
+    stored = link_or_copy(he_path, out_dir / IMAGE_FILE)
+    (out_dir / IMAGE_META).write_text(json.dumps({"element": ELEMENT, "file": IMAGE_FILE, "coordinate_system": "global",
+                                                  "affine_he_px_to_global": affine}, indent=2))
+    return stored
+
+
+def open_registered_he(folder: str | Path, chunk: int = 1024):
+    """The folder's SpatialData (``sdata.zarr``) with the H&E attached lazily as image ``he`` in ``global``."""
     import dask.array as da
+    import spatialdata as sd
     import tifffile
     import zarr
-    from spatialdata import SpatialData
     from spatialdata.models import Image2DModel
     from spatialdata.transformations import Affine
 
-    info = open_pyramid(he_path)
-    store = tifffile.imread(he_path, aszarr=True, level=0)
-    try:
-        level0 = da.from_zarr(zarr.open(store, mode="r")).rechunk((chunk, chunk, -1))[..., :3]
-        levels = pyramid_shapes(info.height, info.width)
-        image = Image2DModel.parse(
-            level0.transpose(2, 0, 1), dims=("c", "y", "x"), c_coords=["r", "g", "b"],
-            scale_factors=[2] * (len(levels) - 1) or None, chunks=(3, chunk, chunk),
-            transformations={"global": Affine(np.asarray(transform, float), input_axes=("x", "y"), output_axes=("x", "y"))},
-        )
-        sdata = SpatialData(images={ELEMENT: image}, shapes={SHAPES: nucleus_shapes(boundaries, morph_um)})
-        sdata.write(Path(out_zarr))
-    finally:
-        store.close()
-    return {"levels": [list(s) for s in levels]}
+    folder = Path(folder)
+    sdata = sd.read_zarr(require_stage_output(folder / SDATA, "registered_he"))
+    meta = json.loads(require_stage_output(folder / IMAGE_META, "registered_he").read_text())
+    path = folder / meta["file"]
+    info = open_pyramid(path)
+    level0 = da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True, level=0), mode="r"))
+    level0 = level0.rechunk((chunk, chunk, -1))[..., :3]
+    sdata[meta["element"]] = Image2DModel.parse(
+        level0.transpose(2, 0, 1), dims=("c", "y", "x"), c_coords=["r", "g", "b"],
+        scale_factors=[2] * (len(pyramid_shapes(info.height, info.width)) - 1) or None, chunks=(3, chunk, chunk),
+        transformations={"global": Affine(np.asarray(meta["affine_he_px_to_global"], float), input_axes=("x", "y"),
+                                          output_axes=("x", "y"))},
+    )
+    return sdata

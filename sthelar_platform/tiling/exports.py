@@ -8,7 +8,8 @@
 - ``pannuke/<mag>/<grouping>/``: ``images.npy`` (N, 256, 256, 3) uint8, ``masks.npy``
   (N, 256, 256, C + 1) with one instance channel per class and the background last,
   ``types.npy`` (tissue names) and ``patch_ids.npy``;
-- ``sdata.zarr``: the registered H&E, nucleus and cell boundaries, the cell table with its
+- ``sdata.zarr`` + ``he_image.ome.tif`` (hard link) + ``he_image.json``: open with
+  ``open_registered_he`` for the registered H&E, nucleus and cell boundaries, the cell table with its
   labels, and every patch as a shape carrying its QC metrics.
 """
 
@@ -110,30 +111,12 @@ def export_pannuke(patches_dir: Path, qc: pd.DataFrame, grouping: str, n_classes
     np.save(out / "patch_ids.npy", qc["name"].to_numpy().astype(str))
 
 
-_ZARR_METADATA = {"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"}
+def export_sdata(registered_dir: Path, cell_h5ad: Path, labels: pd.DataFrame, cell_boundaries: Path,
+                 patch_tables: dict[str, pd.DataFrame], morph_um: float, out_dir: Path) -> list[str]:
+    """The per-slide SpatialData (``sdata.zarr`` + the hard-linked H&E and its affine); returns its element names.
 
-
-def _link_image_chunks(src: Path, dst: Path) -> None:
-    """Copy a SpatialData zarr, hard-linking its data chunks (the H&E is not stored again).
-
-    Chunks are written once and never rewritten, so sharing them is safe; metadata files, which a
-    later ``write_element`` rewrites in place, are real copies.
+    ``open_registered_he(out_dir)`` gives it whole, the H&E attached lazily from the one stored pyramid.
     """
-    def link_or_copy(a: str, b: str) -> None:
-        if Path(a).name in _ZARR_METADATA:
-            shutil.copy2(a, b)
-            return
-        try:
-            os.link(a, b)
-        except OSError:  # another filesystem
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link_or_copy)
-
-
-def export_sdata(registered_zarr: Path, cell_h5ad: Path, labels: pd.DataFrame, cell_boundaries: Path,
-                 patch_tables: dict[str, pd.DataFrame], morph_um: float, out_zarr: Path) -> list[str]:
-    """The complete per-slide SpatialData zarr; returns its element names."""
     import anndata as ad
     import geopandas as gpd
     import shapely
@@ -141,9 +124,12 @@ def export_sdata(registered_zarr: Path, cell_h5ad: Path, labels: pd.DataFrame, c
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import Scale
 
-    from sthelar_platform.registration.registered_he import nucleus_shapes
+    from sthelar_platform.registration.registered_he import IMAGE_FILE, IMAGE_META, SDATA, link_image, nucleus_shapes
 
-    _link_image_chunks(require_stage_output(registered_zarr, "registered_he"), out_zarr)
+    out_zarr = out_dir / SDATA
+    shutil.copytree(require_stage_output(registered_dir / SDATA, "registered_he"), out_zarr)  # shapes only: small
+    meta = json.loads(require_stage_output(registered_dir / IMAGE_META, "registered_he").read_text())
+    link_image(registered_dir / IMAGE_FILE, meta["affine_he_px_to_global"], out_dir)
     sdata = sd.read_zarr(out_zarr)
     sdata["cell_boundaries"] = nucleus_shapes(cell_boundaries, morph_um)
     sdata.write_element("cell_boundaries")
@@ -165,7 +151,7 @@ def export_sdata(registered_zarr: Path, cell_h5ad: Path, labels: pd.DataFrame, c
         name = f"patches_{mag}"
         sdata[name] = ShapesModel.parse(gdf, transformations={"global": Scale([1 / morph_um, 1 / morph_um], axes=("x", "y"))})
         sdata.write_element(name)
-    return sorted(list(sdata.images) + list(sdata.shapes) + list(sdata.tables))
+    return sorted([meta["element"], *sdata.shapes, *sdata.tables])
 
 
 def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, out: Path, cfg: TilingConfig,
@@ -209,9 +195,9 @@ def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, ou
         summary[f"n_dropped_flagged_{mag}"] = int(len(qc) - len(keep))
     if progress:
         progress("sdata.zarr")
-    summary["sdata_elements"] = export_sdata(dirs["registered_he"] / "sdata.zarr", dirs["cell_counts"] / "cell.h5ad",
+    summary["sdata_elements"] = export_sdata(dirs["registered_he"], dirs["cell_counts"] / "cell.h5ad",
                                              labels, dirs["xenium_slide"] / "cell_boundaries.parquet", patch_tables,
-                                             morph_um, out / "sdata.zarr")
+                                             morph_um, out)
     (out / EXPORT_SUMMARY).write_text(json.dumps(summary, indent=2))  # the training dataset reads what was skipped
     return summary
 

@@ -90,12 +90,18 @@ def test_good_slide_registers_and_passes_its_check(home):
 
 
 def test_registered_he_is_a_spatialdata_image_in_xenium_coordinates(home, tiny_slide):
-    import spatialdata as sd
     from spatialdata.transformations import get_transformation
 
+    from sthelar_platform.registration import open_registered_he
+
     home_dir, _, _ = home
-    sdata = sd.read_zarr(home_dir / "warehouse" / "registered_he" / "tiny" / "sdata.zarr")
+    folder = home_dir / "warehouse" / "registered_he" / "tiny"
+    sdata = open_registered_he(folder)
     assert set(sdata.images) == {"he"} and set(sdata.shapes) == {"nucleus_boundaries"}
+    # one stored H&E: the registered folder holds a hard link of it and no image chunks
+    he = home_dir / "warehouse" / "he_image" / "tiny" / "he_image.ome.tif"
+    assert (folder / "he_image.ome.tif").stat().st_ino == he.stat().st_ino
+    assert not (folder / "sdata.zarr" / "images").exists()
     affine = get_transformation(sdata.images["he"], "global").to_affine_matrix(("x", "y"), ("x", "y"))
     truth = np.array(json.loads((tiny_slide / "truth" / "transform.json").read_text())["he_to_morphology"])
     cells = pl.read_parquet(tiny_slide / "truth" / "cells.parquet")
