@@ -66,3 +66,14 @@ def test_a_stack_of_planes_is_not_an_h_and_e(tmp_path):
     tifffile.imwrite(path, np.zeros((5, 64, 64, 3), np.uint8), ome=True, photometric="rgb", metadata={"axes": "ZYXS"})
     with pytest.raises(InputError, match="5 planes along axis 'Z'"):
         WholeSlide(path)
+
+
+@pytest.mark.parametrize("compression,tolerance", [("lzw", 0), ("zlib", 0), ("jpeg", 60), ("jpeg2000", 8)])
+def test_scanner_tile_codecs_decode(tmp_path, compression, tolerance):
+    smooth = np.clip(RGB.astype(int) // 4 + 100, 0, 255).astype(np.uint8)  # JPEG-friendly content
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, smooth, photometric="rgb", tile=(64, 64), compression=compression)
+    with WholeSlide(path) as slide:
+        out = slide.read_region(0, 0, 0, 300, 200)
+    assert out.shape == (300, 200, 3)
+    assert np.abs(out.astype(int) - smooth).mean() <= tolerance / 4 and np.abs(out.astype(int) - smooth).max() <= tolerance
