@@ -16,6 +16,7 @@ import tifffile
 import zarr
 
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.wsi import WholeSlide
 
 TILE = 512
 RenderFn = Callable[[int, int, int, int, int], np.ndarray]
@@ -104,9 +105,7 @@ class PyramidInfo:
 
 
 def open_pyramid(path: str | Path) -> PyramidInfo:
-    """Inspect an image (through the whole-slide layer) without reading pixel data."""
-    from sthelar_platform.core.wsi import WholeSlide
-
+    """Inspect an image (through the whole-slide layer) without reading pixel data; a truncated file is refused."""
     with WholeSlide(path) as slide:
         shapes = [(lv.height, lv.width) + ((3,) if slide.is_rgb else ()) for lv in slide.levels]
         return PyramidInfo(path=Path(path), level_shapes=shapes, dtype=slide.dtype, pixel_size_um=slide.mpp,
@@ -114,34 +113,18 @@ def open_pyramid(path: str | Path) -> PyramidInfo:
 
 
 def read_level_region(path: str | Path, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Read one window of one pyramid level lazily (only the tiles it touches), as ``(h, w, 3)``."""
-    from sthelar_platform.core.wsi import WholeSlide
+    """Read one window of one pyramid level lazily (only the tiles it touches), as ``(h, w, 3)``.
 
-    with WholeSlide(path) as slide:
+    Called once per region on hot paths: the file was verified when the stage opened it (``open_pyramid``).
+    """
+    with WholeSlide(path, verify=False) as slide:
         return slide.read_region(level, y0, x0, h, w)
 
 
 def read_level(path: str | Path, level: int) -> np.ndarray:
     """Read a whole (small, low-resolution) level; refused when it is too large to hold."""
-    from sthelar_platform.core.wsi import WholeSlide
-
-    with WholeSlide(path) as slide:
+    with WholeSlide(path, verify=False) as slide:
         return slide.read_level(level)
-
-
-def check_tile_data_present(path: str | Path) -> None:
-    """Every tile or strip of every level lies inside the file: a truncated copy is caught without decoding."""
-    path = Path(path)
-    size = path.stat().st_size
-    with tifffile.TiffFile(path, is_ome=False) as tf:  # this file's own pages (an OME series may span files)
-        for level in tf.series[0].levels:
-            for page in level.pages:
-                if page is None or not hasattr(page, "dataoffsets"):
-                    continue
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True) if n]
-                if ends and max(ends) > size:
-                    raise InputError(path, f"truncated: image data runs to byte {max(ends)} but the file has {size} "
-                                     "bytes", "copy the file again completely (compare its size with the source)")
 
 
 def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:

@@ -71,6 +71,21 @@ def _ndpi_mpp(tf: tifffile.TiffFile) -> float | None:
     return 10.0 / float(mag) if mag else None  # Hamamatsu: 40x = 0.25 µm/px nominal
 
 
+def check_tile_data_present(path: str | Path) -> None:
+    """Every tile or strip of every level lies inside the file: a truncated copy is caught without decoding."""
+    path = Path(path)
+    size = path.stat().st_size
+    with tifffile.TiffFile(path, is_ome=False) as tf:  # this file's own pages (an OME series may span files)
+        for level in tf.series[0].levels:
+            for page in level.pages:
+                if page is None or not hasattr(page, "dataoffsets"):
+                    continue
+                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True) if n]
+                if ends and max(ends) > size:
+                    raise InputError(path, f"truncated: image data runs to byte {max(ends)} but the file has {size} "
+                                     "bytes", "copy the file again completely (compare its size with the source)")
+
+
 def _plausible(value: float | None) -> float | None:
     return value if value is not None and PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1] else None
 
@@ -78,7 +93,8 @@ def _plausible(value: float | None) -> float | None:
 class WholeSlide:
     """One scan: its levels, pixel size and region reads as ``(h, w, 3)`` uint8 RGB."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, verify: bool = True):
+        """``verify``: check that no tile lies past the end of the file (once per stage, not per region read)."""
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(self.path, "image file does not exist", "check the path in the slide manifest")
@@ -92,10 +108,9 @@ class WholeSlide:
             self.compression = str(series.pages[0].compression.name)
         except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError) as exc:
             raise InputError(self.path, f"not a readable TIFF-family whole-slide image ({exc})", FIX_FORMAT) from exc
-        from sthelar_platform.core.imaging import check_tile_data_present
-
         try:
-            check_tile_data_present(self.path)  # a truncated copy stops here, with its name
+            if verify:
+                check_tile_data_present(self.path)  # a truncated copy stops here, with its name
             self._y, self._x, self._channel, self._fixed = self._axis_plan(self.axes, self._level_shapes[0])
             self.mpp, self.mpp_source = self._pixel_size()
         except BaseException:
@@ -183,11 +198,6 @@ class WholeSlide:
             raise InputError(self.path, f"level {level} is {lv.width} x {lv.height} px, too large to read whole",
                              "ingest the H&E first: the platform's own pyramid has small levels for this")
         return self.read_region(level, 0, 0, lv.height, lv.width)
-
-    def smallest_level_at_least(self, max_px: int) -> int:
-        """The smallest level whose longer side is still >= ``max_px`` (level 0 if none is)."""
-        sizes = [max(lv.height, lv.width) for lv in self.levels]
-        return next((i for i in range(len(sizes) - 1, -1, -1) if sizes[i] >= max_px), 0)
 
     def close(self) -> None:
         self._tf.close()

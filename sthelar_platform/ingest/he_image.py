@@ -20,7 +20,14 @@ import numpy as np
 
 from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.imaging import pyramid_shapes, write_pyramidal_ome_tiff, write_tiled_tiff
+from sthelar_platform.core.imaging import (
+    open_pyramid,
+    pyramid_shapes,
+    read_level,
+    thumbnail_level,
+    write_pyramidal_ome_tiff,
+    write_tiled_tiff,
+)
 from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.core.wsi import WholeSlide
 
@@ -146,10 +153,9 @@ def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str
             stored = "converted"
     finally:
         slide.close()
-    with WholeSlide(dst) as own:
-        thumb = own.read_level(own.smallest_level_at_least(thumbnail_px))
-        levels = [[lv.height, lv.width, 3] for lv in own.levels]
-    save_png(thumb, out_dir / "thumbnail_he.png", max_px=thumbnail_px)
+    own = open_pyramid(dst)
+    levels = [list(shape) for shape in own.level_shapes]
+    save_png(read_level(dst, thumbnail_level(own, thumbnail_px)), out_dir / "thumbnail_he.png", max_px=thumbnail_px)
     summary = HEImageSummary(width=slide.width, height=slide.height, n_levels=len(levels), level_shapes=levels,
                              pixel_size_um=slide.mpp, magnification=magnification_of(slide.mpp, magnifications),
                              dtype=slide.dtype, pixel_size_source=slide.mpp_source, source_axes=slide.axes,

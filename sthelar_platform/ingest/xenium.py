@@ -29,8 +29,9 @@ from scipy import sparse
 from sthelar_platform.core.config import IngestConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import mask_ints
-from sthelar_platform.core.imaging import check_tile_data_present, first_plane_thumbnail
+from sthelar_platform.core.imaging import first_plane_thumbnail
 from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.core.wsi import check_tile_data_present
 from sthelar_platform.ingest.bundle_reader import BundleTables, read_bundle
 from sthelar_platform.ingest.generation import Generation, detect_generation
 from sthelar_platform.ingest.xenium_bundle import CONTROL_PREFIXES, validate_bundle

@@ -21,7 +21,7 @@ from sthelar_platform.core.config import DatasetConfig, TrainingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.model import layouts
 from sthelar_platform.model.layouts import LayoutInput
-from sthelar_platform.tiling.exports import link_or_copy, skipped_magnification
+from sthelar_platform.tiling.exports import link_patch_file, skipped_magnification
 
 SPLITS = ("train", "val", "test")
 
@@ -186,8 +186,8 @@ def _write_own_folder(kept: pd.DataFrame, classes: tuple[str, ...], target: Path
     (target / "images").mkdir(parents=True)
     (target / "labels").mkdir()
     for row in kept.itertuples(index=False):
-        link_or_copy(Path(row.source) / "images" / f"{row.name}.png", target / "images" / f"{row.name}.png")
-        link_or_copy(Path(row.source) / "labels" / f"{row.name}.npz", target / "labels" / f"{row.name}.npz")
+        link_patch_file(Path(row.source) / "images" / f"{row.name}.png", target / "images" / f"{row.name}.png")
+        link_patch_file(Path(row.source) / "labels" / f"{row.name}.npz", target / "labels" / f"{row.name}.npz")
     kept[["Image", *classes]].to_csv(target / "cell_count.csv", index=False)
     pd.DataFrame({"img": kept["Image"], "type": kept["tissue"]}).to_csv(target / "types.csv", index=False)
     kept[["Image", "split", "slide_id", "unit"]].rename(columns={"Image": "img"}).to_csv(target / "splits.csv",

@@ -39,7 +39,7 @@ from scipy import sparse
 from sthelar_platform.core.config import HFLayoutConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import encode_cell_ids, mask_ints
-from sthelar_platform.tiling.exports import link_or_copy
+from sthelar_platform.tiling.exports import link_patch_file
 from sthelar_platform.tiling.patches import load_labels
 
 LAYOUTS = ("sthelar", "cellvit_folds", "hf")
@@ -191,7 +191,7 @@ def write_cellvit_folds(layout: LayoutInput, out: Path, hf_cfg: HFLayoutConfig) 
         sel = (p["split"] == split).to_numpy()
         part = LayoutInput(p[sel], layout.classes, layout.magnification, layout.grouping)
         for row, lab, _png in _rows(part):
-            link_or_copy(Path(row.source) / "images" / f"{row.name}.png", fold / "images" / f"{row.name}.png")
+            link_patch_file(Path(row.source) / "images" / f"{row.name}.png", fold / "images" / f"{row.name}.png")
             # the trainer's format: np.load(allow_pickle=True)[()] -> {"inst_map", "type_map"}
             np.save(fold / "labels" / f"{row.name}.npy", {"inst_map": lab["inst_map"].astype(np.int32),
                                                           "type_map": lab["type_map"].astype(np.int32)},

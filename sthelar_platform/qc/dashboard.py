@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import jinja2
 import numpy as np
 import polars as pl
 
-from sthelar_platform.core.atomic import atomic_dir
+from sthelar_platform.core.atomic import atomic_dir, link_or_copy
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.lineage import LineageStore
@@ -139,14 +138,6 @@ def metric_histograms(patches: dict[str, np.ndarray], bins: int = 40) -> dict[st
     return out
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _cell_map(layout: StorageLayout, slide_id: str) -> tuple[dict[str, dict[str, list]], bool, bool]:
     """Cell centroids by category, at most MAX_MAP_POINTS (an even sample); (map, sampled, present)."""
     labels = layout.stage_dir("cell_types", slide_id) / "cell_labels.parquet"
@@ -199,7 +190,8 @@ def build_dashboard(qc_db: Path, layout: StorageLayout, out_dir: Path, run_resul
                   "synthetic": any(s.get("synthetic") for s in slides)}
         with atomic_dir(out_dir) as tmp:
             (tmp / "assets").mkdir()
-            _link_or_copy(plotly_js(), tmp / "assets" / "plotly.min.js")
+            (tmp / "assets").mkdir(parents=True, exist_ok=True)
+            link_or_copy(plotly_js(), tmp / "assets" / "plotly.min.js")
             for name in ("style.css", "dashboard.js"):
                 shutil.copyfile(TEMPLATES / name, tmp / "assets" / name)
             curves: dict[str, dict[str, list]] = {}
@@ -248,7 +240,8 @@ def _slide_page(con: duckdb.DuckDBPyConnection, layout: StorageLayout, s: dict[s
     for key, src in (("overlay", layout.stage_dir("he_registration", sid) / "overlay.png"),
                      ("residual_map", layout.stage_dir("he_registration", sid) / "residual_map.png")):
         if src.exists():
-            _link_or_copy(src, pages / sid / src.name)
+            (pages / sid).mkdir(parents=True, exist_ok=True)
+            link_or_copy(src, pages / sid / src.name)
             images[key] = f"{sid}/{src.name}"
     cell_map, sampled, has_cells = _cell_map(layout, sid)
     data = {"patch_grid": patch_grid(patches), "histograms": metric_histograms(patches),

@@ -152,8 +152,7 @@ def _guess_pixel_size(he_path: Path, xen_um: np.ndarray, morph_um: float, cfg: R
         raise InputError(he_path, "no nuclei found at any candidate pixel size "
                          f"{list(cfg.unknown_pixel_size_candidates_um)} µm/px",
                          "check the H&E shows this slide's tissue; or give its pixel size in the OME metadata")
-    tried.sort(key=lambda t: t[0])
-    fraction, px, pts = tried[-1]
+    _, px, pts = max(tried, key=lambda t: t[0])
     notes.append("H&E has no pixel size metadata; tried " + ", ".join(f"{p} µm/px ({f:.0%} matched)" for f, p, _ in tried))
     return float(px), pts
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import TilingConfig
 from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
@@ -34,14 +34,11 @@ CELL_LABEL_COLUMNS = ["cell_id", "category", "detailed_class", "grouped_class", 
                       "cluster", "flagged"]
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard link (no extra disk) when source and target share a filesystem, else copy."""
+def link_patch_file(src: Path, dst: Path) -> None:
+    """A patch file placed without extra disk (hard link, copy across filesystems); a missing one is named."""
     if not src.exists():
         raise InputError(src, "patch file missing", "materialize the patches for this slide again")
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    link_or_copy(src, dst)
 
 
 def export_cellvit(patches_dir: Path, qc: pd.DataFrame, grouping: str, classes: tuple[str, ...], out: Path,
@@ -51,7 +48,7 @@ def export_cellvit(patches_dir: Path, qc: pd.DataFrame, grouping: str, classes: 
     (out / "labels").mkdir()
     counts = []
     for row in qc.itertuples(index=False):
-        link_or_copy(patches_dir / "images" / f"{row.name}.png", out / "images" / f"{row.name}.png")
+        link_patch_file(patches_dir / "images" / f"{row.name}.png", out / "images" / f"{row.name}.png")
         lab = load_labels(patches_dir / "labels" / f"{row.name}.npz")
         save_npz(out / "labels" / f"{row.name}.npz", {"inst_map": lab["inst_map"],
                                                        "type_map": lab[f"type_map_{grouping}"],
@@ -89,7 +86,7 @@ def export_pannuke(patches_dir: Path, qc: pd.DataFrame, grouping: str, n_classes
     dtype = mask_dtype(dtype, int(qc["n_nuclei"].max()) if len(qc) else 0)
     n, size = len(qc), 256
     if images_from is not None:
-        link_or_copy(images_from, out / "images.npy")
+        link_patch_file(images_from, out / "images.npy")
     else:
         images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     masks = np.lib.format.open_memmap(out / "masks.npy", mode="w+", dtype=dtype,

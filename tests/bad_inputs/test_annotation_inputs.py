@@ -4,7 +4,7 @@ earlier outputs stay."""
 import anndata as ad
 import numpy as np
 import pytest
-from case_homes import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
+from case_homes import assert_refused, outputs_digest, replace_file, the_one_error, truncate
 from scipy import sparse
 
 
@@ -60,19 +60,15 @@ def test_bad_reference_atlas_is_refused_and_nothing_is_lost(case, name):
     mutate, problem = ATLAS_CASES[name]
     before = outputs_digest(case.home)
     mutate(case)
-    result = run(case, "tangram_labels")
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], case.spec.reference, problem, before, case.home)
+    error = the_one_error(case, "tangram_labels")
+    assert_refused(error, case.spec.reference, problem, before, case.home)
 
 
 def test_damaged_ingested_transcripts_stop_counting_with_their_name(case):
     before = outputs_digest(case.home)
     target = truncate(case.output("xenium_slide") / "transcripts.parquet", 0.6)
-    result = run(case, "cell_counts")
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], target, "transcripts", before, case.home, changed=("warehouse/xenium_slide/",))
+    error = the_one_error(case, "cell_counts")
+    assert_refused(error, target, "transcripts", before, case.home, changed=("warehouse/xenium_slide/",))
 
 
 @pytest.mark.parametrize("text,problem", [("clusters: {0: [unclosed\n", "not valid YAML"),
@@ -83,7 +79,5 @@ def test_bad_reviewed_override_stops_labelling_with_its_name(case, text, problem
     override = case.config_dir / "overrides" / "tiny.yaml"
     override.parent.mkdir()
     override.write_text(text)
-    result = run(case, "cell_types")
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], override, problem, before, case.home)
+    error = the_one_error(case, "cell_types")
+    assert_refused(error, override, problem, before, case.home)

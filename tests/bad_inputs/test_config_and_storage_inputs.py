@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from case_homes import assert_refused, outputs_digest, run, step_errors
+from case_homes import assert_refused, outputs_digest, the_one_error
 
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.ingest.landing import inspect_folder
@@ -38,10 +38,8 @@ def test_bad_config_file_stops_the_stage_with_file_and_key(case, name):
     before = outputs_digest(case.home)
     path = case.config_dir / f"{config}.yaml"
     path.write_text(_edited(config, change) if change else "tangram: {device: [cpu\n")
-    result = run(case, asset)
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], path, problem, before, case.home)
+    error = the_one_error(case, asset)
+    assert_refused(error, path, problem, before, case.home)
 
 
 def _slides_add(case, manifest: Path):

@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 import yaml
-from case_homes import assert_refused, outputs_digest, replace_file, run, step_errors
+from case_homes import assert_refused, outputs_digest, replace_file, the_one_error
 
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 
@@ -55,10 +55,8 @@ def test_bad_init_checkpoint_stops_training_before_it_starts(case, name):
     make, problem = CASES[name]
     before = outputs_digest(case.home)
     path = make(_with_init_checkpoint(case, f"{name}.pt"))
-    result = run(case, "cellvit_detailed", cohort=True)
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], path, problem, before, case.home)
+    error = the_one_error(case, "cellvit_detailed", cohort=True)
+    assert_refused(error, path, problem, before, case.home)
     assert not (case.home / "work" / "training").exists() or not list((case.home / "work" / "training").rglob("*.pt"))
 
 
@@ -67,7 +65,5 @@ def test_damaged_export_stops_the_training_dataset_with_its_name(case):
     target = case.home / "exports" / "tiny" / "cellvit" / "40x" / "detailed" / "patches.csv"
     assert target.exists(), sorted(p.name for p in target.parent.iterdir())
     replace_file(target, "slide_id;patch\n")
-    result = run(case, "training_dataset", cohort=True)
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], target, "lacks columns", before, case.home, changed=("exports/tiny/",))
+    error = the_one_error(case, "training_dataset", cohort=True)
+    assert_refused(error, target, "lacks columns", before, case.home, changed=("exports/tiny/",))

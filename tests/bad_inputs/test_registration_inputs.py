@@ -4,7 +4,7 @@ with one line; earlier outputs stay."""
 import numpy as np
 import pytest
 import tifffile
-from case_homes import assert_refused, outputs_digest, replace_file, run, step_errors, truncate
+from case_homes import assert_refused, outputs_digest, replace_file, the_one_error, truncate
 
 
 def _tiff(path, array, **kw):
@@ -62,10 +62,8 @@ def test_bad_he_scan_is_refused_and_nothing_is_lost(case, name):
     mutate, asset, problem, _ = HE_CASES[name]
     before = outputs_digest(case.home)
     mutate(case)
-    result = run(case, asset)
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], case.spec.he_image, problem, before, case.home)
+    error = the_one_error(case, asset)
+    assert_refused(error, case.spec.he_image, problem, before, case.home)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRATION_CASES))
@@ -73,20 +71,16 @@ def test_bad_alignment_csv_is_refused_and_nothing_is_lost(case, name):
     mutate, problem = REGISTRATION_CASES[name]
     before = outputs_digest(case.home)
     mutate(case)
-    result = run(case, "he_registration")
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], case.spec.alignment_csv, problem, before, case.home)
+    error = the_one_error(case, "he_registration")
+    assert_refused(error, case.spec.alignment_csv, problem, before, case.home)
 
 
 def test_blank_he_without_tissue_stops_registration_and_keeps_the_earlier_one(case):
     before = outputs_digest(case.home)
     _blank_he(case.spec.he_image)
-    result = run(case, "he_image", "he_registration")
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
+    error = the_one_error(case, "he_image", "he_registration")
     # the new scan itself is a valid image (he_image takes it); registration refuses to place it
-    assert_refused(errors[0], case.output("he_image") / "he_image.ome.tif", "nuclei detected", before, case.home,
+    assert_refused(error, case.output("he_image") / "he_image.ome.tif", "nuclei detected", before, case.home,
                    changed=("warehouse/he_image/",))
 
 
@@ -94,8 +88,6 @@ def test_corrupt_registration_output_stops_registered_he_with_its_name(case):
     before = outputs_digest(case.home)
     target = case.output("he_registration") / "registration.json"
     replace_file(target, '{"qc": {"transform": [[1, 0')
-    result = run(case, "registered_he")
-    errors = step_errors(result)
-    assert not result.success and len(errors) == 1, errors
-    assert_refused(errors[0], target, "not a readable registration record", before, case.home,
+    error = the_one_error(case, "registered_he")
+    assert_refused(error, target, "not a readable registration record", before, case.home,
                    changed=("warehouse/he_registration/",))

@@ -132,6 +132,14 @@ def step_errors(result) -> list[str]:
     return [_user_error(e.event_specific_data.error) for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
 
 
+def the_one_error(case: CaseHome, *assets: str, cohort: bool = False) -> str:
+    """Run ``assets`` expecting a failed run with exactly one failed step; that step's message."""
+    result = run(case, *assets, cohort=cohort)
+    errors = step_errors(result)
+    assert not result.success and len(errors) == 1, errors
+    return errors[0]
+
+
 CORPUS = {"tried": 0, "lost": 0}
 
 
