@@ -6,6 +6,7 @@ in memory; readers go through tifffile's zarr view so level 0 is never loaded wh
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import tifffile
 import zarr
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.wsi import WholeSlide
+from sthelar_platform.core.wsi import WholeSlide, level_downsample
 
 TILE = 512
 RenderFn = Callable[[int, int, int, int, int], np.ndarray]
@@ -87,6 +88,50 @@ def write_tiled_tiff(path: str | Path, shape: tuple[int, int], render: RenderFn,
                      bigtiff=True, maxworkers=workers)
 
 
+def _halve(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int]):
+    """A render function for the next level: 2x2 area averages of the level read by ``read``."""
+    ph, pw = shape
+
+    def render(_level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        y1, x1 = min(2 * (y0 + h), ph), min(2 * (x0 + w), pw)
+        block = read(2 * y0, 2 * x0, y1 - 2 * y0, x1 - 2 * x0).astype(np.float32)
+        if block.shape[0] < 2 * h or block.shape[1] < 2 * w:  # odd border: repeat the last row / column
+            block = np.pad(block, ((0, 2 * h - block.shape[0]), (0, 2 * w - block.shape[1]), (0, 0)), mode="edge")
+        return (block.reshape(h, 2, w, 2, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+
+    return render
+
+
+def write_averaged_pyramid(slide: WholeSlide, dst: Path, pixel_size_um: float, workers: int = 2,
+                           progress: Callable[[str], None] | None = None) -> list[tuple[int, int]]:
+    """Stream ``slide``'s level 0 into a 2x pyramid at ``dst`` (the platform's H&E format); returns its
+    level shapes.
+
+    Level k is averaged from level k-1, which is kept in a temporary single-level tiled TIFF beside
+    ``dst`` (removed at the end), so the source's level 0 is decoded twice in all, region by region.
+    """
+    shapes = pyramid_shapes(slide.height, slide.width)
+    readers: list[Callable[[int, int, int, int], np.ndarray]] = [lambda y, x, h, w: slide.read_region(0, y, x, h, w)]
+    temps: list[WholeSlide] = []
+    scratch = dst.with_name(dst.name + ".levels")
+    scratch.mkdir(exist_ok=True)
+    try:
+        for k in range(1, len(shapes)):
+            path = scratch / f"level{k}.tif"
+            write_tiled_tiff(path, shapes[k], _halve(readers[k - 1], shapes[k - 1]), workers=workers)
+            temps.append(WholeSlide(path))
+            readers.append(lambda y, x, h, w, s=temps[-1]: s.read_region(0, y, x, h, w))
+            if progress:
+                progress(f"level {k} of {len(shapes) - 1} averaged")
+        write_pyramidal_ome_tiff(dst, shapes[0], lambda level, y, x, h, w: readers[level](y, x, h, w),
+                                 dtype=np.uint8, channels=3, pixel_size_um=pixel_size_um, workers=workers)
+    finally:
+        for t in temps:
+            t.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return shapes
+
+
 @dataclass(frozen=True)
 class PyramidInfo:
     path: Path
@@ -102,6 +147,10 @@ class PyramidInfo:
     @property
     def width(self) -> int:
         return int(self.level_shapes[0][1])
+
+    def downsample(self, level: int) -> float:
+        """Level-0 pixels per pixel of ``level`` (2**k for a halving pyramid, odd sizes included)."""
+        return level_downsample(self.level_shapes[0][:2], self.level_shapes[level][:2])
 
 
 def open_pyramid(path: str | Path) -> PyramidInfo:

@@ -90,6 +90,23 @@ def _plausible(value: float | None) -> float | None:
     return value if value is not None and PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1] else None
 
 
+def level_downsample(shape0: tuple[int, int], shape: tuple[int, int]) -> float:
+    """Level-0 pixels per pixel of a level of shape ``shape``.
+
+    A level made by halving k times is 2**k, whether the halving rounded odd sizes up or down: its
+    pixel ``i`` covers level-0 pixels ``[i * 2**k, (i + 1) * 2**k)``. The plain size ratio of an odd
+    size (1935 / 968) would drift by up to half a level pixel across the slide.
+    """
+    h0, w0 = shape0
+    h, w = shape
+    if not h or not w:
+        return 1.0
+    power = 2.0 ** round(np.log2(w0 / w))
+    if all(int(np.floor(n0 / power)) <= n <= int(np.ceil(n0 / power)) for n0, n in ((h0, h), (w0, w))):
+        return power
+    return h0 / h
+
+
 class WholeSlide:
     """One scan: its levels, pixel size and region reads as ``(h, w, 3)`` uint8 RGB."""
 
@@ -145,8 +162,8 @@ class WholeSlide:
     # -- geometry ------------------------------------------------------------------
     @property
     def levels(self) -> list[SlideLevel]:
-        h0 = self._level_shapes[0][self._y]
-        return [SlideLevel(int(s[self._y]), int(s[self._x]), h0 / s[self._y] if s[self._y] else 1.0)
+        h0, w0 = self._level_shapes[0][self._y], self._level_shapes[0][self._x]
+        return [SlideLevel(int(s[self._y]), int(s[self._x]), level_downsample((h0, w0), (s[self._y], s[self._x])))
                 for s in self._level_shapes]
 
     @property

@@ -11,23 +11,13 @@ pyramid is hard-linked, not copied. That file is the only stored copy: every lat
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.imaging import (
-    open_pyramid,
-    pyramid_shapes,
-    read_level,
-    thumbnail_level,
-    write_pyramidal_ome_tiff,
-    write_tiled_tiff,
-)
+from sthelar_platform.core.imaging import open_pyramid, read_level, thumbnail_level, write_averaged_pyramid
 from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.core.wsi import WholeSlide
 
@@ -90,49 +80,6 @@ def is_platform_pyramid(slide: WholeSlide) -> bool:
             and slide.mpp_source == "OME PhysicalSizeX")
 
 
-def _halve(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, int]):
-    """A render function for the next level: 2x2 area averages of the level read by ``read``."""
-    ph, pw = shape
-
-    def render(_level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        y1, x1 = min(2 * (y0 + h), ph), min(2 * (x0 + w), pw)
-        block = read(2 * y0, 2 * x0, y1 - 2 * y0, x1 - 2 * x0).astype(np.float32)
-        if block.shape[0] < 2 * h or block.shape[1] < 2 * w:  # odd border: repeat the last row / column
-            block = np.pad(block, ((0, 2 * h - block.shape[0]), (0, 2 * w - block.shape[1]), (0, 0)), mode="edge")
-        return (block.reshape(h, 2, w, 2, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
-
-    return render
-
-
-def write_platform_pyramid(slide: WholeSlide, dst: Path, pixel_size_um: float, workers: int = 2,
-                           progress: Callable[[str], None] | None = None) -> list[tuple[int, int]]:
-    """Stream ``slide`` into the platform's pyramid at ``dst``; returns its level shapes.
-
-    Level k is averaged from level k-1, which is kept in a temporary single-level tiled TIFF beside
-    ``dst`` (removed at the end), so the source's level 0 is decoded twice in all, region by region.
-    """
-    shapes = pyramid_shapes(slide.height, slide.width)
-    readers: list[Callable[[int, int, int, int], np.ndarray]] = [lambda y, x, h, w: slide.read_region(0, y, x, h, w)]
-    temps: list[WholeSlide] = []
-    scratch = dst.with_name(dst.name + ".levels")
-    scratch.mkdir(exist_ok=True)
-    try:
-        for k in range(1, len(shapes)):
-            path = scratch / f"level{k}.tif"
-            write_tiled_tiff(path, shapes[k], _halve(readers[k - 1], shapes[k - 1]), workers=workers)
-            temps.append(WholeSlide(path))
-            readers.append(lambda y, x, h, w, s=temps[-1]: s.read_region(0, y, x, h, w))
-            if progress:
-                progress(f"level {k} of {len(shapes) - 1} averaged")
-        write_pyramidal_ome_tiff(dst, shapes[0], lambda level, y, x, h, w: readers[level](y, x, h, w),
-                                 dtype=np.uint8, channels=3, pixel_size_um=pixel_size_um, workers=workers)
-    finally:
-        for t in temps:
-            t.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-    return shapes
-
-
 def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str, tuple[float, float]],
               thumbnail_px: int = 512, assumed_um_per_px: float | None = None, workers: int = 2,
               progress: Callable[[str], None] | None = None) -> HEImageSummary:
@@ -149,7 +96,7 @@ def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str
         if is_platform_pyramid(slide):
             stored = link_or_copy(path, dst)
         else:
-            write_platform_pyramid(slide, dst, slide.mpp or assumed_um_per_px or 0.25, workers, progress)
+            write_averaged_pyramid(slide, dst, slide.mpp or assumed_um_per_px or 0.25, workers, progress)
             stored = "converted"
     finally:
         slide.close()

@@ -23,7 +23,8 @@ from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import SyntheticConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
-from sthelar_platform.core.imaging import write_pyramidal_ome_tiff
+from sthelar_platform.core.imaging import write_averaged_pyramid, write_pyramidal_ome_tiff, write_tiled_tiff
+from sthelar_platform.core.wsi import WholeSlide
 from sthelar_platform.synth import _xenium_writer as xw
 from sthelar_platform.synth._expression import Programs, build_programs, sample_panel_counts, sample_reference_counts
 from sthelar_platform.synth._flavours import apply_flavour
@@ -47,6 +48,20 @@ class SyntheticSlide:
     n_cells: int
     n_transcripts: int
 
+
+def _write_scanner_pyramid(path: Path, shape: tuple[int, int], render: HERenderer, pixel_size_um: float) -> None:
+    """The H&E as a scanner stores it: level 0 rendered, every lower level area-averaged from it.
+
+    Rendering each level from geometry gave crisper low levels than any real pyramid; detection
+    and 20x patches then saw another image than in a converted copy of the same slide.
+    """
+    scratch = path.with_name(path.name + ".level0.tif")
+    try:
+        write_tiled_tiff(scratch, shape, lambda _level, y, x, h, w: render(0, y, x, h, w))
+        with WholeSlide(scratch) as level0:
+            write_averaged_pyramid(level0, path, pixel_size_um)
+    finally:
+        scratch.unlink(missing_ok=True)
 
 def _noop(_: str) -> None:
     return None
@@ -114,8 +129,7 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
         progress(f"{slide_id}: rendering H&E {he_shape[1]}x{he_shape[0]} px")
         he_to_um = np.diag([morph_um, morph_um, 1.0]) @ he_to_morph
         he_name = f"{slide_id}_he_image.ome.tif"
-        write_pyramidal_ome_tiff(he_dir / he_name, he_shape, HERenderer(cells, layout, he_to_um, cfg["eosin"], seed),
-                                 dtype=np.uint8, channels=3, pixel_size_um=he_um)
+        _write_scanner_pyramid(he_dir / he_name, he_shape, HERenderer(cells, layout, he_to_um, cfg["eosin"], seed), he_um)
         write_alignment_csv(he_dir / f"{slide_id}_he_imagealignment.csv", he_to_morph)
         if xoa is not None or quirks:
             progress(f"{slide_id}: rewriting the bundle as XOA {xoa or 'canonical'}"

@@ -49,8 +49,8 @@ def choose_level(info: PyramidInfo, level0_um: float, magnification: str, ranges
         raise InputError(None, f"unknown magnification {magnification!r}", f"use one of {sorted(ranges)} (config/tiling.yaml)")
     lo, hi = ranges[magnification]
     found = []
-    for k, shape in enumerate(info.level_shapes):
-        down = info.level_shapes[0][1] / shape[1]
+    for k in range(len(info.level_shapes)):
+        down = info.downsample(k)
         px = level0_um * down
         if lo <= px <= hi:
             return PatchLevel(magnification, k, float(down), float(px))
@@ -73,7 +73,7 @@ def tissue_mask(he_path: Path, info: PyramidInfo, cfg: TissueMaskConfig) -> tupl
     if cfg.get("closing_px", 0):
         mask = ndimage.binary_closing(mask, iterations=int(cfg["closing_px"]))
     mask = ndimage.binary_fill_holes(mask)
-    return mask, info.level_shapes[0][1] / info.level_shapes[level][1]
+    return mask, info.downsample(level)
 
 
 def patch_grid(height: int, width: int, size: int, overlap: int) -> pd.DataFrame:
@@ -291,7 +291,7 @@ def draw_patch_overview(he_path: Path, info: PyramidInfo, table: pd.DataFrame, l
     """Thumbnail with each patch outlined (or filled by ``values`` in [0, 1]: red -> green)."""
     level = next((k for k, s in enumerate(info.level_shapes) if max(s[:2]) <= max_px), len(info.level_shapes) - 1)
     thumb = np.ascontiguousarray(read_level(he_path, level)[..., :3])
-    f = lv.downsample / (info.level_shapes[0][1] / info.level_shapes[level][1])
+    f = lv.downsample / info.downsample(level)
     overlay = thumb.copy()
     for i, (x0, y0) in enumerate(zip(table["x0"].to_numpy(), table["y0"].to_numpy(), strict=True)):
         p0 = (int(x0 * f), int(y0 * f))

@@ -77,3 +77,15 @@ def test_scanner_tile_codecs_decode(tmp_path, compression, tolerance):
         out = slide.read_region(0, 0, 0, 300, 200)
     assert out.shape == (300, 200, 3)
     assert np.abs(out.astype(int) - smooth).mean() <= tolerance / 4 and np.abs(out.astype(int) - smooth).max() <= tolerance
+
+
+@pytest.mark.parametrize(("shape0", "shape", "expected"), [
+    ((1935, 1935), (968, 968), 2.0),     # halved, odd size rounded up (the platform's pyramid)
+    ((1935, 1935), (967, 967), 2.0),     # rounded down (other writers)
+    ((1935, 1001), (121, 63), 16.0),     # four halvings of unequal sides
+    ((1000, 1000), (300, 300), 1000 / 300),  # not a halving pyramid: the plain ratio
+])
+def test_level_downsample_is_the_nominal_power_of_two(shape0, shape, expected):
+    from sthelar_platform.core.wsi import level_downsample
+
+    assert level_downsample(shape0, shape) == pytest.approx(expected)
