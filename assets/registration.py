@@ -61,6 +61,7 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
             "source": q.source, "median_residual_um": round(q.median_residual_um, 3),
             "p90_residual_um": round(q.p90_residual_um, 3), "matched_fraction": round(q.matched_fraction, 4),
             "n_he_nuclei": q.n_he_nuclei, "n_xenium_nuclei": q.n_xenium_nuclei,
+            "n_level0_centroids": r.n_level0_centroids, "n_level0_pairs_in_final_fit": q.n_level0_pairs,
             "he_pixel_size_um": r.he_pixel_size_um, "implied_he_pixel_size_um": round(r.implied_he_pixel_size_um, 4),
             "magnification": r.magnification, "transform_he_px_to_morphology_px": q.transform,
             "residual_grid_um": q.residual_grid_um, "within_thresholds": r.passed, "failures": r.failures,

@@ -74,6 +74,8 @@ class RegistrationConfig(Section):
     detection_um_per_px: PosNum
     detection_sigma_um: PosNum
     detection_min_distance_um: PosNum
+    level0_window_um: Num = Field(ge=0)
+    level0_sigma_um: PosNum
     match_radius_um: PosNum
     coarse_bin_um: PosNum
     coarse_rotations_deg: tuple[Num, Num, Num]
@@ -229,6 +231,8 @@ class PatchesConfig(Section):
 
 
 class ClassicalSegmenterConfig(Section):
+    signal: Literal["luminance_guided", "hematoxylin"]
+    chroma_sigma_um: PosNum
     smoothing_sigma_um: PosNum
     threshold: Literal["otsu"] | float
     min_threshold: Num

@@ -23,6 +23,7 @@ from sthelar_platform.core.imaging import open_pyramid, read_level, read_level_r
 from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.ingest.he_image import magnification_of
 from sthelar_platform.registration import transform as reg
+from sthelar_platform.registration._level0 import refine_on_level0
 
 XENIUM_FILES = ("nucleus_boundaries.parquet", "summary.json")
 HE_FILES = ("he_image.ome.tif", "summary.json")
@@ -43,6 +44,7 @@ class SlideRegistration:
     csv_matched_fraction: float | None
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # empty = within thresholds
+    n_level0_centroids: int = 0  # detected H&E nuclei whose centroid was re-measured on level 0
 
     @property
     def passed(self) -> bool:
@@ -124,13 +126,17 @@ def _implied_pixel_size(m: np.ndarray, morph_um: float) -> float:
     return float(np.sqrt(abs(np.linalg.det(np.asarray(m)[:2, :2]))) * morph_um)
 
 
-def _detect(he_path: Path, cfg: RegistrationConfig, pixel_size_um: float | None = None) -> np.ndarray:
+def _detect(he_path: Path, cfg: RegistrationConfig, pixel_size_um: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Detected H&E nuclei (level-0 px) and which of them were re-measured on level 0 (None: not asked)."""
     pts = reg.detect_he_nuclei(he_path, cfg["detection_um_per_px"], cfg["detection_sigma_um"],
                                cfg["detection_min_distance_um"], pixel_size_um=pixel_size_um)
     if len(pts) < cfg["min_he_nuclei"]:
         raise InputError(he_path, f"only {len(pts)} nuclei detected in the H&E (need {cfg['min_he_nuclei']})",
                          "check that the H&E shows this slide's tissue and is not blank or out of focus")
-    return pts
+    if not cfg.level0_window_um:
+        return pts, None
+    refined, _ = refine_on_level0(he_path, pts, pixel_size_um, cfg.level0_window_um, cfg.level0_sigma_um)
+    return refined, np.any(refined != pts, axis=1)
 
 
 def _widened(cfg: RegistrationConfig) -> RegistrationConfig:
@@ -138,16 +144,16 @@ def _widened(cfg: RegistrationConfig) -> RegistrationConfig:
 
 
 def _guess_pixel_size(he_path: Path, xen_um: np.ndarray, morph_um: float, cfg: RegistrationConfig,
-                      notes: list[str]) -> tuple[float, np.ndarray]:
+                      notes: list[str]) -> tuple[float, tuple[np.ndarray, np.ndarray | None]]:
     """The candidate pixel size (and its detected nuclei) whose automatic registration matches most nuclei."""
     tried = []
     for px in cfg.unknown_pixel_size_candidates_um:
         try:
-            pts = _detect(he_path, cfg, px)
-            q = reg.register(pts, px, xen_um, morph_um, _widened(cfg))
+            found = _detect(he_path, cfg, px)
+            q = reg.register(found[0], px, xen_um, morph_um, _widened(cfg), level0=found[1])
         except InputError:
             continue
-        tried.append((q.matched_fraction, px, pts))
+        tried.append((q.matched_fraction, px, found))
     if not tried:
         raise InputError(he_path, "no nuclei found at any candidate pixel size "
                          f"{list(cfg.unknown_pixel_size_candidates_um)} µm/px",
@@ -178,9 +184,9 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     xen_um = nucleus_centroids_um(xenium_dir / "nucleus_boundaries.parquet")
     notes: list[str] = []
     if px_source == "assumed":  # no pixel size: try each usual scanner size with a wider scale search
-        he_px, he_pts = _guess_pixel_size(he_path, xen_um, morph_um, cfg, notes)
+        he_px, (he_pts, level0) = _guess_pixel_size(he_path, xen_um, morph_um, cfg, notes)
     else:
-        he_pts = _detect(he_path, cfg, he_px)
+        he_pts, level0 = _detect(he_path, cfg, he_px)
 
     csv_matrix, csv_q = None, None
     if alignment_csv is not None:
@@ -188,10 +194,10 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
         csv_matrix = reg.read_alignment_csv(alignment_csv, expected_scale=expected, tolerance=cfg["scale_tolerance"])
         csv_q = reg.measure(csv_matrix, he_pts, xen_um / morph_um, morph_um, cfg["match_radius_um"], "csv")
     search = _widened(cfg) if px_source == "assumed" else cfg
-    qc = reg.register(he_pts, he_px, xen_um, morph_um, search, csv_matrix=csv_matrix)
+    qc = reg.register(he_pts, he_px, xen_um, morph_um, search, csv_matrix=csv_matrix, level0=level0)
     failures = quality_failures(qc, _implied_pixel_size(qc.transform, morph_um), he_px, px_source, cfg, magnifications)
     if csv_matrix is not None and failures and cfg["fallback_to_automatic"]:
-        auto = reg.register(he_pts, he_px, xen_um, morph_um, search)
+        auto = reg.register(he_pts, he_px, xen_um, morph_um, search, level0=level0)
         auto_failures = quality_failures(auto, _implied_pixel_size(auto.transform, morph_um), he_px, px_source, cfg, magnifications)
         if not auto_failures:
             notes.append(f"alignment CSV {Path(alignment_csv).name} did not fit ({'; '.join(failures)}); "
@@ -206,10 +212,12 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
         implied_he_pixel_size_um=_implied_pixel_size(qc.transform, morph_um), magnification=magnification_of(he_px, magnifications),
         morphology_pixel_size_um=morph_um, csv_given=alignment_csv is not None,
         csv_median_residual_um=None if csv_q is None else csv_q.median_residual_um,
-        csv_matched_fraction=None if csv_q is None else csv_q.matched_fraction, notes=notes, failures=failures)
+        csv_matched_fraction=None if csv_q is None else csv_q.matched_fraction, notes=notes, failures=failures,
+        n_level0_centroids=0 if level0 is None else int(level0.sum()))
     m = np.array(qc.transform)
     np.savetxt(out_dir / "transform.csv", m, delimiter=",", fmt="%.10g")
-    pl.DataFrame({"x_px": he_pts[:, 0], "y_px": he_pts[:, 1]}).write_parquet(out_dir / "he_nuclei.parquet")
+    pl.DataFrame({"x_px": he_pts[:, 0], "y_px": he_pts[:, 1],
+                  "level0": np.zeros(len(he_pts), bool) if level0 is None else level0}).write_parquet(out_dir / "he_nuclei.parquet")
     draw_overlays(he_path, m, xenium_dir / "nucleus_boundaries.parquet", morph_um, out_dir, overlay_px)
     draw_residual_map(qc.residual_grid_um, cfg["max_median_residual_um"], out_dir / "residual_map.png")
     (out_dir / "registration.json").write_text(result.to_json())

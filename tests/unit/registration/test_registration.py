@@ -143,3 +143,38 @@ def test_quality_failures_name_each_reason():
     assert len(reasons) == 4 and "matched" in reasons[0] and "median" in reasons[1] and "10x" in reasons[3]
     # an assumed pixel size cannot contradict the fit
     assert len(quality_failures(bad, 1.1, 0.25, "assumed", CFG, MAGS)) == 3
+
+
+def test_level0_refinement_moves_points_to_blob_centroids_and_leaves_touching_nuclei(tmp_path):
+    import cv2
+    import tifffile
+
+    from sthelar_platform.registration._level0 import refine_on_level0
+
+    img = np.full((1024, 1024, 3), (230, 160, 220), np.uint8)
+    lone = [(200.3, 300.7), (700.6, 250.2), (512.25, 800.5)]  # true centres, sub-pixel
+    for x, y in lone:
+        cv2.circle(img, (round(x * 16 - 8), round(y * 16 - 8)), 13 * 16, (70, 40, 120), -1, cv2.LINE_AA, shift=4)
+    pair = [(400.0, 600.0), (424.0, 600.0)]  # touching: one blob holding two detected nuclei
+    for x, y in pair:
+        cv2.circle(img, (int(x), int(y)), 13, (70, 40, 120), -1)
+    path = tmp_path / "he.tif"
+    tifffile.imwrite(path, img, tile=(256, 256), photometric="rgb")
+    detected = np.array([(x + 1.4, y - 1.1) for x, y in lone] + [(x + 1.0, y + 1.0) for x, y in pair])
+    refined, moved = refine_on_level0(path, detected, pixel_size_um=0.25, window_um=8.0, sigma_um=0.4)
+    assert moved == len(lone)
+    assert np.abs(refined[:3] - np.array(lone)).max() < 0.15  # to a tenth of a pixel, from 1.4 px off
+    assert np.array_equal(refined[3:], detected[3:])
+
+
+def test_final_fit_on_level0_points_only():
+    rng = np.random.default_rng(1)
+    truth = np.array([[0.99, -0.12, 40.0], [0.12, 0.99, -25.0], [0, 0, 1]])
+    he = rng.uniform(0, 4000, (400, 2))
+    xen = reg.apply(truth, he)
+    level0 = rng.random(400) < 0.7
+    noisy = he + np.where(level0[:, None], 0.0, rng.normal(0, 1.5, (400, 2)) + 0.8)  # biased detection-level points
+    start = reg.fit_affine(noisy, xen)
+    fitted, n = reg.final_fit(start, noisy, level0, xen, MORPH_UM, radius_um=3.0)
+    assert n == level0.sum()
+    assert np.abs(reg.apply(fitted, he) - xen).max() < 1e-6 < np.abs(reg.apply(start, he) - xen).max()
