@@ -1,8 +1,9 @@
 """An independent H&E nucleus segmentation of every patch, the other side of the agreement QC.
 
-The default is classical and needs no downloaded weights: hematoxylin by colour
-deconvolution, smoothing, a threshold, and a distance-transform watershed that splits
-touching nuclei. Any object with a ``segment(rgb, um_per_px) -> int32 instances`` method
+The default is classical and needs no downloaded weights: a nuclear signal (luminance
+optical density weighted by the hematoxylin share from colour deconvolution, see
+:func:`nuclear_signal`), smoothing, a threshold, and a distance-transform watershed that
+splits touching nuclei. Any object with a ``segment(rgb, um_per_px) -> int32 instances`` method
 (``NucleusSegmenter``) can replace it, e.g. a trained CellViT model.
 """
 
@@ -22,7 +23,7 @@ from scipy import ndimage
 
 from sthelar_platform.core.config import ReferenceSegmentationConfig
 from sthelar_platform.core.errors import InputError, require_readable_parquet
-from sthelar_platform.registration.transform import hematoxylin
+from sthelar_platform.registration.transform import hematoxylin, hematoxylin_eosin
 from sthelar_platform.tiling.patches import save_npz
 
 
@@ -33,8 +34,30 @@ class NucleusSegmenter(Protocol):
         """(H, W) int32 nucleus instances (0 = background) of an (H, W, 3) uint8 image."""
 
 
+def nuclear_signal(rgb: np.ndarray, um_per_px: float, signal: str = "luminance_guided",
+                   chroma_sigma_um: float = 0.6) -> np.ndarray:
+    """Per-pixel nuclear stain strength of an RGB image.
+
+    Scanners and JPEG keep luminance at full resolution but often store chroma at half
+    (YCbCr 4:2:0), so a colour deconvolution's edges move with the codec. ``luminance_guided``
+    takes the edges from the luminance optical density and only the decision *what is nuclear*
+    from the hematoxylin share of a deconvolution at chroma resolution; ``hematoxylin`` is the
+    plain Ruifrok-Johnston channel.
+    """
+    rgb = np.ascontiguousarray(rgb[..., :3])
+    if signal == "hematoxylin":
+        return hematoxylin(rgb)
+    luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    density = -np.log10((luma + 1) / 256)
+    hed = hematoxylin_eosin(cv2.GaussianBlur(rgb, (0, 0), chroma_sigma_um / um_per_px))
+    h, e = np.clip(hed[..., 0], 0, None), np.clip(hed[..., 1], 0, None)
+    return density * h / (h + e + 1e-6)
+
+
 @dataclass(frozen=True)
 class ClassicalSegmenter:
+    signal: str = "luminance_guided"
+    chroma_sigma_um: float = 0.6
     smoothing_sigma_um: float = 0.4
     threshold: float | str = "otsu"
     min_threshold: float = 0.08
@@ -48,7 +71,8 @@ class ClassicalSegmenter:
         from skimage.filters import threshold_otsu
         from skimage.segmentation import watershed
 
-        hem = ndimage.gaussian_filter(hematoxylin(rgb[..., :3]), self.smoothing_sigma_um / um_per_px)
+        hem = ndimage.gaussian_filter(nuclear_signal(rgb, um_per_px, self.signal, self.chroma_sigma_um),
+                                      self.smoothing_sigma_um / um_per_px)
         if self.threshold == "otsu":
             thr = max(float(threshold_otsu(hem)) if np.ptp(hem) > 0 else np.inf, self.min_threshold)
         else:

@@ -1,12 +1,11 @@
 """H&E scans as labs have them, through the real Dagster assets up to the segmentation agreement:
-each variant of the tiny slide's H&E gives the patches and agreement of the OME-TIFF original.
+each variant of the tiny slide's H&E gives the patches and agreement of the OME-TIFF original,
+patch counts and median Jaccard within 2 % (the issue's target), lossless ones exactly.
 
-The reference is the original converted like every variant (levels area-averaged from level 0). The
-original as written by the synthetic renderer keeps its own lower levels (hard link), which are
-rendered from geometry, not averaged from level 0. Registration detects nuclei on level 1 and the
-20x patches are cut from it, so the two differ: median Jaccard 0.871 (original) vs 0.901
-(converted) at 40x and 0.934 vs 0.884 at 20x, with identical patch counts. That comparison is
-checked separately with its own, looser bound.
+The reference is the original rewritten losslessly as one level and converted. The original itself
+(hard-linked, its lower levels averaged from level 0 as a scanner's are) must give the very same
+patches and Jaccard. Measured (median Jaccard 40x / 20x): lossless variants 0.920 / 0.896 exactly;
+SVS and NDPI (JPEG level 0) 0.918 / 0.896; JPEG-tiled pyramid (every level JPEG, 4:2:0) 0.918 / 0.898.
 """
 
 import json
@@ -24,11 +23,6 @@ from sthelar_platform.synth.he_formats import write_he_variant
 STAGES = ("he_image", "he_registration", "patches_40x", "patches_20x", "reference_segmentation",
           "segmentation_agreement")
 LOSSY = {"svs", "ndpi", "jpeg_tiles"}  # JPEG tiles (Q=90): the pixels differ a little from the original
-# Patch counts must stay within 2 %. The median Jaccard too, except where level 1 itself is JPEG-coded
-# (jpeg_tiles, hard-linked as is): registration detects nuclei on level 1 and the 20x patches are cut
-# from it, so its artefacts move the 40x median Jaccard by 2.2 % (0.881 vs 0.901) and the 20x one by
-# 4.1 % (0.848 vs 0.884). The SVS and NDPI variants (JPEG level 0, levels averaged here) stay within 2 %.
-JACCARD_TOLERANCE = {"jpeg_tiles": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +67,7 @@ def test_scan_variant_gives_the_patches_of_the_original(good_home, reference, tm
         n, jaccard = _patch_stats(case.home, mag)
         n0, jaccard0 = reference[mag]
         assert abs(n - n0) <= 0.02 * n0, (mag, n, n0)
-        assert abs(jaccard - jaccard0) <= JACCARD_TOLERANCE.get(variant, 0.02) * jaccard0, (mag, jaccard, jaccard0)
+        assert abs(jaccard - jaccard0) <= 0.02 * jaccard0, (mag, jaccard, jaccard0)
         if variant not in LOSSY and variant != "no_pixel_size":
             assert (n, jaccard) == (n0, jaccard0)  # lossless rewrites give the very same patches
 
@@ -116,8 +110,7 @@ def test_the_hard_linked_original_and_its_conversion_agree(good_home, reference)
     for mag in ("40x", "20x"):
         n, jaccard = _patch_stats(base, mag)
         n0, jaccard0 = reference[mag]
-        assert n == n0  # the same level-0 pixels give the same patches
-        assert abs(jaccard - jaccard0) <= 0.08 * jaccard0, (mag, jaccard, jaccard0)  # see the module docstring
+        assert (n, jaccard) == (n0, jaccard0), mag  # the same pixels at every level: the very same result
 
 
 def test_a_corrupt_tile_is_named_at_ingest(good_home, tmp_path):

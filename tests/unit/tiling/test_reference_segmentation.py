@@ -38,3 +38,26 @@ def test_unknown_method_is_a_clear_error():
     assert make_segmenter({"method": "classical", "classical": {"min_area_um2": 4.0}}).min_area_um2 == 4.0
     with pytest.raises(InputError, match="unknown reference segmentation method 'sam'.*Fix"):
         make_segmenter({"method": "sam"})
+
+
+def _jpeg_420(img: np.ndarray) -> np.ndarray:
+    """The image after a scanner's JPEG: quality 90, chroma at half resolution (YCbCr 4:2:0)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_jpeg_chroma_subsampling_leaves_the_luminance_guided_outlines_in_place():
+    rng = np.random.default_rng(0)
+    discs = [(int(x), int(y), int(r)) for x, y, r in zip(rng.integers(20, 236, 40), rng.integers(20, 236, 40),
+                                                          rng.integers(4, 7, 40), strict=True)]
+    img, _ = _image(discs)  # small nuclei, as at 20x
+    img = cv2.GaussianBlur(img, (0, 0), 0.8)
+    jpeg = _jpeg_420(img)
+
+    def shift(segmenter):
+        return 1 - patch_agreement(segmenter.segment(img, 0.5), segmenter.segment(jpeg, 0.5), 6)["jaccard"]
+
+    guided, plain = shift(ClassicalSegmenter()), shift(ClassicalSegmenter(signal="hematoxylin"))
+    assert guided < 0.02 and guided < plain, (guided, plain)
