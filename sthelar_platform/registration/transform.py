@@ -248,6 +248,21 @@ def coarse_search(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um
     return m
 
 
+def finer_search(m0: np.ndarray, he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: float,
+                 cfg: RegistrationConfig) -> np.ndarray:
+    """The coarse grid's best cell searched again at a quarter of its steps and half its bin.
+
+    Half a coarse step (1° of rotation, 1.25 % of scale) moves the edge of a 7 mm section by 60 µm,
+    more than the RANSAC matching radius: on the bench slide the coarse estimate alone ended 18 µm
+    off after refinement.
+    """
+    lin_um = m0[:2, :2] * morph_um / he_um
+    rot_step, scale_step = float(cfg["coarse_rotations_deg"][2]), float(cfg["coarse_scales"][2])
+    candidates = local_candidates(lin_um, max_deg=rot_step / 2, step_deg=rot_step / 8,
+                                  max_scale=scale_step / 2, step_scale=scale_step / 8)
+    return coarse_search(he_pts, he_um, xen_um, morph_um, cfg["coarse_bin_um"] / 2, candidates)
+
+
 def measure(m: np.ndarray, he_pts: np.ndarray, xen_px: np.ndarray, morph_um: float, radius_um: float, source: str,
             grid: int = 4) -> RegistrationQC:
     """Residuals (µm) between matched H&E nuclei and Xenium nuclei, overall and per region."""
@@ -301,6 +316,8 @@ def register(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: flo
         candidates = automatic_candidates(tuple(cfg["coarse_rotations_deg"]), tuple(cfg["coarse_scales"]))
         source = "automatic"
     m0 = coarse_search(he_pts, he_um, xen_um, morph_um, cfg["coarse_bin_um"], candidates)
+    if csv_matrix is None:
+        m0 = finer_search(m0, he_pts, he_um, xen_um, morph_um, cfg)
     if csv_matrix is not None:
         # keep the CSV when it is already at least as good as the coarse estimate
         q_csv = measure(csv_matrix, he_pts, xen_px, morph_um, cfg["match_radius_um"], source)
