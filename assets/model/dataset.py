@@ -44,15 +44,17 @@ def _layouts_table(card: dict, root: Path) -> str:
 def training_dataset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                      catalog: SlideCatalogResource) -> MaterializeResult:
     exports = storage.layout.exports
-    slides, skipped = [], []
+    slides, skipped, patients = [], [], {}
     for spec in catalog.list():
         (slides if (exports / spec.slide_id / "cellvit").is_dir() else skipped).append(spec.slide_id)
+        patients[spec.slide_id] = spec.patient_id
     if skipped:
         context.log.warning(f"no export yet (left out of the dataset): {', '.join(skipped)}")
 
     def compute(out: Path) -> dict:
         card = dataset_lib.write_training_dataset(exports, slides, out, load_config("training"),
-                                                  load_categories(), lambda step: context.log.info(f"writing {step}"))
+                                                  load_categories(), lambda step: context.log.info(f"writing {step}"),
+                                                  patients=patients)
         return {"slides": slides, "slides_without_export": skipped, "split": card["split"],
                 "dagster/row_count": sum(card["groupings"][next(iter(card["groupings"]))]["patches"].values()),
                 "dataset_card": MetadataValue.md(_card_table(card)),

@@ -284,7 +284,7 @@ class DatasetConfig(Section):
     groupings: list[str]
     layouts: list[Literal["sthelar", "cellvit_folds", "hf"]]
     hf: HFLayoutConfig
-    split: Literal["block", "slide"]
+    split: Literal["block", "slide", "patient"]
     block_px: PositiveInt
     fractions: dict[Literal["train", "val", "test"], float]
     test_slides: list[str] = []
@@ -309,17 +309,18 @@ class TrainingRunConfig(Section):
     amp: bool
     loss_weights: dict[str, Num] = {}
     init_checkpoint: str | None = None
+    freeze_encoder_epochs: int = Field(default=0, ge=0)
 
 
 class EvaluationConfig(Section):
     split: Literal["train", "val", "test"]
-    detection_radius_px: PosNum
+    detection_radius_px: dict[str, PosNum]   # per magnification
     targets: dict[str, Num]
 
 
 class PostprocessConfig(Section):
-    min_area_px: PositiveInt
-    sobel_ksize: PositiveInt
+    min_area_px: dict[str, PositiveInt]   # per magnification the model was trained at
+    sobel_ksize: dict[str, PositiveInt]
     edge_threshold: Num
 
 

@@ -18,7 +18,7 @@ from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
 
 REQUIRED = ("slide_id", "tissue", "xenium_dir", "he_image")
-OPTIONAL = ("alignment_csv", "reference", "synthetic")
+OPTIONAL = ("alignment_csv", "reference", "synthetic", "patient_id")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class SlideSpec:
     alignment_csv: Path | None = None
     reference: Path | None = None
     synthetic: bool = False
+    patient_id: str | None = None  # slides of one patient stay in one split (dataset.split: patient)
 
     def to_record(self) -> dict:
         rec = asdict(self)
@@ -71,8 +72,11 @@ def parse_slide(row: dict, base: Path, source: Path, check_files: bool = True) -
     tissue = str(row["tissue"])
     if not tissue.replace("_", "").replace("-", "").isalnum():
         raise InputError(source, f"slide {slide_id}: invalid tissue name {tissue!r}", "use letters, digits, '_' or '-'")
+    patient = row.get("patient_id")
+    if patient is not None and not str(patient).replace("_", "").replace("-", "").isalnum():
+        raise InputError(source, f"slide {slide_id}: invalid patient_id {patient!r}", "use letters, digits, '_' or '-'")
     spec = SlideSpec(
-        slide_id=slide_id, tissue=tissue.lower(),
+        slide_id=slide_id, tissue=tissue.lower(), patient_id=None if patient is None else str(patient),
         xenium_dir=_resolve(base, row["xenium_dir"]), he_image=_resolve(base, row["he_image"]),
         alignment_csv=_resolve(base, row.get("alignment_csv")), reference=_resolve(base, row.get("reference")),
         synthetic=str(row.get("synthetic", False)).lower() in ("true", "1", "yes"),

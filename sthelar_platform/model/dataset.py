@@ -10,7 +10,7 @@ that class, so rare classes appear in every split whenever there are enough unit
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -73,27 +73,34 @@ def block_of(x0: np.ndarray, y0: np.ndarray, block_px: int) -> np.ndarray:
     return np.char.add(np.char.add((y0 // block_px).astype(str), "_"), (x0 // block_px).astype(str))
 
 
-def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetConfig, size: int = 256) -> pd.DataFrame:
+def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetConfig, size: int = 256,
+                  patients: Mapping[str, str | None] | None = None) -> pd.DataFrame:
     """``patches`` (slide_id, name, x0, y0, one count column per class) with ``unit`` and ``split`` added;
     patches straddling two splits are removed (``split`` = 'dropped').
 
     An optional ``extent`` column gives each patch's footprint side in the pixels of ``x0`` / ``y0``
     (default ``size``): patches of several magnifications, placed in level-0 pixels, share one split.
+    ``patients`` maps slide ids to patient ids for ``split: patient`` (a slide without one is its own patient).
     """
     frame = patches.copy()
     mode = cfg["split"]
-    if mode == "slide":
-        if frame["slide_id"].nunique() < 3:
-            raise InputError(None, f"split: slide needs at least 3 slides, got {frame['slide_id'].nunique()}",
+    if mode in ("slide", "patient"):
+        if mode == "patient":
+            owner = {s: (patients or {}).get(s) or f"slide:{s}" for s in frame["slide_id"].unique()}
+            frame["unit"] = frame["slide_id"].map(owner)
+        else:
+            frame["unit"] = frame["slide_id"]
+        if frame["unit"].nunique() < 3:
+            raise InputError(None, f"split: {mode} needs at least 3 {mode}s, got {frame['unit'].nunique()}",
                              "add slides, or set dataset.split to block in config/training.yaml")
-        frame["unit"] = frame["slide_id"]
-        fixed = {s: "test" for s in cfg.get("test_slides") or []}
+        test_units = frame.loc[frame["slide_id"].isin(cfg.get("test_slides") or []), "unit"].unique()
+        fixed = {u: "test" for u in test_units}
     elif mode == "block":
         b = int(cfg["block_px"])
         frame["unit"] = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy(), frame["y0"].to_numpy(), b)
         fixed = {}
     else:
-        raise InputError(None, f"unknown split {mode!r}", "set dataset.split to slide or block in config/training.yaml")
+        raise InputError(None, f"unknown split {mode!r}", "set dataset.split to slide, patient or block in config/training.yaml")
     unit_counts = frame.groupby("unit")[list(classes)].sum()
     assignment = assign_units(unit_counts, cfg["fractions"], int(cfg.get("seed", 0)), fixed)
     frame["split"] = frame["unit"].map(assignment)
@@ -134,7 +141,8 @@ def gather_patches(exports: Path, slide_ids: list[str], magnification: str, grou
 
 
 def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: TrainingConfig,
-                           categories: CategorySystem, progress: Callable[[str], None] | None = None) -> dict:
+                           categories: CategorySystem, progress: Callable[[str], None] | None = None,
+                           patients: Mapping[str, str | None] | None = None) -> dict:
     """Split every slide's exported patches once, then write ``<mag>/<grouping>/`` CellViT folders with
     splits.csv and each configured layout (``<layout>/<mag>/<grouping>/``, see ``layouts``).
     """
@@ -159,7 +167,7 @@ def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: 
         patches = pd.concat([gather_patches(exports, having[m], m, grouping) for m in mags], ignore_index=True)
         placed = patches.assign(x0=patches["x0"] * patches["downsample"], y0=patches["y0"] * patches["downsample"],
                                 extent=256 * patches["downsample"])  # level-0 pixels: one split for every magnification
-        result = split_patches(placed, classes, dcfg)
+        result = split_patches(placed, classes, dcfg, patients=patients)
         split = patches.assign(unit=result["unit"].to_numpy(), split=result["split"].to_numpy())
         for m in mags:
             this = split[split["magnification"] == m]

@@ -39,7 +39,7 @@ def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device:
     tissues = list(model.meta.get("tissues") or ["unknown"])
     split = cfg["evaluation"]["split"]
     records = split_records(gdir, split, tissues)
-    radius = float(cfg["evaluation"]["detection_radius_px"])
+    radius = float(cfg["evaluation"]["detection_radius_px"][model.meta.get("magnification") or "40x"])
     overall = EvaluationTotals(len(classes), radius)
     per_tissue = {t: EvaluationTotals(len(classes), radius) for t in tissues}
     tissue_hits = 0
@@ -63,6 +63,7 @@ def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device:
             progress(min(start + bs, len(records)), len(records))
     wall = time.perf_counter() - t0
     return {"model_id": model_id(checkpoint), "grouping": grouping, "split": split, "classes": classes,
+            "split_by": cfg["dataset"]["split"], "detection_radius_px": radius,
             "n_patches": len(records), "overall": overall.result(tuple(classes)),
             "per_tissue": {t: v.result(tuple(classes)) for t, v in per_tissue.items() if v.bpq or v.tp + v.fn},
             "tissue_accuracy": tissue_hits / len(records), "patches_per_s": len(records) / max(wall, 1e-9),
@@ -85,6 +86,11 @@ def evaluation_rows(result: dict) -> list[dict]:
     return rows
 
 
+# What the test split holds out, per dataset.split: only slide and patient splits hold out whole slides
+HELD_OUT = {"slide": "held-out slides", "patient": "held-out patients' slides",
+            "block": "held-out spatial blocks of the training slides, not unseen slides"}
+
+
 def model_card_md(card: dict, result: dict) -> str:
     """The model card shown in the Dagster UI: what it is, what it was trained on, how it scores."""
     o = result["overall"]
@@ -93,7 +99,8 @@ def model_card_md(card: dict, result: dict) -> str:
              f"{card.get('magnification')} patches, grouping **{result['grouping']}**, trained on "
              f"{card.get('n_train_patches')} patches ({card.get('epochs_run')} epochs on {card.get('device')}, "
              f"best epoch {card.get('best_epoch')}), dataset version `{str(card.get('dataset_version'))[:12]}`.",
-             "", f"Held-out **{result['split']}** split, {result['n_patches']} patches: detection F1 "
+             "", f"**{result['split']}** split ({HELD_OUT.get(result.get('split_by'), 'held-out patches')}), "
+             f"{result['n_patches']} patches: detection F1 "
              f"**{o['detection_f1']:.3f}**, bPQ **{o['bpq']:.3f}**, mPQ **{o['mpq']:.3f}**, tissue accuracy "
              f"{result['tissue_accuracy']:.3f}.", "", "| class | F1 | support |", "|---|---|---|"]
     lines += [f"| {k} | {v['f1']:.3f} | {v['support']} |" for k, v in o["per_class"].items()]

@@ -20,11 +20,10 @@ import torch
 from sthelar_platform.core.config import TrainingConfig
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.hashing import sha256_text
-from sthelar_platform.model.cellvit.data import PatchDataset, PatchRecord
+from sthelar_platform.model.cellvit.data import NOMINAL_UM_PER_PX, PatchDataset, PatchRecord
 from sthelar_platform.model.cellvit.model import build_model
-from sthelar_platform.model.cellvit.training import TrainSettings, load_weights, train
-
-NOMINAL_UM_PER_PX = {"40x": 0.25, "20x": 0.5}
+from sthelar_platform.model.cellvit.official import initialise_from_official, is_official, official_size
+from sthelar_platform.model.cellvit.training import TrainSettings, apply_weights, load_checkpoint, train
 
 
 def grouping_dir(dataset: Path, cfg: TrainingConfig, grouping: str) -> Path:
@@ -111,13 +110,22 @@ def train_cellvit(dataset: Path, grouping: str, cfg: TrainingConfig, device: str
     mag = cfg["dataset"]["magnification"]
     meta = {"grouping": grouping, "classes": classes, "tissues": tissues, "magnification": mag,
             "um_per_px": NOMINAL_UM_PER_PX.get(mag), "size": size, "dataset_version": dataset_version}
+    init = tcfg.get("init_checkpoint")
+    init_path = None if not init else Path(init) if Path(init).is_absolute() or root is None else Path(root) / init
+    init_ckpt = load_checkpoint(init_path) if init_path else None  # InputError on a missing or corrupt file
+    if init_ckpt is not None and is_official(init_ckpt):
+        size = official_size(init_ckpt, init_path)  # fine-tune the architecture the weights belong to
+        meta |= {"size": size, "init_official": init_ckpt["arch"]}
+    if init_ckpt is not None:
+        settings.freeze_encoder_epochs = int(tcfg.get("freeze_encoder_epochs") or 0)
     torch.manual_seed(settings.seed)
     model = build_model(size, n_types=len(classes) + 1, n_tissues=len(tissues))
-    init = tcfg.get("init_checkpoint")
     work = work_root / f"cellvit_{grouping}-{run_key(dataset_version, size, settings, init, code_version)}"
-    if init and not (work / "last.pt").exists():
-        path = Path(init) if Path(init).is_absolute() or root is None else Path(root) / init
-        load_weights(model, path)  # InputError on a missing, corrupt or mismatched checkpoint
+    if init_ckpt is not None and not (work / "last.pt").exists():
+        if is_official(init_ckpt):
+            meta["reinitialised"] = initialise_from_official(model, init_ckpt, init_path)
+        else:
+            apply_weights(model, init_ckpt, init_path)  # InputError on a mismatched checkpoint
     result = train(model, train_ds, val_ds, work, settings, torch.tensor(weights, dtype=torch.float32), on_epoch, meta)
     best = work / "best.pt"
     if not best.exists():

@@ -111,7 +111,7 @@ def make_segmenter(cfg: ReferenceSegmentationConfig, root: Path | None = None, d
                              "set reference_segmentation.cellvit.checkpoint (e.g. models/cellvit_detailed/best.pt)")
         if not ckpt.is_absolute() and root is not None:
             ckpt = Path(root) / ckpt
-        return CellViTSegmenter(str(ckpt), device)
+        return CellViTSegmenter(str(ckpt), device, magnification=(cfg.get("cellvit") or {}).get("magnification"))
     raise InputError(None, f"unknown reference segmentation method {method!r}",
                      "set reference_segmentation.method to 'classical' or 'cellvit' in config/tiling.yaml")
 

@@ -16,6 +16,7 @@ from sthelar_platform.tiling.patches import load_labels
 
 MEAN = np.array([0.5, 0.5, 0.5], np.float32)
 STD = np.array([0.5, 0.5, 0.5], np.float32)
+NOMINAL_UM_PER_PX = {"40x": 0.25, "20x": 0.5}  # the pixel size a model of each magnification was trained at
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Model evaluation as CellViT / HoVer-Net report it: detection F1, per-class F1 (HoVer-Net's
-weighted formula), binary PQ and multi-class PQ (mean over the classes present in a patch).
+weighted formula), binary PQ and multi-class PQ (PanNuke's convention: per patch, the mean over
+the classes present in its ground truth; a class only predicted there is not counted).
 """
 
 from __future__ import annotations
@@ -58,8 +59,6 @@ class EvaluationTotals:
             p_k = np.where(pred_types == k, pred_inst, 0)
             if t_k.any():
                 per_class.append(patch_agreement(t_k, p_k, self.radius_px)["bpq"])
-            elif p_k.any():
-                per_class.append(0.0)
         if per_class:
             self.mpq.append(float(np.mean(per_class)))
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.model.cellvit.data import MEAN, STD
+from sthelar_platform.model.cellvit.data import MEAN, NOMINAL_UM_PER_PX, STD
 from sthelar_platform.model.cellvit.model import CellViT, CellViTConfig
+from sthelar_platform.model.cellvit.official import is_official, load_official, official_meta
 from sthelar_platform.model.cellvit.postprocess import instance_types, instances_from_maps
 from sthelar_platform.model.cellvit.training import apply_weights, load_checkpoint
 
@@ -49,20 +50,30 @@ class LoadedModel:
     def classes(self) -> tuple[str, ...]:
         return tuple(self.meta.get("classes", [f"class_{k}" for k in range(1, self.model.cfg.n_types)]))
 
+    @property
+    def postprocess_args(self) -> dict:
+        """Post-processing settings at the model's magnification (a per-magnification setting picks its value)."""
+        mag = self.meta.get("magnification") or "40x"
+        return {k: (v.get(mag, v.get("40x")) if isinstance(v, dict) else v) for k, v in self.postprocess.items()}
+
     @torch.no_grad()
     def predict(self, rgb: np.ndarray) -> list[TilePrediction]:
         """Predict a batch (n, H, W, 3) uint8, H and W multiples of 16."""
-        x = torch.from_numpy(((rgb.astype(np.float32) / 255 - MEAN) / STD).transpose(0, 3, 1, 2).copy())
+        norm = self.meta.get("normalize") or {}
+        mean = np.asarray(norm.get("mean", MEAN), np.float32)
+        std = np.asarray(norm.get("std", STD), np.float32)
+        x = torch.from_numpy(((rgb.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
         out = self.model(x.to(self.device))
         np_prob = out["np"].float().softmax(1)[:, 1].cpu().numpy()
-        hv = torch.tanh(out["hv"].float()).cpu().numpy()
+        hv = out["hv"].float()
+        hv = (hv if self.meta.get("hv_activation") == "identity" else torch.tanh(hv)).cpu().numpy()
         nt_prob = out["nt"].float().softmax(1)
         nt_arg = nt_prob.argmax(1).cpu().numpy()
         nt_prob = nt_prob.cpu().numpy()
         tissue = out["tissue"].float().softmax(1).cpu().numpy()
         preds = []
         for i in range(len(rgb)):
-            inst = instances_from_maps(np_prob[i], hv[i], **self.postprocess)
+            inst = instances_from_maps(np_prob[i], hv[i], **self.postprocess_args)
             types, xy = instance_types(inst, nt_arg[i], self.model.cfg.n_types)
             n = len(types)
             areas = np.bincount(inst.ravel(), minlength=n + 1)[1:]
@@ -77,17 +88,28 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, device: str = "cpu", postprocess: dict | None = None) -> LoadedModel:
-    """Rebuild the model a checkpoint was trained as and load its weights (``weights_only=True``)."""
+    """Rebuild the model a checkpoint was trained as and load its weights (``weights_only=True``).
+
+    Reads this platform's checkpoints and the official CellViT ones (``CellViT-256-x40.pth``, ...).
+    """
     ckpt = load_checkpoint(path)
-    cfg = ckpt.get("config")
-    if not isinstance(cfg, dict):
-        raise InputError(path, "checkpoint has no model config (not written by this platform's training)",
-                         "use a best.pt / last.pt from a cellvit_* asset, or train a model first")
-    cfg = {**cfg, "decoder_channels": tuple(cfg["decoder_channels"])}
-    model = CellViT(CellViTConfig(**cfg))
-    apply_weights(model, ckpt, path)
+    if is_official(ckpt):
+        model = load_official(ckpt, path)
+        meta = official_meta(ckpt, path, model.cfg)
+    else:
+        cfg = ckpt.get("config")
+        if not isinstance(cfg, dict):
+            raise InputError(path, "checkpoint has no model config (not written by this platform's training)",
+                             "use a best.pt / last.pt from a cellvit_* asset, an official CellViT checkpoint, or train a model first")
+        try:
+            model = CellViT(CellViTConfig.from_dict(cfg))
+        except TypeError as exc:
+            raise InputError(path, f"checkpoint was written for an older model layout ({exc})",
+                             "train the model again with this version") from exc
+        apply_weights(model, ckpt, path)
+        meta = dict(ckpt.get("meta") or {})
     model.to(device).eval()
-    return LoadedModel(model, dict(ckpt.get("meta") or {}), device, dict(postprocess or {}))
+    return LoadedModel(model, meta, device, dict(postprocess or {}))
 
 
 @dataclass
@@ -102,12 +124,19 @@ class CellViTSegmenter:
     device: str = "cpu"
     name: str = "cellvit"
 
+    magnification: str | None = None  # overrides what the checkpoint says (an official file without -x40 / -x20)
+
     def __post_init__(self) -> None:
         self._model = load_model(self.checkpoint, self.device)
+        if self.magnification:
+            self._model.meta["um_per_px"] = NOMINAL_UM_PER_PX.get(self.magnification)
+        if not self._model.meta.get("um_per_px"):
+            raise InputError(self.checkpoint, "the checkpoint does not say which magnification it was trained at",
+                             "set reference_segmentation.cellvit.magnification to 40x or 20x in config/tiling.yaml")
 
     def segment(self, rgb: np.ndarray, um_per_px: float) -> np.ndarray:
         h, w = rgb.shape[:2]
-        trained_um = float(self._model.meta.get("um_per_px") or um_per_px)
+        trained_um = float(self._model.meta["um_per_px"])
         f = um_per_px / trained_um
         size = (max(16, int(round(w * f / 16)) * 16), max(16, int(round(h * f / 16)) * 16))
         img = rgb[..., :3] if size == (w, h) else cv2.resize(rgb[..., :3], size, interpolation=cv2.INTER_LINEAR)

@@ -32,10 +32,17 @@ def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
     return ((1 - tversky) ** (1 / gamma)).mean()
 
 
+def _normalised_sobel(size: int = 5) -> torch.Tensor:
+    """HoVer-Net's 5x5 gradient kernel along x: offset / squared distance (0 at the centre)."""
+    r = torch.arange(size, dtype=torch.float32) - size // 2
+    y, x = torch.meshgrid(r, r, indexing="ij")
+    return x / (x * x + y * y).clamp_min(1e-15)
+
+
 def _sobel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
-    h = F.conv2d(x[:, :1], k.view(1, 1, 3, 3), padding=1)  # d/dx of the horizontal map
-    v = F.conv2d(x[:, 1:], k.t().reshape(1, 1, 3, 3), padding=1)  # d/dy of the vertical map
+    k = _normalised_sobel().to(device=x.device, dtype=x.dtype)
+    h = F.conv2d(x[:, :1], k.view(1, 1, 5, 5), padding=2)  # d/dx of the horizontal map
+    v = F.conv2d(x[:, 1:], k.t().reshape(1, 1, 5, 5), padding=2)  # d/dy of the vertical map
     return h, v
 
 

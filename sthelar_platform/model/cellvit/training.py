@@ -42,6 +42,7 @@ class TrainSettings:
     loss_weights: dict[str, float] = field(default_factory=dict)
     max_batches_per_epoch: int | None = None
     max_val_batches: int | None = None
+    freeze_encoder_epochs: int = 0        # pretrained encoder kept fixed for the first epochs
 
 
 @dataclass
@@ -171,6 +172,8 @@ def train(model: CellViT, train_ds: PatchDataset, val_ds: PatchDataset, out_dir:
     for epoch in range(start, settings.epochs):
         t0 = time.perf_counter()
         train_ds.set_epoch(epoch)
+        for p in model.encoder.parameters():
+            p.requires_grad_(epoch >= settings.freeze_encoder_epochs)
         gen.manual_seed(settings.seed + epoch)
         loader = DataLoader(train_ds, batch_size=settings.batch_size, shuffle=True, generator=gen, num_workers=0)
         tr = _run_epoch(model, loader, settings, cw, optimizer, scaler)

@@ -20,6 +20,14 @@ def test_generated_manifest_loads_with_relative_paths(tiny_cohort):
     assert spec.slide_id == "tiny" and spec.synthetic and spec.xenium_dir.is_dir() and spec.reference.exists()
 
 
+def test_patient_id_is_kept_through_the_catalog(tiny_slide, tmp_path):
+    (spec,) = load_manifest(_write(tmp_path / "m.yaml", [{**_entry(tiny_slide), "patient_id": "P-07"}]))
+    assert spec.patient_id == "P-07" and spec.to_record()["patient_id"] == "P-07"
+    catalog = SlideCatalog(tmp_path / "catalog.yaml")
+    catalog.add([spec])
+    assert catalog.get("s1").patient_id == "P-07"
+
+
 def test_csv_manifest(tiny_slide, tmp_path):
     p = tmp_path / "m.csv"
     e = _entry(tiny_slide)
@@ -33,6 +41,7 @@ def test_csv_manifest(tiny_slide, tmp_path):
     (lambda e: e.update(slide_id="has space"), "invalid slide id"),
     (lambda e: e.pop("he_image"), "lacks he_image"),
     (lambda e: e.update(colour="red"), "unknown manifest field"),
+    (lambda e: e.update(patient_id="P 1/../x"), "invalid patient_id"),
 ])
 def test_bad_entries_fail_naming_manifest_and_fix(tiny_slide, tmp_path, mutate, expected):
     e = _entry(tiny_slide)

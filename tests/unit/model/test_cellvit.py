@@ -4,44 +4,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from drawn_patches import drawn_patches
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.model.cellvit.data import PatchDataset, PatchRecord
+from sthelar_platform.model.cellvit.data import PatchDataset
 from sthelar_platform.model.cellvit.model import build_model
 from sthelar_platform.model.cellvit.postprocess import instance_types, instances_from_maps
 from sthelar_platform.model.cellvit.targets import hv_maps
 from sthelar_platform.model.cellvit.training import TrainingDiverged, TrainSettings, load_weights, train
 from sthelar_platform.tiling.agreement import patch_agreement
-from sthelar_platform.tiling.patches import save_npz
-
-PINK, HEMATOXYLIN = (230, 160, 220), (70, 40, 120)
-
-
-def _patches(tmp_path, n=4, size=128, seed=0):
-    """Drawn patches: dark discs (class 1 small, class 2 large) on pink, in the CellViT export layout."""
-    rng = np.random.default_rng(seed)
-    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "labels").mkdir(exist_ok=True)
-    records = []
-    for i in range(n):
-        img = np.full((size, size, 3), PINK, np.uint8)
-        inst = np.zeros((size, size), np.int32)
-        types = np.zeros((size, size), np.int32)
-        k = 0
-        for _ in range(6):
-            x, y = (int(v) for v in rng.integers(14, size - 14, 2))
-            if inst[y, x]:
-                continue
-            k += 1
-            big = bool(rng.integers(2))
-            r = 11 if big else 6
-            cv2.circle(img, (x, y), r, HEMATOXYLIN, -1)
-            cv2.circle(inst, (x, y), r, k, -1)
-            cv2.circle(types, (x, y), r, 2 if big else 1, -1)
-        cv2.imwrite(str(tmp_path / "images" / f"p{i}.png"), img[..., ::-1])
-        save_npz(tmp_path / "labels" / f"p{i}.npz", {"inst_map": inst, "type_map": types}, 1)
-        records.append(PatchRecord(tmp_path / "images" / f"p{i}.png", tmp_path / "labels" / f"p{i}.npz", 0))
-    return records
 
 
 def test_model_outputs_have_the_heads_shapes():
@@ -75,9 +46,9 @@ def _bpq(model, ds):
     return float(np.mean(scores))
 
 
-def test_tiny_config_overfits_a_handful_of_patches(tmp_path):
+def test_tiny_config_overfits_a_handful_ofdrawn_patches(tmp_path):
     torch.set_num_threads(2)
-    records = _patches(tmp_path / "data")
+    records = drawn_patches(tmp_path / "data")
     ds = PatchDataset(records)
     torch.manual_seed(0)  # the initial weights too, not only the training run, are seeded (as the assets do)
     model = build_model("tiny", n_types=3, n_tissues=1, img_size=128)
@@ -90,7 +61,7 @@ def test_tiny_config_overfits_a_handful_of_patches(tmp_path):
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
-    ds = PatchDataset(_patches(tmp_path / "data", n=2))
+    ds = PatchDataset(drawn_patches(tmp_path / "data", n=2))
     run = tmp_path / "run"
     m = build_model("tiny", n_types=3, n_tissues=1, img_size=128)
     first = train(m, ds, ds, run, TrainSettings(epochs=2, batch_size=2))
@@ -101,7 +72,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
-    ds = PatchDataset(_patches(tmp_path / "data", n=2))
+    ds = PatchDataset(drawn_patches(tmp_path / "data", n=2))
     run = tmp_path / "run"
     train(build_model("tiny", n_types=3, n_tissues=1, img_size=128), ds, ds, run, TrainSettings(epochs=1, batch_size=2))
     good = (run / "last.pt").read_bytes()
@@ -112,11 +83,11 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_checkpoint_for_other_classes_or_corrupt_file_is_a_clear_error(tmp_path):
-    ds = PatchDataset(_patches(tmp_path / "data", n=1))
+    ds = PatchDataset(drawn_patches(tmp_path / "data", n=1))
     m = build_model("tiny", n_types=3, n_tissues=1, img_size=128)
     train(m, ds, ds, tmp_path / "run", TrainSettings(epochs=1, batch_size=1))
     other = build_model("tiny", n_types=10, n_tissues=1, img_size=128)
-    with pytest.raises(InputError, match="does not fit this model.*nt_branch.*Fix: use a checkpoint trained"):
+    with pytest.raises(InputError, match="does not fit this model.*nuclei_type_maps_decoder.*Fix: use a checkpoint trained"):
         load_weights(other, tmp_path / "run" / "best.pt")
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes((tmp_path / "run" / "best.pt").read_bytes()[:1000])
@@ -147,3 +118,41 @@ def test_evaluation_by_hand():
     assert s["detection_f1"] == 1 and s["bpq"] == 1 and s["mpq"] == 0
     # paired, wrong type: TP_a = TN_a = 0, FP_a = FN_a = 1 -> F1 = 0
     assert s["per_class"]["a"]["f1"] == 0
+
+
+def test_mpq_skips_classes_absent_from_the_ground_truth():
+    """PanNuke's convention: a class only predicted in a patch does not pull its mPQ down."""
+    from sthelar_platform.model.cellvit.evaluation import EvaluationTotals
+
+    inst = np.zeros((64, 64), np.int32)
+    inst[5:15, 5:15], inst[30:40, 30:40] = 1, 2
+    truth_types = np.where(inst > 0, 1, 0)
+    pred_types = np.where(inst == 2, 2, truth_types)  # the second nucleus predicted as class 2, absent in truth
+    totals = EvaluationTotals(n_classes=2, radius_px=12)
+    totals.add(inst, truth_types, inst, pred_types)
+    r = totals.result(("a", "b"))
+    assert r["mpq"] == pytest.approx(2 / 3)  # class a only: 1 TP, 1 FN -> DQ 2/3, SQ 1; class b not averaged in
+
+
+def test_postprocessing_follows_the_model_magnification():
+    from sthelar_platform.model.cellvit.inference import LoadedModel
+
+    loaded = LoadedModel(build_model("tiny", 3, 1), {"magnification": "20x"}, postprocess={
+        "min_area_px": {"40x": 10, "20x": 3}, "sobel_ksize": {"40x": 21, "20x": 11}, "edge_threshold": 0.4})
+    assert loaded.postprocess_args == {"min_area_px": 3, "sobel_ksize": 11, "edge_threshold": 0.4}
+    loaded.meta["magnification"] = "40x"
+    assert loaded.postprocess_args == {"min_area_px": 10, "sobel_ksize": 21, "edge_threshold": 0.4}
+    small = np.zeros((64, 64), np.int32)
+    cv2.circle(small, (20, 20), 5, 1, -1)  # a 20x nucleus (5.5 µm across)
+    assert instances_from_maps(small.astype(float), hv_maps(small), min_area_px=3, sobel_ksize=11).max() == 1
+
+
+def test_model_card_says_what_the_split_holds_out():
+    from sthelar_platform.model.evaluation import model_card_md
+
+    overall = {"detection_f1": 0.9, "bpq": 0.7, "mpq": 0.5, "per_class": {}}
+    result = {"model_id": "m", "grouping": "detailed", "split": "test", "n_patches": 10, "overall": overall,
+              "tissue_accuracy": 1.0, "per_tissue": {}}
+    assert "held-out slides" in model_card_md({}, {**result, "split_by": "slide"})
+    block = model_card_md({}, {**result, "split_by": "block"})
+    assert "held-out slides" not in block and "spatial blocks" in block

@@ -64,3 +64,15 @@ def test_assignment_puts_the_only_rare_units_in_different_splits():
 def test_class_weights_favour_rare_classes():
     w = class_weights(np.array([100, 10, 0]))
     assert w[0] == 1.0 and w[2] > w[1] and w[3] == 0
+
+
+def test_patient_split_keeps_a_patients_slides_together():
+    slides = ("a1", "a2", "a3", "b1", "c1", "d1", "e1")
+    patients = {"a1": "P1", "a2": "P1", "a3": "P1", "b1": "P2", "c1": "P3", "d1": "P4"}  # e1: its own patient
+    frame = split_patches(_grid(slides, n=6), CLASSES, {**CFG, "split": "patient", "test_slides": ["a2"]},
+                          patients=patients)
+    assert set(frame.loc[frame["slide_id"].isin(["a1", "a2", "a3"]), "split"]) == {"test"}  # a2's patient, whole
+    assert frame.groupby("unit")["split"].nunique().max() == 1 and set(frame["split"]) == {"train", "val", "test"}
+    assert frame.loc[frame["slide_id"] == "e1", "unit"].iloc[0] == "slide:e1"
+    with pytest.raises(InputError, match="needs at least 3 patients"):
+        split_patches(_grid(("a1", "a2", "b1"), n=4), CLASSES, {**CFG, "split": "patient"}, patients=patients)
