@@ -15,8 +15,9 @@ from sthelar_platform.model.cellvit.training import TrainingDiverged, TrainSetti
 from sthelar_platform.tiling.agreement import patch_agreement
 
 
-def test_model_outputs_have_the_heads_shapes():
-    m = build_model("tiny", n_types=10, n_tissues=3)
+@pytest.mark.parametrize("size", ["tiny", "conv_small"])
+def test_model_outputs_have_the_heads_shapes(size):
+    m = build_model(size, n_types=10, n_tissues=3)
     out = m(torch.randn(2, 3, 256, 256))
     assert out["np"].shape == (2, 2, 256, 256) and out["hv"].shape == (2, 2, 256, 256)
     assert out["nt"].shape == (2, 10, 256, 256) and out["tissue"].shape == (2, 3)
