@@ -45,7 +45,7 @@ def _blob_centroid(window: np.ndarray, disc: np.ndarray, inner: np.ndarray, rim:
     return float(cy), float(cx)
 
 
-def refine_on_level0(he_path: str | Path, points_px: np.ndarray, pixel_size_um: float, window_um: float = 7.0,
+def refine_on_level0(he_path: str | Path, points_px: np.ndarray, pixel_size_um: float, window_um: float = 8.0,
                      sigma_um: float = 0.4, tile: int = 2048) -> tuple[np.ndarray, int]:
     """Level-0 area centroids for ``points_px`` (level-0 px, x/y); returns the points and how many moved.
 
