@@ -56,7 +56,7 @@ def test_evaluation_writes_model_eval_rows_and_a_model_card(trained):
     home, _, _, results = trained
     meta = _meta(results["cohort"], "model_evaluation")
     card = meta["model_card_detailed"].value
-    assert "Held-out **test** split" in card and "| T_NK |" in card
+    assert "**test** split (held-out spatial blocks" in card and "held-out slides" not in card and "| T_NK |" in card
     rows = pd.DataFrame(LineageStore(home / "lineage.duckdb").query("SELECT * FROM model_eval"))
     assert set(rows["grouping"]) == {"detailed", "grouped"} and set(rows["split"]) == {"test"}
     totals = rows[(rows["tissue"] == "all") & (rows["class_name"] == "all")].set_index(["grouping", "metric"])["value"]
