@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
-
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.model.cellvit.data import NOMINAL_UM_PER_PX
 from sthelar_platform.model.cellvit.model import CONFIGS, CellViT, CellViTConfig
@@ -21,7 +19,7 @@ SAM_SIZES = {"SAM-B": "sam_b", "SAM-L": "sam_l", "SAM-H": "sam_h"}
 # The released checkpoints were trained on PanNuke: background + these five nucleus classes
 PANNUKE_CLASSES = ("Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial")
 FIX = "use an official CellViT-256 or CellViT-SAM-B/L/H checkpoint (CellViT-256-x40.pth, CellViT-SAM-H-x40.pth, ...)"
-# The classes whose size depends on the task: re-initialised when fine-tuning to another class count
+# The tensors whose size depends on the task: re-initialised when fine-tuning to another class count
 TASK_HEADS = ("nuclei_type_maps_decoder.decoder0_header.2.", "encoder.head.", "classifier_head.")
 
 
@@ -114,18 +112,9 @@ def initialise_from_official(model: CellViT, ckpt: dict, path: str | Path) -> li
         raise InputError(path, f"checkpoint is {ckpt['arch']} ({size}) but the model being trained is another architecture",
                          f"set the training schedule's size to {size} to fine-tune it")
     fresh = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if any(not k.startswith(TASK_HEADS) for k in fresh):
-        raise InputError(path, f"checkpoint weights do not fit outside the class heads ({fresh[0]})", FIX)
+    outside = [k for k in fresh if not k.startswith(TASK_HEADS)]
+    if outside:
+        raise InputError(path, f"checkpoint weights do not fit outside the class heads ({outside[0]})", FIX)
     model.load_state_dict({k: (own[k] if k in fresh else v) for k, v in state.items()}, strict=True)
     return fresh
 
-
-def read_official(path: str | Path) -> dict:
-    """An official checkpoint file, loaded with ``weights_only=True``."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
-        raise InputError(path, f"not a readable checkpoint ({type(exc).__name__}: {str(exc)[:160]})", FIX) from exc
-    if not is_official(ckpt):
-        raise InputError(path, "not an official CellViT checkpoint (no arch / model_state_dict)", FIX)
-    return ckpt

@@ -12,8 +12,8 @@ from sthelar_platform.core.errors import InputError
 from sthelar_platform.model.cellvit.data import PatchDataset
 from sthelar_platform.model.cellvit.inference import CellViTSegmenter, load_model
 from sthelar_platform.model.cellvit.model import build_model
-from sthelar_platform.model.cellvit.official import initialise_from_official, read_official
-from sthelar_platform.model.cellvit.training import TrainSettings, train
+from sthelar_platform.model.cellvit.official import initialise_from_official
+from sthelar_platform.model.cellvit.training import TrainSettings, load_checkpoint, train
 
 FULL = json.loads((FIXTURES / "full_size_shapes.json").read_text())
 
@@ -73,7 +73,7 @@ def test_a_checkpoint_that_does_not_fit_is_a_one_line_error(cellvit_256, tmp_pat
 
 
 def test_fine_tuning_keeps_the_encoder_and_decoders_and_reinitialises_other_class_heads(cellvit_256):
-    ckpt = read_official(cellvit_256)
+    ckpt = load_checkpoint(cellvit_256)
     model = build_model("cellvit_256", n_types=4, n_tissues=1)
     fresh = initialise_from_official(model, ckpt, cellvit_256)
     assert sorted(fresh) == ["encoder.head.bias", "encoder.head.weight",
