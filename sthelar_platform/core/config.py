@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.errors import InputError
@@ -299,6 +299,10 @@ class ScheduleConfig(Section):
     max_batches_per_epoch: PositiveInt | None = None
     max_val_batches: PositiveInt | None = None
     patience: PositiveInt
+    magnification: str | None = None       # the patches this schedule trains on; None: dataset.magnification
+    background_weight: PosNum = 1.0        # NT cross-entropy weight of background pixels (cell classes average 1)
+    window_px: PositiveInt | None = None   # train on windows of each 256 px patch; None: whole patches
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 class TrainingRunConfig(Section):
@@ -322,6 +326,7 @@ class PostprocessConfig(Section):
     min_area_px: dict[str, PositiveInt]   # per magnification the model was trained at
     sobel_ksize: dict[str, PositiveInt]
     edge_threshold: Num
+    opening_px: dict[str, PositiveInt] = {"40x": 5, "20x": 5}
 
 
 class InferenceConfig(Section):
@@ -339,6 +344,14 @@ class TrainingConfig(Section):
     evaluation: EvaluationConfig
     postprocess: PostprocessConfig
     inference: InferenceConfig
+
+    @model_validator(mode="after")
+    def _schedules_train_on_exported_patches(self) -> TrainingConfig:
+        for kind, schedule in self.training.schedules.items():
+            if schedule.magnification and schedule.magnification not in self.dataset.magnifications:
+                raise ValueError(f"training.schedules.{kind}.magnification {schedule.magnification!r} is not among "
+                                 f"dataset.magnifications {self.dataset.magnifications}")
+        return self
 
 
 # --- deployment.yaml -------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device:
     if not grouping:
         raise InputError(checkpoint, "checkpoint does not say which class grouping it was trained on",
                          "evaluate a best.pt written by a cellvit_* asset")
-    gdir = grouping_dir(dataset, cfg, grouping)
+    gdir = grouping_dir(dataset, cfg, grouping, model.meta.get("magnification"))
     classes, _ = dataset_classes(gdir)
     if tuple(classes) != model.classes:
         raise InputError(checkpoint, f"model classes {list(model.classes)} differ from the dataset's {classes}",

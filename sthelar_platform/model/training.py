@@ -22,13 +22,18 @@ from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.hashing import sha256_text
 from sthelar_platform.model.cellvit.data import NOMINAL_UM_PER_PX, PatchDataset, PatchRecord
 from sthelar_platform.model.cellvit.model import build_model
-from sthelar_platform.model.cellvit.official import initialise_from_official, is_official, official_size
+from sthelar_platform.model.cellvit.official import (
+    initialise_from_official,
+    is_official,
+    official_magnification,
+    official_size,
+)
 from sthelar_platform.model.cellvit.training import TrainSettings, apply_weights, load_checkpoint, train
 
 
-def grouping_dir(dataset: Path, cfg: TrainingConfig, grouping: str) -> Path:
-    """The dataset folder of one grouping at the configured magnification."""
-    return dataset / cfg["dataset"]["magnification"] / grouping
+def grouping_dir(dataset: Path, cfg: TrainingConfig, grouping: str, magnification: str | None = None) -> Path:
+    """The dataset folder of one grouping at ``magnification`` (default: the configured one)."""
+    return dataset / (magnification or cfg["dataset"]["magnification"]) / grouping
 
 
 def dataset_classes(gdir: Path) -> tuple[list[str], list[float]]:
@@ -55,14 +60,25 @@ def split_records(gdir: Path, split: str, tissues: list[str]) -> list[PatchRecor
             for n in names]
 
 
-def schedule_for(cfg: TrainingConfig, device: str) -> tuple[str, TrainSettings]:
-    """Model size and settings for the device class (``cpu`` or ``cuda``) from config/training.yaml."""
+def _schedule(cfg: TrainingConfig, device: str) -> dict:
     t = cfg["training"]
     kind = "cuda" if device.startswith("cuda") else "cpu"
     if kind not in t["schedules"]:
         raise InputError(None, f"no training schedule for {kind}", f"add training.schedules.{kind} to config/training.yaml")
-    s = dict(t["schedules"][kind])
+    return dict(t["schedules"][kind])
+
+
+def training_magnification(cfg: TrainingConfig, device: str) -> str:
+    """The patches the device's schedule trains on (the CPU schedule may pick 20x: 4x fewer pixels per cell)."""
+    return _schedule(cfg, device).get("magnification") or cfg["dataset"]["magnification"]
+
+
+def schedule_for(cfg: TrainingConfig, device: str) -> tuple[str, TrainSettings]:
+    """Model size and settings for the device class (``cpu`` or ``cuda``) from config/training.yaml."""
+    t = cfg["training"]
+    s = _schedule(cfg, device)
     size = s.pop("size")
+    s.pop("magnification", None)
     settings = TrainSettings(**s, weight_decay=float(t["weight_decay"]), seed=int(t["seed"]), device=device,
                              amp=bool(t["amp"]), loss_weights=dict(t.get("loss_weights") or {}))
     return size, settings
@@ -100,29 +116,38 @@ def train_cellvit(dataset: Path, grouping: str, cfg: TrainingConfig, device: str
 
     Returns the model card and the per-epoch rows (resumed epochs included).
     """
-    gdir = grouping_dir(dataset, cfg, grouping)
-    classes, weights = dataset_classes(gdir)
-    tissues = dataset_tissues(gdir)
     tcfg = cfg["training"]
-    train_ds = PatchDataset(split_records(gdir, "train", tissues), augment=bool(tcfg["augment"]), seed=int(tcfg["seed"]))
-    val_ds = PatchDataset(split_records(gdir, "val", tissues))
     size, settings = schedule_for(cfg, device)
-    mag = cfg["dataset"]["magnification"]
-    meta = {"grouping": grouping, "classes": classes, "tissues": tissues, "magnification": mag,
-            "um_per_px": NOMINAL_UM_PER_PX.get(mag), "size": size, "dataset_version": dataset_version}
+    mag = training_magnification(cfg, device)
     init = tcfg.get("init_checkpoint")
     init_path = None if not init else Path(init) if Path(init).is_absolute() or root is None else Path(root) / init
     init_ckpt = load_checkpoint(init_path) if init_path else None  # InputError on a missing or corrupt file
-    if init_ckpt is not None and is_official(init_ckpt):
+    official = init_ckpt is not None and is_official(init_ckpt)
+    if official:
         size = official_size(init_ckpt, init_path)  # fine-tune the architecture the weights belong to
-        meta |= {"size": size, "init_official": init_ckpt["arch"]}
+        mag = official_magnification(init_ckpt, init_path) or mag  # ... at the magnification they learned
+    elif init_ckpt is not None:
+        mag = (init_ckpt.get("meta") or {}).get("magnification") or mag
+    if init_ckpt is not None and mag not in cfg["dataset"]["magnifications"]:
+        raise InputError(init_path, f"the checkpoint was trained at {mag}, which the dataset does not export",
+                         f"add {mag} to dataset.magnifications in config/training.yaml")
+    gdir = grouping_dir(dataset, cfg, grouping, mag)
+    classes, weights = dataset_classes(gdir)
+    tissues = dataset_tissues(gdir)
+    train_ds = PatchDataset(split_records(gdir, "train", tissues), augment=bool(tcfg["augment"]), seed=int(tcfg["seed"]),
+                            window_px=settings.window_px)
+    val_ds = PatchDataset(split_records(gdir, "val", tissues))
+    meta = {"grouping": grouping, "classes": classes, "tissues": tissues, "magnification": mag,
+            "um_per_px": NOMINAL_UM_PER_PX.get(mag), "size": size, "dataset_version": dataset_version}
+    if official:
+        meta["init_official"] = init_ckpt["arch"]
     if init_ckpt is not None:
         settings.freeze_encoder_epochs = int(tcfg.get("freeze_encoder_epochs") or 0)
     torch.manual_seed(settings.seed)
     model = build_model(size, n_types=len(classes) + 1, n_tissues=len(tissues))
-    work = work_root / f"cellvit_{grouping}-{run_key(dataset_version, size, settings, init, code_version)}"
+    work = work_root / f"cellvit_{grouping}-{run_key(dataset_version, size, mag, settings, init, code_version)}"
     if init_ckpt is not None and not (work / "last.pt").exists():
-        if is_official(init_ckpt):
+        if official:
             meta["reinitialised"] = initialise_from_official(model, init_ckpt, init_path)
         else:
             apply_weights(model, init_ckpt, init_path)  # InputError on a mismatched checkpoint

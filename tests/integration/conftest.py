@@ -19,8 +19,10 @@ COHORT = sthelar_definitions.COHORT_ASSETS + [model_targets]
 def _short_schedule(config_dir, **overrides):
     cfg = yaml.safe_load((PACKAGED_CONFIG_DIR / "training.yaml").read_text())
     cfg["dataset"]["block_px"] = 768  # one tiny slide: small blocks so that val and test get patches
+    # the tiny slide holds ~6 patches at 20x, too few for three splits: its models train on the 40x ones
     cfg["training"]["schedules"]["cpu"].update({"epochs": 3, "batch_size": 4, "max_batches_per_epoch": 5,
-                                                "max_val_batches": 2, "lr": 0.002, **overrides})
+                                                "max_val_batches": 2, "lr": 0.002, "magnification": "40x",
+                                                **overrides})
     config_dir.mkdir(exist_ok=True)
     (config_dir / "training.yaml").write_text(yaml.safe_dump(cfg))
 

@@ -38,7 +38,8 @@ def test_models_train_with_per_epoch_metrics_and_a_self_describing_checkpoint(tr
     for grouping, n_classes in (("detailed", 9), ("grouped", 5)):
         d = home / "models" / f"cellvit_{grouping}"
         card = json.loads((d / "model.json").read_text())
-        assert card["device"] == "cpu" and card["size"] == "tiny" and card["epochs_run"] == 3
+        assert card["device"] == "cpu" and card["size"] == "conv_small" and card["epochs_run"] == 3
+        assert card["magnification"] == "40x" and card["settings"]["window_px"] == 64  # the test's schedule
         assert len(card["classes"]) == n_classes and card["n_train_patches"] > 0
         ckpt = torch.load(d / "best.pt", map_location="cpu", weights_only=True)
         assert ckpt["meta"]["grouping"] == grouping and ckpt["meta"]["classes"] == card["classes"]

@@ -19,15 +19,14 @@ def _norm(a: np.ndarray) -> np.ndarray:
 
 
 BLOB_MIN_AREA_PX = 10  # HoVer-Net drops smaller foreground blobs at every magnification
-OPENING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
 
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, min_area_px: int = 10, sobel_ksize: int = 21,
-                        edge_threshold: float = 0.4) -> np.ndarray:
+                        edge_threshold: float = 0.4, opening_px: int = 5) -> np.ndarray:
     """(H, W) int32 instances from the nucleus probability (H, W) and the HV maps (2, H, W).
 
-    ``min_area_px`` is the smallest marker kept, ``sobel_ksize`` the edge kernel (per magnification,
-    config ``postprocess``).
+    ``min_area_px`` is the smallest marker kept, ``sobel_ksize`` the edge kernel and ``opening_px``
+    the elliptical opening of the markers (per magnification, config ``postprocess``).
     """
     from skimage.segmentation import watershed
 
@@ -42,7 +41,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, min_area_px: int = 
     overall = np.maximum(sobel_h, sobel_v) * blob
     dist = -cv2.GaussianBlur((1 - overall) * blob, (3, 3), 0)
     marker = blob & ~(overall >= edge_threshold)
-    marker = cv2.morphologyEx(ndimage.binary_fill_holes(marker).astype(np.uint8), cv2.MORPH_OPEN, OPENING)
+    marker = cv2.morphologyEx(ndimage.binary_fill_holes(marker).astype(np.uint8), cv2.MORPH_OPEN,
+                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (opening_px, opening_px)))
     markers, m = ndimage.label(marker)
     if m:
         markers = (np.bincount(markers.ravel()) >= min_area_px)[markers] * markers

@@ -50,6 +50,12 @@ def test_wrong_type_names_key(tmp_path, monkeypatch):
         load_config("training")
 
 
+def test_a_schedule_training_on_unexported_patches_is_refused(tmp_path, monkeypatch):
+    _override(tmp_path, monkeypatch, "training", lambda d: d["dataset"].update(magnifications=["40x"]))
+    with pytest.raises(InputError, match=r"training.schedules.cpu.magnification '20x' is not among dataset.magnifications"):
+        load_config("training")
+
+
 def test_out_of_range_threshold_is_refused(tmp_path, monkeypatch):
     _override(tmp_path, monkeypatch, "annotation", lambda d: d["checks"].update(max_frac_unknown=1.5))
     with pytest.raises(InputError, match=r"`checks.max_frac_unknown`"):

@@ -11,7 +11,15 @@ from sthelar_platform.model.cellvit.data import PatchDataset
 from sthelar_platform.model.cellvit.model import build_model
 from sthelar_platform.model.cellvit.postprocess import instance_types, instances_from_maps
 from sthelar_platform.model.cellvit.targets import hv_maps
-from sthelar_platform.model.cellvit.training import TrainingDiverged, TrainSettings, load_weights, train
+from sthelar_platform.model.cellvit.training import (
+    TrainingDiverged,
+    TrainSettings,
+    autocast_for,
+    cpu_bf16_supported,
+    learning_rate,
+    load_weights,
+    train,
+)
 from sthelar_platform.tiling.agreement import patch_agreement
 
 
@@ -141,11 +149,47 @@ def test_postprocessing_follows_the_model_magnification():
     loaded = LoadedModel(build_model("tiny", 3, 1), {"magnification": "20x"}, postprocess={
         "min_area_px": {"40x": 10, "20x": 3}, "sobel_ksize": {"40x": 21, "20x": 11}, "edge_threshold": 0.4})
     assert loaded.postprocess_args == {"min_area_px": 3, "sobel_ksize": 11, "edge_threshold": 0.4}
+    loaded.postprocess["opening_px"] = {"40x": 5, "20x": 3}
+    assert loaded.postprocess_args["opening_px"] == 3
+    del loaded.postprocess["opening_px"]
     loaded.meta["magnification"] = "40x"
     assert loaded.postprocess_args == {"min_area_px": 10, "sobel_ksize": 21, "edge_threshold": 0.4}
     small = np.zeros((64, 64), np.int32)
     cv2.circle(small, (20, 20), 5, 1, -1)  # a 20x nucleus (5.5 µm across)
     assert instances_from_maps(small.astype(float), hv_maps(small), min_area_px=3, sobel_ksize=11).max() == 1
+
+
+def test_windows_tile_every_patch_exactly_once(tmp_path):
+    records = drawn_patches(tmp_path / "data")
+    whole, windows = PatchDataset(records), PatchDataset(records, window_px=64)
+    assert len(windows) == len(records) * 4  # the drawn patches are 128 px
+    first = whole[0]
+    tiles = [windows[i] for i in range(4)]
+    rebuilt = torch.cat([torch.cat([tiles[0]["image"], tiles[1]["image"]], 2),
+                         torch.cat([tiles[2]["image"], tiles[3]["image"]], 2)], 1)
+    assert torch.equal(rebuilt, first["image"])
+    assert sum(int(t["np"].sum()) for t in tiles) == int(first["np"].sum())
+    with pytest.raises(InputError, match="window_px 100"):
+        PatchDataset(records, window_px=100)
+
+
+def test_cosine_learning_rate_is_a_function_of_the_position_alone():
+    s = TrainSettings(epochs=4, lr=0.004, lr_schedule="cosine")
+    assert learning_rate(s, 0, 0, 10) == pytest.approx(0.004)
+    assert learning_rate(s, 2, 0, 10) == pytest.approx(0.002)  # half way
+    assert learning_rate(s, 3, 9, 10) < 0.0001
+    steps = [learning_rate(s, e, b, 10) for e in range(4) for b in range(10)]
+    assert all(a > b for a, b in zip(steps, steps[1:], strict=False))
+    assert learning_rate(TrainSettings(lr=0.004), 3, 9, 10) == 0.004
+
+
+def test_cpu_mixed_precision_follows_the_cpu():
+    m = build_model("conv_small", n_types=3, n_tissues=1)
+    with autocast_for(TrainSettings(amp=True)):
+        out = m(torch.randn(1, 3, 64, 64))
+    assert out["np"].dtype == (torch.bfloat16 if cpu_bf16_supported() else torch.float32)
+    with autocast_for(TrainSettings(amp=False)):
+        assert m(torch.randn(1, 3, 64, 64))["np"].dtype == torch.float32
 
 
 def test_model_card_says_what_the_split_holds_out():
