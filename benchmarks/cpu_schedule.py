@@ -47,8 +47,9 @@ def _run(home: str, grouping: str, overrides: dict, queue: mp.Queue) -> None:
     o = result["overall"]
     f1 = {k: round(v["f1"], 4) for k, v in o["per_class"].items() if v["support"] > 0}
     queue.put({"grouping": grouping, "size": card["size"], "magnification": card["magnification"],
-               "epochs": len(history), "n_train_patches": card["n_train_patches"], "train_s": round(train_s, 1),
-               "train_patches_per_s": round(card["train_patches_per_s"], 2), "bf16": cpu_bf16_supported(),
+               "epochs": len(history), "n_train_patches": card["n_train_patches"],
+               "n_train_samples": card["n_train_samples"], "train_s": round(train_s, 1),
+               "train_samples_per_s": round(card["train_patches_per_s"], 2), "bf16": cpu_bf16_supported(),
                "torch_threads": torch.get_num_threads(), "detection_f1": round(o["detection_f1"], 4),
                "bpq": round(o["bpq"], 4), "mpq": round(o["mpq"], 4),
                "mean_class_f1": round(float(np.nanmean(list(f1.values()))), 4), "class_f1": f1,

@@ -165,7 +165,7 @@ def train_cellvit(dataset: Path, grouping: str, cfg: TrainingConfig, device: str
     card = {**meta, "n_parameters": int(sum(p.numel() for p in model.parameters())), "device": device,
             "settings": {k: v for k, v in vars(settings).items() if k != "loss_weights"},
             "loss_weights": settings.loss_weights, "init_checkpoint": init,
-            "n_train_patches": len(train_ds), "n_val_patches": len(val_ds), "epochs_run": len(result.history),
+            "n_train_patches": len(train_ds.records), "n_train_samples": len(train_ds), "n_val_patches": len(val_ds), "epochs_run": len(result.history),
             "resumed_from_epoch": result.resumed_from, "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss, "stopped_early": result.stopped_early,
             "final_train_loss": result.history[-1]["train_loss"] if result.history else float("nan"),

@@ -40,6 +40,7 @@ def test_models_train_with_per_epoch_metrics_and_a_self_describing_checkpoint(tr
         card = json.loads((d / "model.json").read_text())
         assert card["device"] == "cpu" and card["size"] == "conv_small" and card["epochs_run"] == 3
         assert card["magnification"] == "40x" and card["settings"]["window_px"] == 64  # the test's schedule
+        assert card["n_train_samples"] == 16 * card["n_train_patches"]  # 64 px windows of 256 px patches
         assert len(card["classes"]) == n_classes and card["n_train_patches"] > 0
         ckpt = torch.load(d / "best.pt", map_location="cpu", weights_only=True)
         assert ckpt["meta"]["grouping"] == grouping and ckpt["meta"]["classes"] == card["classes"]
