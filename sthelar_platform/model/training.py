@@ -55,7 +55,8 @@ def split_records(gdir: Path, split: str, tissues: list[str]) -> list[PatchRecor
     names = splits.loc[splits["split"] == split, "img"].tolist()
     if not names:
         raise InputError(gdir / "splits.csv", f"the {split!r} split holds no patches",
-                         "add slides or change dataset.fractions / dataset.split in config/training.yaml")
+                         "add slides or change dataset.fractions / dataset.split in config/training.yaml (a small "
+                         "slide may hold too few 20x patches: set the schedule's magnification to 40x)")
     return [PatchRecord(gdir / "images" / n, gdir / "labels" / n.replace(".png", ".npz"), index.get(types[n], 0))
             for n in names]
 

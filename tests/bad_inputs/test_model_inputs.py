@@ -21,6 +21,7 @@ class NotWeights:
 def _with_init_checkpoint(case, name: str):
     cfg = yaml.safe_load((PACKAGED_CONFIG_DIR / "training.yaml").read_text())
     cfg["training"]["init_checkpoint"] = f"imports/{name}"
+    cfg["training"]["schedules"]["cpu"]["magnification"] = "40x"  # the tiny slide has too few 20x patches to split
     (case.config_dir / "training.yaml").write_text(yaml.safe_dump(cfg))
     path = case.home / "imports" / name
     path.parent.mkdir(exist_ok=True)
