@@ -99,8 +99,9 @@ class PatchDataset(Dataset):
         return decoded
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        r = self.records[i // self.per_patch]
-        rgb, inst, types = self._read(i // self.per_patch)
+        k = i // self.per_patch
+        r = self.records[k]
+        rgb, inst, types = self._read(k)
         if self.window:
             per_row = rgb.shape[1] // self.window
             y, x = divmod(i % self.per_patch, per_row)

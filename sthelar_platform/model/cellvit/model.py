@@ -75,9 +75,9 @@ class CellViTConfig:
 
 _SAM = {"backbone": "sam", "img_size": 1024, "window_size": 14, "neck_channels": 256}
 CONFIGS: dict[str, dict] = {
-    # tiny: for CPU tests and the demo; narrow decoder, same module names as the official models
+    # tiny: a ViT for CPU tests; narrow decoder, same module names as the official models
     "tiny": {"embed_dim": 96, "depth": 4, "num_heads": 3, "decoder_widths": (8, 8, 16, 32, 64, 32, 16)},
-    # conv_small: a CNN encoder for CPU training (the demo); same decoder and heads
+    # conv_small: a CNN encoder for CPU training (the demo's schedule); same decoder and heads
     "conv_small": {"backbone": "conv", "conv_widths": (16, 32, 64, 128), "embed_dim": 128,
                    "decoder_widths": (8, 8, 16, 32, 64, 0, 0)},
     # the official architectures (CellViT-256 = ViT-S/16 from HIPT, CellViT-SAM-B/L/H)
