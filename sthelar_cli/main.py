@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.synth.flavours import FLAVOURS, QUIRKS
+from sthelar_platform.synth.flavours import FLAVOURS, QUIRKS, SIZES
 
 DEFAULT_HOME = "./sthelar_home"
 
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("synth", help="write SYNTHETIC Xenium-format slides, H&E, references and a manifest")
-    s.add_argument("--size", choices=["tiny", "demo", "bench"], default="demo")
+    s.add_argument("--size", choices=list(SIZES), default="demo")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--xoa", choices=list(FLAVOURS),
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_materialize)
 
     b = sub.add_parser("bench", help="benchmark each stage on the bench slide; JSON under $STHELAR_HOME/bench")
-    b.add_argument("--size", choices=["tiny", "demo", "bench"], default="bench")
+    b.add_argument("--size", choices=list(SIZES), default="bench")
     b.add_argument("--stage", action="append", help="only these stages")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)

@@ -374,7 +374,15 @@ class SyntheticSize(Section):
     extent_um: Range
     transcripts_per_cell: PosNum
     density_scale: PosNum = 1.0
+    panel_genes: PositiveInt | None = None  # pad the marker panel with filler genes to this many (Prime 5K)
     slides: list[tuple[str, str]]
+
+
+class FillerGenes(Section):
+    prefix: str
+    median_expression: PosNum
+    log_sd: PosNum
+    label_specific_fraction: Num = Field(ge=0, le=1)
 
 
 class SyntheticConfig(Section):
@@ -384,6 +392,7 @@ class SyntheticConfig(Section):
     analysis_sw_version: str
     sizes: dict[str, SyntheticSize]
     reference_cells: dict[str, PositiveInt]
+    filler_genes: FillerGenes | None = None
     less10_fraction: Num = Field(ge=0, le=1)
     no_nucleus_fraction: Num = Field(ge=0, le=1)
     unassigned_fraction: Num = Field(ge=0, le=1)

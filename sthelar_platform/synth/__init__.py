@@ -5,7 +5,7 @@ default data and the tests' fixtures). Private modules draw the tissue, expressi
 from sthelar_platform.core._lazy import lazy_exports
 
 _EXPORTS = {
-    "SIZES": "cohort",
+    "SIZES": "flavours",
     "SyntheticSlide": "cohort",
     "synthesize_slide": "cohort",
     "synthesize_reference": "cohort",

@@ -6,13 +6,16 @@ draws from the same biology; atlases add a gene-wise batch shift and overdispers
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from sthelar_platform.core.config import SyntheticConfig
 
 BIOLOGY_SEED = 20260101
+CELL_BLOCK = 20000  # cells per block of counts: the only dense (block x panel) array in memory
 # Extra genes measured in the atlases but absent from the Xenium panel.
 HOUSEKEEPING = ["ACTB", "GAPDH", "B2M", "MALAT1", "RPLP0", "RPS18", "EEF1A1", "TPT1", "FTL", "FTH1",
                 "UBC", "HSP90AB1", "PPIA", "TMSB4X", "MT-CO1", "NEAT1", "CALM2", "YBX1", "PABPC1", "HNRNPA1"]
@@ -32,7 +35,27 @@ class Programs:
         return self.genes[: self.n_panel]
 
 
-def build_programs(synth_cfg: SyntheticConfig) -> Programs:
+def _filler_genes(synth_cfg: SyntheticConfig, n: int, n_labels: int) -> tuple[list[str], np.ndarray]:
+    """Panel genes beyond the markers (a Prime 5K-sized panel): names and (n_labels, n) relative expression.
+
+    Log-normal base expression with a wide spread (most genes seen in a few cells, a few everywhere),
+    and a share of genes raised in a few labels, as whole-transcriptome-like panels have. Drawn from their
+    own seed, so marker-only panels are unchanged.
+    """
+    f = synth_cfg["filler_genes"]
+    rng = np.random.default_rng(BIOLOGY_SEED + 1)
+    names = [f"{f['prefix']}{i:05d}" for i in range(1, n + 1)]
+    base = rng.lognormal(np.log(f["median_expression"]), f["log_sd"], n)
+    mean = np.tile(base, (n_labels, 1)) * rng.lognormal(0, 0.25, (n_labels, n))
+    specific = np.flatnonzero(rng.random(n) < f["label_specific_fraction"])
+    for g in specific:
+        up = rng.choice(n_labels, int(rng.integers(1, 4)), replace=False)
+        mean[up, g] *= rng.uniform(4, 12, len(up))
+    return names, mean
+
+
+def build_programs(synth_cfg: SyntheticConfig, panel_genes: int | None = None) -> Programs:
+    """The cohort's biology; ``panel_genes`` pads the marker panel with filler genes to that size."""
     markers: dict[str, list[str]] = synth_cfg["category_markers"]
     fine_markers: dict[str, list[str]] = synth_cfg["fine_markers"]
     shared: dict[str, list[str]] = synth_cfg["shared_markers"]
@@ -62,17 +85,38 @@ def build_programs(synth_cfg: SyntheticConfig) -> Programs:
         # A little extra variability on atlas-only genes keeps the atlases informative beyond the panel.
         sel = rng.choice(np.arange(len(panel) + len(HOUSEKEEPING), len(genes)), 6, replace=False)
         mean[li, sel] = rng.uniform(1, 4, len(sel))
-    return Programs(genes=genes, n_panel=len(panel), labels=labels, label_category=label_category, mean=mean)
+    n_fill = max(0, (panel_genes or 0) - len(panel))
+    if n_fill:
+        names, fill = _filler_genes(synth_cfg, n_fill, len(labels))
+        clash = set(names) & set(genes)
+        if clash:
+            raise ValueError(f"filler gene names clash with real ones: {sorted(clash)[:3]}")
+        genes = tuple(panel + names + extra)
+        mean = np.concatenate([mean[:, : len(panel)], fill, mean[:, len(panel):]], axis=1)
+    return Programs(genes=genes, n_panel=len(panel) + n_fill, labels=labels, label_category=label_category, mean=mean)
 
 
 def sample_panel_counts(programs: Programs, fine_labels: np.ndarray, target_total: float, less10: np.ndarray,
-                        rng: np.random.Generator) -> np.ndarray:
-    """Poisson counts over the panel genes, (n_cells, n_panel) int32."""
+                        rng: np.random.Generator) -> sp.csr_matrix:
+    """Poisson counts over the panel genes, (n_cells, n_panel) int32 CSR, drawn in blocks of cells.
+
+    Row-major block draws consume the generator exactly as one (n_cells, n_panel) draw would, so a
+    slide's counts do not depend on the block size; only one block is ever dense.
+    """
+    return sp.vstack(list(_count_blocks(programs, fine_labels, target_total, less10, rng)), format="csr")
+
+
+def _count_blocks(programs: Programs, fine_labels: np.ndarray, target_total: float, less10: np.ndarray,
+                  rng: np.random.Generator) -> Iterator[sp.csr_matrix]:
     lidx = np.searchsorted(np.array(programs.labels), fine_labels)
-    mu = programs.mean[lidx, : programs.n_panel]
-    size = target_total / mu.sum(1) * rng.lognormal(0, 0.3, len(lidx))
-    size[less10] = rng.uniform(2, 8, less10.sum()) / mu[less10].sum(1)
-    return rng.poisson(mu * size[:, None]).astype(np.int32)
+    label_mu = programs.mean[:, : programs.n_panel]
+    label_total = label_mu.sum(1)[lidx]
+    size = target_total / label_total * rng.lognormal(0, 0.3, len(lidx))
+    size[less10] = rng.uniform(2, 8, less10.sum()) / label_total[less10]
+    for start in range(0, len(lidx), CELL_BLOCK):
+        rows = slice(start, start + CELL_BLOCK)
+        block = rng.poisson(label_mu[lidx[rows]] * size[rows, None]).astype(np.int32)
+        yield sp.csr_matrix(block)
 
 
 def sample_reference_counts(programs: Programs, fine_labels: np.ndarray, target_total: float,

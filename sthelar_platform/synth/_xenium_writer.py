@@ -89,7 +89,7 @@ def _sample_positions(cells: Cells, cell_rows: np.ndarray, nuclear: np.ndarray, 
     return cells.x[cell_rows] + rho * np.cos(t), cells.y[cell_rows] + rho * np.sin(t), nuclear
 
 
-def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarray, counts: np.ndarray, panel: list[str],
+def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarray, counts: sp.csr_matrix, panel: list[str],
                                  cfg: SyntheticConfig, tissue_xy: tuple[np.ndarray, np.ndarray],
                                  rng: np.random.Generator) -> tuple[dict, np.ndarray]:
     """Stream transcripts per block of cells; the h5 matrix counts transcripts with qv >= 20, as XOA does."""
@@ -108,9 +108,8 @@ def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarra
     with pq.ParquetWriter(bundle / "transcripts.parquet", schema, compression="zstd") as writer:
         for start in range(0, n, CELL_BLOCK):
             rows = np.arange(start, min(start + CELL_BLOCK, n))
-            block = counts[rows]
-            cr, gi = np.nonzero(block)
-            reps = block[cr, gi]
+            block = counts[start : start + CELL_BLOCK].tocoo()
+            cr, gi, reps = block.row, block.col, block.data
             cell_rows = np.repeat(rows[cr], reps)
             genes = np.repeat(gi, reps)
             # low-quality duplicates (qv < 20): present in transcripts, absent from the matrix
@@ -167,11 +166,11 @@ def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarra
             n_rows += m
         stats["unassigned"] = n_un
     stats["total"] = n_rows
-    _write_h5(bundle / "cell_feature_matrix.h5", cell_ids, features, np.concatenate([counts, control_counts], axis=1))
+    _write_h5(bundle / "cell_feature_matrix.h5", cell_ids, features, sp.hstack([counts, sp.csr_matrix(control_counts)]))
     return stats, control_counts
 
 
-def _write_h5(path: Path, barcodes: np.ndarray, features: list[str], matrix: np.ndarray) -> None:
+def _write_h5(path: Path, barcodes: np.ndarray, features: list[str], matrix: sp.sparray | sp.spmatrix) -> None:
     csr = sp.csr_matrix(matrix)  # cells x features == CSC of features x cells, as 10x v3 stores it
     ftypes = [CONTROL_TYPES.get(f, "Gene Expression") for f in features]
     with h5py.File(path, "w") as f:
@@ -191,13 +190,13 @@ def _write_h5(path: Path, barcodes: np.ndarray, features: list[str], matrix: np.
         f.attrs["format"] = "10x v3 feature-barcode matrix"
 
 
-def write_cells_tables(bundle: Path, cells: Cells, cell_ids: np.ndarray, prefixes: np.ndarray, counts: np.ndarray,
+def write_cells_tables(bundle: Path, cells: Cells, cell_ids: np.ndarray, prefixes: np.ndarray, counts: sp.csr_matrix,
                        tx_stats_per_cell: dict[str, np.ndarray], nucleus_owners: np.ndarray, morph_px_um: float,
                        morph_shape: tuple[int, int]) -> None:
     """cells.parquet and cells.zarr.zip (cell ids, summary, label masks, polygon sets)."""
     cell_area = _polygon_area(cells.polygons("cell"))
     nuc_area = np.where(cells.has_nucleus, _polygon_area(cells.polygons("nucleus")), 0.0)
-    total = counts.sum(1)
+    total = np.asarray(counts.sum(1)).ravel()
     pq.write_table(pa.table({
         "cell_id": pa.array(cell_ids),
         "x_centroid": pa.array(cells.x), "y_centroid": pa.array(cells.y),

@@ -32,7 +32,6 @@ from sthelar_platform.synth._layout import GRID_UM, REGION_CODE, build_layout, p
 from sthelar_platform.synth._render import DapiRenderer, HERenderer
 from sthelar_platform.synth.transform import TransformSpec, he_to_morphology_matrix, write_alignment_csv
 
-SIZES = ("tiny", "demo", "bench")
 Progress = Callable[[str], None]
 
 
@@ -93,7 +92,7 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
     rng = np.random.default_rng([seed, sum(map(ord, slide_id))])
     morph_um, he_um = cfg["morphology_pixel_size_um"], cfg["he_pixel_size_um"]
     transform = transform or default_transform(rng)
-    programs = build_programs(cfg)
+    programs = build_programs(cfg, size_cfg.get("panel_genes"))
     cats = categories
 
     progress(f"{slide_id}: laying out {tissue} tissue")
@@ -145,7 +144,7 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
 
 
 def _write_truth(truth: Path, cells, cell_ids, counts, cats, programs: Programs, he_to_morph, transform, cfg, tissue) -> None:
-    total = counts.sum(1)
+    total = np.asarray(counts.sum(1)).ravel()
     expected = np.where(total <= cats.less10_max_transcripts, "Less10", cells.category)
     detailed, grouped = cats.groupings["detailed"], cats.groupings["grouped"]
     pl.DataFrame({
@@ -161,10 +160,14 @@ def _write_truth(truth: Path, cells, cell_ids, counts, cats, programs: Programs,
         "synthetic": True}, indent=2))
 
 
-def synthesize_reference(path: str | Path, tissue: str, n_cells: int, seed: int, config: SyntheticConfig) -> Path:
-    """A per-tissue single-cell atlas (.h5ad): integer counts, fine labels in obs['cell_type'], batch-shifted."""
+def synthesize_reference(path: str | Path, tissue: str, n_cells: int, seed: int, config: SyntheticConfig,
+                         panel_genes: int | None = None) -> Path:
+    """A per-tissue single-cell atlas (.h5ad): integer counts, fine labels in obs['cell_type'], batch-shifted.
+
+    ``panel_genes``: the slides' panel size (filler genes included), so the atlas measures them too.
+    """
     cfg = config
-    programs = build_programs(cfg)
+    programs = build_programs(cfg, panel_genes)
     rng = np.random.default_rng([seed, 7, sum(map(ord, tissue))])
     comp = cfg["tissues"][tissue]["composition"]
     present = sorted({c for region in comp.values() for c in region})
@@ -200,7 +203,7 @@ def synthesize_cohort(out: str | Path, size: str, config: SyntheticConfig, categ
         ref = out / "references" / f"{tissue}.h5ad"
         if not ref.exists():
             progress(f"reference atlas for {tissue}")
-            synthesize_reference(ref, tissue, cfg["reference_cells"][size], seed, cfg)
+            synthesize_reference(ref, tissue, cfg["reference_cells"][size], seed, cfg, cfg["sizes"][size].get("panel_genes"))
         slide = synthesize_slide(out / "slides", slide_id, tissue, size, seed + i, cfg, categories, progress=progress,
                                  xoa=xoa, quirks=quirks)
         entries.append({

@@ -138,3 +138,42 @@ def test_other_tissues_have_their_categories(tmp_path, tissue):
     s = synthesize_slide(tmp_path, f"t_{tissue}", tissue, "tiny", 1, load_synthetic(), load_categories())
     cats = set(pl.read_parquet(s.truth_dir / "cells.parquet")["true_category"])
     assert {"skin": "Melanocyte", "brain": "Glioblastoma"}[tissue] in cats
+
+
+def test_panel_counts_do_not_depend_on_the_block_size(monkeypatch):
+    from sthelar_platform.synth import _expression
+
+    programs = _expression.build_programs(load_synthetic())
+    labels = np.array(programs.labels)[np.arange(500) % len(programs.labels)]
+    less10 = np.arange(500) % 37 == 0
+
+    def draw():
+        return _expression.sample_panel_counts(programs, labels, 120, less10, np.random.default_rng(4))
+    whole = draw()
+    monkeypatch.setattr(_expression, "CELL_BLOCK", 7)
+    blocked = draw()
+    assert whole.shape == (500, programs.n_panel) and (whole != blocked).nnz == 0
+    assert np.asarray(whole[less10].sum(1)).max() < 30 < np.median(np.asarray(whole[~less10].sum(1)))
+
+
+def test_a_prime_5k_like_panel_pads_markers_with_sparse_filler_genes(tmp_path):
+    from spatialdata_io import xenium
+
+    from sthelar_platform.core.config import SyntheticConfig
+    from sthelar_platform.synth import synthesize_reference, synthesize_slide
+
+    base = load_synthetic().model_dump()
+    base["sizes"]["tiny"] = {**base["sizes"]["tiny"], "panel_genes": 600}
+    cfg = SyntheticConfig.model_validate(base)
+    s = synthesize_slide(tmp_path, "p5k", "breast", "tiny", 0, cfg, load_categories())
+    table = xenium(s.xenium_dir, transcripts=False, cells_boundaries=False, nucleus_boundaries=False,
+                   cells_labels=False, nucleus_labels=False, morphology_focus=False)["table"]
+    assert table.n_vars == 600 and {"EPCAM", "PTPRC", "P5KF00001"} <= set(table.var_names)
+    fillers = table[:, table.var_names.str.startswith("P5KF")].X
+    detected = np.asarray((fillers > 0).mean(0)).ravel()
+    # most filler genes are seen in few cells, a few in many: a whole-transcriptome-like spread
+    assert np.median(detected) < 0.05 and detected.max() > 0.2
+    truth = pl.read_parquet(s.truth_dir / "cells.parquet")
+    assert np.array_equal(np.asarray(table.X.sum(1)).ravel().astype(int), truth["n_transcripts"].to_numpy())
+    atlas = ad.read_h5ad(synthesize_reference(tmp_path / "ref.h5ad", "breast", 300, 0, cfg, 600))
+    assert set(table.var_names) <= set(atlas.var_names)
