@@ -144,7 +144,7 @@ def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
     step("tangram_labels", lambda o: st.write_tangram_labels(dirs["cell_counts"], dirs["nucleus_counts"], ref, o, cfg, cats))
     step("clusters", lambda o: st.write_clusters(dirs["cell_counts"], o, cfg, cats.less10_max_transcripts))
     step("cell_types", lambda o: st.write_cell_types(spec.slide_id, xen, dirs["cell_counts"], dirs["tangram_labels"],
-                                                     dirs["clusters"], ref, o, cfg, cats, overrides_dir()))
+                                                     dirs["clusters"], o, cfg, cats, overrides_dir()))
     labels = pl.read_parquet(dirs["cell_types"] / "cell_labels.parquet", columns=["cell_id", "category"])
     truth = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["cell_id", "category"])
     j = labels.join(truth, on="cell_id", suffix="_true")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 
-from sthelar_platform.annotation.crosscheck import centroid_labels
+from sthelar_platform.annotation.crosscheck import centroid_labels, reference_centroids
 from sthelar_platform.annotation.tangram import hard_labels, raw_scores
 from sthelar_platform.core.config import load_config
 
@@ -34,7 +34,7 @@ def main() -> None:
     cfg = {**load_config("annotation")["tangram"], "device": "cpu"}
     scores = raw_scores(query, ref, genes, cfg, "cpu")
     tg = hard_labels(scores, ref.obs["label"].value_counts(normalize=True), cfg)
-    cross = centroid_labels(query, ref, genes)
+    cross = centroid_labels(query, reference_centroids(ref, genes))
     truth = query.obs["label"]
     per_label = pd.DataFrame({"truth": truth, "tangram": tg["label"].reindex(truth.index),
                               "crosscheck": cross["crosscheck_label"]})

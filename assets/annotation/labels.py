@@ -97,7 +97,8 @@ def tangram_labels(context: AssetExecutionContext, storage: StorageResource, lin
             load_config("annotation"), load_categories(), progress)
         labels = pd.read_parquet(out / "tangram_labels.parquet")
         comp = labels[labels["compartment"] == "cell"]["category"].value_counts().to_dict()
-        return {"dagster/row_count": o.n_cells, "n_shared_genes": o.n_shared_genes, "device": o.device,
+        return {"dagster/row_count": o.n_cells, "n_shared_genes": o.n_shared_genes,
+                "n_training_genes": o.n_training_genes, "device": o.device,
                 "reference": str(ref.path), "reference_sha256": o.reference_sha256, "compartments": o.compartments,
                 "tangram_composition": {k: int(v) for k, v in comp.items()}}
 
@@ -143,13 +144,12 @@ def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage
                catalog: SlideCatalogResource) -> MaterializeResult:
     slide_id = validate_slide_id(context.partition_key)
     spec = catalog.get(slide_id)
-    ref = _reference_spec(catalog, storage, slide_id)
     holder: dict = {}
 
     def compute(out: Path) -> dict:
         s = annotation_stages.write_cell_types(
             slide_id, storage.stage_dir("xenium_slide", slide_id), storage.stage_dir("cell_counts", slide_id),
-            storage.stage_dir("tangram_labels", slide_id), storage.stage_dir("clusters", slide_id), ref, out,
+            storage.stage_dir("tangram_labels", slide_id), storage.stage_dir("clusters", slide_id), out,
             load_config("annotation"), load_categories(), overrides_dir())
         holder["s"] = s
         labels = pd.read_parquet(out / "cell_labels.parquet")

@@ -24,6 +24,7 @@ from sthelar_platform.core.config import AnnotationConfig
 from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 
 COUNT_FILES = {"nucleus_counts": ("nucleus",), "cell_counts": ("cell", "cytoplasm")}
+CENTROIDS = "reference_centroids.parquet"  # tangram_labels' copy of the atlas' category centroids
 
 
 def write_counts(stage: str, xenium_dir: Path, out: Path, cfg: AnnotationConfig) -> dict:
@@ -44,6 +45,7 @@ def write_counts(stage: str, xenium_dir: Path, out: Path, cfg: AnnotationConfig)
 class TangramOutcome:
     n_cells: int
     n_shared_genes: int
+    n_training_genes: int
     reference_sha256: str
     device: str
     compartments: list[str]
@@ -57,6 +59,7 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
     ref = references.load_reference(ref_spec, categories, cfg["references"])
     cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
     genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
+    fit_genes = tangram_transfer.training_genes(ref, genes, tcfg)
     device = tangram_transfer.resolve_device(tcfg["device"])
     label_fraction = ref.obs["label"].value_counts(normalize=True)
     to_cat = dict(zip(ref.obs["label"], ref.obs["category"], strict=False))
@@ -70,7 +73,7 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
                                  "check the slide's transcripts (all Less10: nothing to annotate)")
             continue
         q = table[keep]
-        scores = tangram_transfer.raw_scores(q, ref, genes, tcfg, device, progress)
+        scores = tangram_transfer.raw_scores(q, ref, fit_genes, tcfg, device, progress)
         hard = tangram_transfer.hard_labels(scores, label_fraction, tcfg)
         hard["category"] = [to_cat.get(lb, "Unknown") for lb in hard["label"]]
         if comp == "cell":
@@ -82,7 +85,10 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
                                     "category": hard["category"], "score": hard["score"], "margin": hard["margin"]}))
     labels = pd.concat(frames, ignore_index=True)
     labels.to_parquet(out / "tangram_labels.parquet")
+    # the cross-check's reference side, so that cell_types does not read the atlas a second time
+    crosscheck.reference_centroids(ref, genes, cfg["clustering"]["target_sum"]).to_parquet(out / CENTROIDS)
     outcome = TangramOutcome(n_cells=int((labels["compartment"] == "cell").sum()), n_shared_genes=len(genes),
+                             n_training_genes=len(fit_genes),
                              reference_sha256=ref.uns["sha256"], device=device, compartments=list(tcfg["compartments"]))
     (out / "summary.json").write_text(json.dumps({**outcome.__dict__, "reference": str(ref_spec.path)}, indent=2))
     return outcome
@@ -110,9 +116,11 @@ def write_clusters(cell_dir: Path, out: Path, cfg: AnnotationConfig, less10_max:
 
 
 def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_dir: Path, clusters_dir: Path,
-                     ref_spec: references.ReferenceSpec, out: Path, cfg: AnnotationConfig, categories: CategorySystem,
-                     overrides_dir: Path) -> dict:
-    """Apply the rule, harmonize, cross-check; write cell_labels / cluster_review / crosscheck tables."""
+                     out: Path, cfg: AnnotationConfig, categories: CategorySystem, overrides_dir: Path) -> dict:
+    """Apply the rule, harmonize, cross-check; write cell_labels / cluster_review / crosscheck tables.
+
+    The cross-check's reference centroids come from ``tangram_labels`` (written from the same atlas read).
+    """
     cats = categories
     cell = ad.read_h5ad(require_stage_output(cell_dir / "cell.h5ad", "cell_counts"))
     tg = pd.read_parquet(require_readable_parquet(tangram_dir / "tangram_labels.parquet", "tangram_labels"))
@@ -132,10 +140,10 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     overrides = annotation.load_overrides(slide_id, overrides_dir, cats)
     labels = annotation.label_cells(cells, review, probs, overrides, cats.less10_max_transcripts, cats,
                                     cfg["rule"]["keep_own_label_min_probability"])
-    ref = references.load_reference(ref_spec, categories, cfg["references"])
-    genes = tangram_transfer.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(ref_spec.path))
+    centroids = pd.read_parquet(require_readable_parquet(tangram_dir / CENTROIDS, "tangram_labels"))
+    tangram_summary = json.loads(require_stage_output(tangram_dir / "summary.json", "tangram_labels").read_text())
     active = labels.index[labels["category"] != "Less10"]
-    cross = crosscheck.centroid_labels(cell[active], ref, genes, cfg["clustering"]["target_sum"])
+    cross = crosscheck.centroid_labels(cell[active], centroids, cfg["clustering"]["target_sum"])
     labels = labels.join(cross)
     xy = pl.read_parquet(xenium_dir / "cells.parquet", columns=["cell_id", "x_centroid", "y_centroid"]).to_pandas()
     labels = labels.join(xy.set_index("cell_id"))
@@ -159,7 +167,7 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
         "n_clusters": int(len(review)), "n_flagged_clusters": int(review["flagged"].sum()),
         "frac_flagged_clusters": float(review["flagged"].mean()) if len(review) else 0.0,
         "decisions": {k: int(v) for k, v in review["decision"].value_counts().items()},
-        "override_file": overrides.get("path"), "reference_sha256": ref.uns["sha256"],
+        "override_file": overrides.get("path"), "reference_sha256": tangram_summary["reference_sha256"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

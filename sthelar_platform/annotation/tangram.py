@@ -49,6 +49,20 @@ def shared_genes(query: ad.AnnData, ref: ad.AnnData, minimum: int, ref_name: str
     return genes
 
 
+def training_genes(ref: ad.AnnData, shared: list[str], cfg: TangramConfig) -> list[str]:
+    """The genes Tangram fits on: every shared gene, or for a large panel the atlas labels' top markers.
+
+    Fitting on thousands of mostly uninformative genes costs time in proportion and dilutes the
+    cosine-similarity objective; the markers are ranked on the (small) atlas, never on the slide.
+    """
+    if len(shared) <= cfg["markers_above_genes"]:
+        return shared
+    r = _lognorm(ref[:, shared])
+    sc.tl.rank_genes_groups(r, "label", method="wilcoxon", n_genes=int(cfg["markers_per_label"]), use_raw=False)
+    names = r.uns["rank_genes_groups"]["names"]
+    return sorted({str(g) for label in names.dtype.names for g in names[label]})
+
+
 def _stratified_subsample(ref: ad.AnnData, n: int, rng: np.random.Generator) -> ad.AnnData:
     if ref.n_obs <= n:
         return ref

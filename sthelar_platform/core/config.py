@@ -142,6 +142,8 @@ class TangramConfig(Section):
     min_score: Num
     compartments: list[Literal["cell", "nucleus"]]
     seed: int
+    markers_above_genes: PositiveInt    # more shared genes: train on the atlas' top markers per label
+    markers_per_label: PositiveInt
 
 
 class ClusteringConfig(Section):
@@ -152,6 +154,8 @@ class ClusteringConfig(Section):
     resolution: PosNum
     seed: int
     n_marker_genes: PositiveInt
+    hvg_above_genes: PositiveInt        # larger panels: PCA on the n_top_hvg most variable genes only
+    n_top_hvg: PositiveInt
 
 
 class MarkersConfig(Section):

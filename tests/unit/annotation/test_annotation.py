@@ -156,3 +156,21 @@ def test_weak_dissent_inside_an_agreeing_cluster_takes_the_cluster_label():
     labels = annotation.label_cells(cells, review, probs, {}, 10, CATS, keep_own_min_probability=0.7)
     assert labels.loc["c", "category"] == "T_NK" and labels.loc["c", "label_source"] == "tangram"  # p = 0.9
     assert labels.loc["d", "category"] == "Epithelial" and labels.loc["d", "label_source"] == "cluster_consensus"
+
+
+def test_tangram_fits_a_large_panel_on_the_atlas_markers():
+    rng = np.random.default_rng(3)
+    n_genes, labels = 1500, np.repeat(["A", "B", "C"], 60)
+    mu = np.full((len(labels), n_genes), 0.2)
+    planted = {"A": [10, 11], "B": [500, 501], "C": [1400, 1401]}
+    for lab, cols in planted.items():
+        mu[np.ix_(labels == lab, cols)] = 20
+    genes = [f"G{i:04d}" for i in range(n_genes)]
+    ref = ad.AnnData(X=sparse.csr_matrix(rng.poisson(mu).astype(np.float32)), obs=pd.DataFrame({"label": labels}),
+                     var=pd.DataFrame(index=genes))
+    ref.obs_names = [f"r{i}" for i in range(ref.n_obs)]
+    cfg = {**CFG.tangram.model_dump(), "markers_above_genes": 1000, "markers_per_label": 20}
+    fit = tangram_transfer.training_genes(ref, genes, cfg)
+    assert len(fit) <= 60 and {genes[c] for cols in planted.values() for c in cols} <= set(fit)
+    # a panel at or under the limit fits on every shared gene
+    assert tangram_transfer.training_genes(ref, genes[:1000], cfg) == genes[:1000]
