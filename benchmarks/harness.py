@@ -19,15 +19,22 @@ from sthelar_platform.core.paths import StorageLayout
 
 
 def _stage_synth(data: Path, size: str, seed: int) -> dict[str, Any]:
-    import polars as pl
-
     from sthelar_platform.core.config import load_categories, load_synthetic
     from sthelar_platform.synth import synthesize_cohort
 
     manifest = synthesize_cohort(data, size, load_synthetic(), load_categories(), seed=seed)
-    truth = pl.concat([pl.read_parquet(p) for p in sorted(data.glob("slides/*/truth/cells.parquet"))])
+    facts = _slide_facts(data)
+    return {"manifest": str(manifest), **facts, "_work": facts["n_cells"], "_unit": "cells/s"}
+
+
+def _slide_facts(data: Path) -> dict[str, int]:
+    """Cells, panel genes and transcripts of the size's slides (from the bundles as written)."""
+    import polars as pl
+
+    truth = pl.concat([pl.read_parquet(p, columns=["cell_id"]) for p in sorted(data.glob("slides/*/truth/cells.parquet"))])
     tx = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in data.glob("slides/*/xenium/transcripts.parquet"))
-    return {"manifest": str(manifest), "n_cells": truth.height, "n_transcripts": tx, "_work": truth.height, "_unit": "cells/s"}
+    genes = max(json.loads(p.read_text())["panel_num_targets_predesigned"] for p in data.glob("slides/*/xenium/experiment.xenium"))
+    return {"n_cells": truth.height, "n_genes": genes, "n_transcripts": tx}
 
 
 def _stage_ingest(data: Path, size: str, seed: int) -> dict[str, Any]:
@@ -116,10 +123,11 @@ def _stage_counts(data: Path, size: str, seed: int) -> dict[str, Any]:
             "_work": int(cell.X.sum()), "_unit": "transcripts/s"}
 
 
-def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
-    """The whole annotation chain (counts, Tangram x2, clusters, rule + cross-check) with step times."""
-    import polars as pl
+ANNOTATION_STEPS = ("nucleus_counts", "cell_counts", "tangram_labels", "clusters", "cell_types")
 
+
+def _annotation_step(data: Path, name: str) -> None:
+    """One annotation asset's work, as the asset does it (run in its own process for its own peak RSS)."""
     from sthelar_platform.annotation import stages as st
     from sthelar_platform.annotation.references import reference_spec
     from sthelar_platform.core.config import load_categories, load_config, overrides_dir
@@ -128,29 +136,42 @@ def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
     spec = load_manifest(data / "manifest.yaml")[0]
     cfg, cats = load_config("annotation"), load_categories()
     xen = _ingested(data) / "xenium_slide"
-    work = data.parent / "annotation_out"
+    dirs = {k: data.parent / "annotation_out" / k for k in ANNOTATION_STEPS}
     ref = reference_spec(spec.tissue, data / "references", cfg.references, spec.reference)
+    with atomic_dir(dirs[name]) as o:
+        if name in ("nucleus_counts", "cell_counts"):
+            st.write_counts(name, xen, o, cfg)
+        elif name == "tangram_labels":
+            st.write_tangram_labels(dirs["cell_counts"], dirs["nucleus_counts"], ref, o, cfg, cats)
+        elif name == "clusters":
+            st.write_clusters(dirs["cell_counts"], o, cfg, cats.less10_max_transcripts)
+        else:
+            st.write_cell_types(spec.slide_id, xen, dirs["cell_counts"], dirs["tangram_labels"], dirs["clusters"], o,
+                                cfg, cats, overrides_dir())
+
+
+def _stage_annotation(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """The whole annotation chain (counts, Tangram x2, clusters, rule + cross-check), each asset in its own process."""
+    import polars as pl
+
+    from sthelar_platform.ingest.manifest import load_manifest
+
+    spec = load_manifest(data / "manifest.yaml")[0]
     steps: dict[str, float] = {}
-    dirs = {k: work / k for k in ("nucleus_counts", "cell_counts", "tangram_labels", "clusters", "cell_types")}
-
-    def step(name, fn):
-        t0 = time.perf_counter()
-        with atomic_dir(dirs[name]) as tmp:
-            fn(tmp)
-        steps[name] = round(time.perf_counter() - t0, 1)
-
-    step("nucleus_counts", lambda o: st.write_counts("nucleus_counts", xen, o, cfg))
-    step("cell_counts", lambda o: st.write_counts("cell_counts", xen, o, cfg))
-    step("tangram_labels", lambda o: st.write_tangram_labels(dirs["cell_counts"], dirs["nucleus_counts"], ref, o, cfg, cats))
-    step("clusters", lambda o: st.write_clusters(dirs["cell_counts"], o, cfg, cats.less10_max_transcripts))
-    step("cell_types", lambda o: st.write_cell_types(spec.slide_id, xen, dirs["cell_counts"], dirs["tangram_labels"],
-                                                     dirs["clusters"], o, cfg, cats, overrides_dir()))
-    labels = pl.read_parquet(dirs["cell_types"] / "cell_labels.parquet", columns=["cell_id", "category"])
+    peaks: dict[str, float] = {}
+    for name in ANNOTATION_STEPS:
+        res = _spawn("_annotation_step", data, name)
+        steps[name], peaks[name] = round(res["wall_s"], 1), round(res["peak_rss_mb"], 1)
+    work = data.parent / "annotation_out"
+    labels = pl.read_parquet(work / "cell_types" / "cell_labels.parquet", columns=["cell_id", "category"])
     truth = pl.read_parquet(spec.xenium_dir.parent / "truth" / "cells.parquet", columns=["cell_id", "category"])
     j = labels.join(truth, on="cell_id", suffix="_true")
     acc = float((j["category"] == j["category_true"]).mean())
-    summary = json.loads((dirs["cell_types"] / "summary.json").read_text())
-    return {"n_cells": labels.height, "step_seconds": steps, "accuracy_vs_truth": round(acc, 4),
+    summary = json.loads((work / "cell_types" / "summary.json").read_text())
+    tangram = json.loads((work / "tangram_labels" / "summary.json").read_text())
+    return {"n_cells": labels.height, "step_seconds": steps, "step_peak_rss_mb": peaks,
+            "n_shared_genes": tangram["n_shared_genes"], "n_tangram_training_genes": tangram["n_training_genes"],
+            "accuracy_vs_truth": round(acc, 4),
             "crosscheck_agreement": round(summary["crosscheck_agreement"], 4), "n_clusters": summary["n_clusters"],
             "n_flagged_clusters": summary["n_flagged_clusters"], "_work": labels.height, "_unit": "cells/s"}
 
@@ -238,28 +259,36 @@ STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {
 }
 
 
-def _child(fn_name: str, data: str, size: str, seed: int, queue) -> None:
+def _child(fn_name: str, args: tuple, queue) -> None:
     t0 = time.perf_counter()
     try:
-        res = STAGES[fn_name](Path(data), size, seed)
+        fn = STAGES[fn_name] if fn_name in STAGES else globals()[fn_name]
+        res = fn(*args) or {}
         res["wall_s"] = time.perf_counter() - t0
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # a stage that runs its steps in processes of their own peaks in the largest of them
+        res["peak_rss_mb"] = max(resource.getrusage(who).ru_maxrss for who in
+                                 (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
         queue.put(("ok", res))
     except BaseException as exc:  # report, do not hang the parent
         queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_stage(name: str, data: Path, size: str, seed: int) -> dict[str, Any]:
-    """Run one benchmark stage in a fresh spawned process: its own peak RSS, and a crash stays contained."""
+def _spawn(fn_name: str, *args) -> dict[str, Any]:
+    """Run a stage (or a step of one) in a fresh spawned process: its own peak RSS, and a crash stays contained."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(name, str(data), size, seed, q))
+    p = ctx.Process(target=_child, args=(fn_name, args, q))
     p.start()
     status, res = q.get()
     p.join()
     if status != "ok":
-        raise RuntimeError(f"benchmark stage {name} failed: {res}")
+        raise RuntimeError(f"benchmark {fn_name} {args[1:] if fn_name not in STAGES else ''} failed: {res}")
     return res
+
+
+def run_stage(name: str, data: Path, size: str, seed: int) -> dict[str, Any]:
+    """Run one benchmark stage in a fresh spawned process."""
+    return _spawn(name, Path(data), size, seed)
 
 
 def run_benchmarks(layout: StorageLayout, size: str = "bench", stages: list[str] | None = None, seed: int = 0) -> list[dict]:
@@ -275,13 +304,36 @@ def run_benchmarks(layout: StorageLayout, size: str = "bench", stages: list[str]
             results.append(_report(layout, "synth", size, run_stage("synth", data, size, seed)))
         res = run_stage(name, data, size, seed)
         results.append(_report(layout, name, size, res))
+        write_size_summary(layout, size)
     return results
+
+
+def write_size_summary(layout: StorageLayout, size: str) -> Path:
+    """``<bench>/<size>.json``: every stage JSON of this size, the slide's facts and each stage's command."""
+    stages = {}
+    for path in sorted(layout.bench.glob("*.json")):
+        res = json.loads(path.read_text())
+        if res.get("size") == size and "stage" in res:
+            name = res.pop("stage")
+            res.setdefault("command", _command(layout, size, name))
+            stages[name] = {k: v for k, v in res.items() if k not in ("size", "machine")}
+    summary = {"size": size, "slide": _slide_facts(layout.bench / f"data_{size}"),
+               "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()},
+               "stages": {name: stages[name] for name in STAGES if name in stages}}
+    out = layout.bench / "summaries" / f"{size}.json"
+    out.parent.mkdir(exist_ok=True)
+    write_text_atomic(out, json.dumps(summary, indent=2))
+    return out
+
+
+def _command(layout: StorageLayout, size: str, stage: str) -> str:
+    return f"sthelar --home {layout.root} bench --size {size} --stage {stage}"
 
 
 def _report(layout: StorageLayout, name: str, size: str, res: dict[str, Any]) -> dict[str, Any]:
     work = res.pop("_work", None)
     unit = res.pop("_unit", "runs/s")
-    out = {"stage": name, "size": size, "wall_s": round(res.pop("wall_s"), 2),
+    out = {"stage": name, "size": size, "command": _command(layout, size, name), "wall_s": round(res.pop("wall_s"), 2),
            "throughput_unit": unit, "peak_rss_mb": round(res.pop("peak_rss_mb"), 1), "inputs": res,
            "machine": {"cpus": mp.cpu_count(), "python": platform.python_version()}}
     out["throughput"] = round((work or 1) / max(out["wall_s"], 1e-9), 2)

@@ -47,3 +47,19 @@ def test_duplicate_ids_and_bad_manifest_exit_2_with_message(tiny_cohort, tmp_pat
     bad.write_text(yaml.safe_dump(m))
     r = _cli("slides", "add", "--manifest", str(bad), home=tmp_path / "h")
     assert r.returncode == 2 and "duplicate slide id 'tiny'" in r.stderr and "Fix:" in r.stderr
+
+
+def test_bench_writes_each_stage_and_a_size_summary_with_its_commands(tmp_path):
+    """`sthelar bench` on the tiny size: per-stage JSON and summaries/<size>.json with the slide's facts."""
+    import json
+
+    home = tmp_path / "home"
+    r = _cli("bench", "--size", "tiny", "--stage", "ingest", "--stage", "counts", home=home)
+    assert r.returncode == 0, r.stdout + r.stderr
+    counts = json.loads((home / "bench" / "counts.json").read_text())
+    assert counts["peak_rss_mb"] > 50 and counts["inputs"]["n_genes"] == 116
+    summary = json.loads((home / "bench" / "summaries" / "tiny.json").read_text())
+    assert list(summary["stages"]) == ["synth", "ingest", "counts"]
+    assert summary["slide"]["n_cells"] == counts["inputs"]["n_cells"] > 200
+    assert summary["slide"]["n_transcripts"] >= summary["stages"]["ingest"]["inputs"]["n_transcripts"]
+    assert summary["stages"]["counts"]["command"] == f"sthelar --home {home} bench --size tiny --stage counts"
