@@ -60,20 +60,33 @@ def labels_at_points(x_px: np.ndarray, y_px: np.ndarray, labels, band: int = 204
 
 
 def count_tables(assigned: pl.LazyFrame, cell_ids: list[str], genes: list[str]) -> dict[str, ad.AnnData]:
-    """Cells x genes count tables for the cell, nucleus and cytoplasm compartments (same rows/columns)."""
+    """Cells x genes count tables for the cell, nucleus and cytoplasm compartments (same rows/columns).
+
+    Ids become integer row / column numbers before the aggregation, which then groups on two int32
+    keys and comes out sorted by row: that is already the CSR layout, with no COO copy on the way
+    (10^8 transcripts: ~9 x 10^7 non-zeros, about 0.7 GB per compartment).
+    """
     if not cell_ids:
         raise InputError(None, "the slide has zero cells", "check that segmentation ran on this region")
-    agg = (assigned.group_by("cell_id", "feature_name")
+    cells = pl.LazyFrame({"cell_id": cell_ids, "row": np.arange(len(cell_ids), dtype=np.int32)})
+    genes_df = pl.LazyFrame({"feature_name": genes, "col": np.arange(len(genes), dtype=np.int32)})
+    agg = (assigned.join(cells, on="cell_id", how="inner").join(genes_df, on="feature_name", how="inner")
+           .group_by("row", "col")
            .agg(total=pl.len().cast(pl.Int32), nucleus=pl.col("in_nucleus").sum().cast(pl.Int32))
+           .sort("row", "col")
            .collect(engine="streaming"))
-    cells = pl.DataFrame({"cell_id": cell_ids, "row": np.arange(len(cell_ids), dtype=np.int64)})
-    genes_df = pl.DataFrame({"feature_name": genes, "col": np.arange(len(genes), dtype=np.int64)})
-    joined = agg.join(cells, on="cell_id", how="inner").join(genes_df, on="feature_name", how="inner")
-    r, c = joined["row"].to_numpy(), joined["col"].to_numpy()
     shape = (len(cell_ids), len(genes))
-    total = sparse.csr_matrix((joined["total"].to_numpy(), (r, c)), shape=shape, dtype=np.int32)
-    nucleus = sparse.csr_matrix((joined["nucleus"].to_numpy(), (r, c)), shape=shape, dtype=np.int32)
-    cyto = (total - nucleus).tocsr()
+    rows = agg["row"].to_numpy()
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+    del rows
+    indices = agg["col"].to_numpy()
+    total_data, nucleus_data = agg["total"].to_numpy(), agg["nucleus"].to_numpy()
+    del agg
+    total = sparse.csr_matrix((total_data, indices, indptr), shape=shape)
+    # eliminate_zeros compacts in place: the sparser compartments get their own index arrays
+    nucleus = sparse.csr_matrix((nucleus_data, indices.copy(), indptr.copy()), shape=shape)
+    cyto = sparse.csr_matrix((total_data - nucleus_data, indices.copy(), indptr.copy()), shape=shape)
     cyto.eliminate_zeros()
     nucleus.eliminate_zeros()
     return {name: _table(m, cell_ids, genes, name) for name, m in (("cell", total), ("nucleus", nucleus), ("cytoplasm", cyto))}

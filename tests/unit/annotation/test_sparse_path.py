@@ -119,4 +119,7 @@ def test_count_tables_stay_sparse(slide):
                        "in_nucleus": np.arange(int(reps.sum())) % 2 == 0})
     tables, peak = _peak_bytes(lambda: counts.count_tables(tx, cell_ids, genes))
     assert peak < len(cell_ids) * len(genes) * 4, f"count tables peaked at {peak / 1e6:.0f} MB"
-    assert sp.issparse(tables["cell"].X) and (tables["cell"].X != a.X[:10_000]).nnz == 0
+    cell, nucleus, cyto = (tables[k].X for k in ("cell", "nucleus", "cytoplasm"))
+    assert sp.issparse(cell) and (cell != a.X[:10_000]).nnz == 0
+    assert (nucleus + cyto != cell).nnz == 0 and nucleus.sum() == (np.arange(int(reps.sum())) % 2 == 0).sum()
+    assert nucleus.has_sorted_indices and 0 not in nucleus.data and 0 not in cyto.data
