@@ -212,19 +212,28 @@ def _patch_dirs(data: Path) -> dict[str, Path]:
 
 
 def _stage_reference_segmentation(data: Path, size: str, seed: int) -> dict[str, Any]:
-    """The classical H&E segmenter over every 40x patch (2 threads)."""
+    """The configured H&E segmenter over every 40x and 20x patch, as the asset runs it."""
     from sthelar_platform.core.config import load_config
     from sthelar_platform.tiling.reference_segmentation import make_segmenter, segment_patches
 
     cfg = load_config("tiling")
+    out: dict[str, Any] = {}
     with atomic_dir(data.parent / "reference_segmentation_out") as tmp:
-        s = segment_patches(_patch_dirs(data)["40x"], tmp / "40x", make_segmenter(cfg["reference_segmentation"]),
-                            workers=int(cfg["patches"]["workers"]))
-    return {"n_patches": s["n_patches"], "n_ref_nuclei": s["n_ref_nuclei"], "_work": s["n_patches"], "_unit": "patches/s"}
+        segmenter = make_segmenter(cfg["reference_segmentation"])
+        for mag, pdir in _patch_dirs(data).items():
+            t0 = time.perf_counter()
+            s = segment_patches(pdir, tmp / mag, segmenter, int(cfg["patches"]["label_compression"]),
+                                int(cfg["patches"]["workers"]))
+            dt = time.perf_counter() - t0
+            out[mag] = {"n_patches": s["n_patches"], "n_ref_nuclei": s["n_ref_nuclei"], "seconds": round(dt, 1),
+                        "patches_per_s": round(s["n_patches"] / max(dt, 1e-9), 1)}
+    return {**out, "_work": sum(v["n_patches"] for v in out.values()), "_unit": "patches/s (40x and 20x together)"}
 
 
 def _stage_agreement(data: Path, size: str, seed: int) -> dict[str, Any]:
-    """Agreement metrics per 40x patch: the metric alone (arrays in memory, one thread) and end to end."""
+    """Agreement per patch: the metric alone on 40x (arrays in memory, one thread), then the asset's work end to
+    end (both magnifications, agreement.parquet written).
+    """
     import numpy as np
     import pandas as pd
 
@@ -232,30 +241,57 @@ def _stage_agreement(data: Path, size: str, seed: int) -> dict[str, Any]:
     from sthelar_platform.tiling.agreement import distribution_summary, patch_agreement, slide_agreement
     from sthelar_platform.tiling.patches import load_labels
 
-    acfg = load_config("tiling")["agreement"]
-    pdir, ref = _patch_dirs(data)["40x"], data.parent / "reference_segmentation_out" / "40x"
-    names = pd.read_parquet(pdir / "patches.parquet", columns=["name"])["name"].tolist()[:500]  # held in memory: keep the sample small
-    pairs = [(load_labels(pdir / "labels" / f"{n}.npz")["inst_map"], load_labels(ref / f"{n}.npz")["inst_map"])
+    cfg = load_config("tiling")
+    acfg = cfg["agreement"]
+    dirs, ref = _patch_dirs(data), data.parent / "reference_segmentation_out"
+    names = pd.read_parquet(dirs["40x"] / "patches.parquet", columns=["name"])["name"].tolist()[:500]  # in memory: small
+    pairs = [(load_labels(dirs["40x"] / "labels" / f"{n}.npz")["inst_map"], load_labels(ref / "40x" / f"{n}.npz")["inst_map"])
              for n in names]
     t0 = time.perf_counter()
     for t, p in pairs:
         patch_agreement(t, p, acfg["detection_radius_px"]["40x"], acfg["match_iou"])
     metric_ms = (time.perf_counter() - t0) / max(len(pairs), 1) * 1000
     t0 = time.perf_counter()
-    frame = slide_agreement(pdir, ref, acfg["detection_radius_px"]["40x"], acfg["match_iou"], acfg["flag_below_jaccard"])
+    frames = [slide_agreement(pdir, ref / mag, acfg["detection_radius_px"][mag], acfg["match_iou"],
+                              acfg["flag_below_jaccard"], int(cfg["patches"]["workers"])) for mag, pdir in dirs.items()]
     end_to_end = time.perf_counter() - t0
-    dist = distribution_summary(frame)
-    return {"metric_ms_per_patch": round(metric_ms, 3), "metric_sample": len(pairs),
-            "end_to_end_ms_per_patch": round(end_to_end / len(frame) * 1000, 3), "n_patches": len(frame),
-            "median": {m: dist[m].get("median") for m in ("dice", "jaccard", "bpq", "det_f1")},
-            "frac_flagged": round(dist["frac_flagged"], 4), "nan_count": int(np.isnan(frame["jaccard"]).sum()),
-            "_work": len(frame), "_unit": "patches/s"}
+    with atomic_dir(data.parent / "agreement_out") as tmp:
+        pd.concat(frames, ignore_index=True).to_parquet(tmp / "agreement.parquet")
+    n = sum(len(f) for f in frames)
+    dist = distribution_summary(frames[0])
+    return {"metric_ms_per_patch_40x": round(metric_ms, 3), "metric_sample": len(pairs),
+            "end_to_end_ms_per_patch": round(end_to_end / max(n, 1) * 1000, 3), "n_patches": n,
+            "median_40x": {m: dist[m].get("median") for m in ("dice", "jaccard", "bpq", "det_f1")},
+            "frac_flagged_40x": round(dist["frac_flagged"], 4),
+            "nan_count": int(sum(np.isnan(f["jaccard"]).sum() for f in frames)), "_work": n, "_unit": "patches/s"}
+
+
+def _stage_export(data: Path, size: str, seed: int) -> dict[str, Any]:
+    """slide_export: CellViT folders and PanNuke arrays per magnification and grouping, and sdata.zarr."""
+    from sthelar_platform.core.config import load_categories, load_config
+    from sthelar_platform.ingest.manifest import load_manifest
+    from sthelar_platform.registration.slide import SlideRegistration
+    from sthelar_platform.tiling.exports import write_slide_export
+
+    spec = load_manifest(data / "manifest.yaml")[0]
+    root = data.parent
+    dirs = {"xenium_slide": _ingested(data) / "xenium_slide", "registered_he": root / "registered_he_out",
+            "cell_counts": root / "annotation_out" / "cell_counts", "cell_types": root / "annotation_out" / "cell_types",
+            **{f"patches_{m}": d for m, d in _patch_dirs(data).items()}, "segmentation_agreement": root / "agreement_out"}
+    r = SlideRegistration.read(root / "registration_out" / "registration.json")
+    with atomic_dir(root / "export_out") as tmp:
+        s = write_slide_export(spec.slide_id, dirs, r.morphology_pixel_size_um, tmp, load_config("tiling"),
+                               load_categories())
+    n = sum(s["cellvit"].values())
+    return {"cellvit": s["cellvit"], "pannuke": s["pannuke"], "_work": n,
+            "_unit": "patches/s (every magnification and grouping)"}
 
 
 STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {
     "synth": _stage_synth, "ingest": _stage_ingest, "registration": _stage_registration,
     "registered_he": _stage_registered_he, "counts": _stage_counts, "annotation": _stage_annotation,
     "patches": _stage_patches, "reference_segmentation": _stage_reference_segmentation, "agreement": _stage_agreement,
+    "export": _stage_export,
 }
 
 
