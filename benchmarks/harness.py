@@ -268,6 +268,10 @@ def _stage_agreement(data: Path, size: str, seed: int) -> dict[str, Any]:
 
 def _stage_export(data: Path, size: str, seed: int) -> dict[str, Any]:
     """slide_export: CellViT folders and PanNuke arrays per magnification and grouping, and sdata.zarr."""
+    import shutil
+
+    import pandas as pd
+
     from sthelar_platform.core.config import load_categories, load_config
     from sthelar_platform.ingest.manifest import load_manifest
     from sthelar_platform.registration.slide import SlideRegistration
@@ -279,12 +283,21 @@ def _stage_export(data: Path, size: str, seed: int) -> dict[str, Any]:
             "cell_counts": root / "annotation_out" / "cell_counts", "cell_types": root / "annotation_out" / "cell_types",
             **{f"patches_{m}": d for m, d in _patch_dirs(data).items()}, "segmentation_agreement": root / "agreement_out"}
     r = SlideRegistration.read(root / "registration_out" / "registration.json")
+    cfg, cats = load_config("tiling"), load_categories()
+    # PanNuke arrays are dense (every patch x 256 x 256 x classes + 1): on a Prime 5K slide they can
+    # outgrow the disk, which the stage would report as a full disk; measure the rest and say so
+    need = sum(len(pd.read_parquet(d / "patches.parquet", columns=["name"])) * 256 * 256
+               * (3 + sum(len(g.classes) + 1 for g in cats.groupings.values())) for d in _patch_dirs(data).values())
+    free = shutil.disk_usage(root).free
+    pannuke_note = None
+    if cfg.exports.pannuke and need > 0.8 * free:
+        pannuke_note = f"skipped here: PanNuke arrays need up to {need / 1e9:.0f} GB, {free / 1e9:.0f} GB free"
+        cfg = cfg.model_copy(update={"exports": cfg.exports.model_copy(update={"pannuke": False})})
     with atomic_dir(root / "export_out") as tmp:
-        s = write_slide_export(spec.slide_id, dirs, r.morphology_pixel_size_um, tmp, load_config("tiling"),
-                               load_categories())
+        s = write_slide_export(spec.slide_id, dirs, r.morphology_pixel_size_um, tmp, cfg, cats)
     n = sum(s["cellvit"].values())
-    return {"cellvit": s["cellvit"], "pannuke": s["pannuke"], "_work": n,
-            "_unit": "patches/s (every magnification and grouping)"}
+    return {"cellvit": s["cellvit"], "pannuke": pannuke_note or s["pannuke"], "pannuke_bytes_upper_bound": need,
+            "_work": n, "_unit": "patches/s (every magnification and grouping)"}
 
 
 STAGES: dict[str, Callable[[Path, str, int], dict[str, Any]]] = {

@@ -81,3 +81,12 @@ def test_bad_reviewed_override_stops_labelling_with_its_name(case, text, problem
     override.write_text(text)
     error = the_one_error(case, "cell_types")
     assert_refused(error, override, problem, before, case.home)
+
+
+def test_tangram_output_without_the_atlas_centroids_stops_the_cross_check_with_its_name(case):
+    """cell_types reads the atlas' centroids from tangram_labels (an output written before they existed lacks them)."""
+    before = outputs_digest(case.home)
+    target = case.output("tangram_labels") / "reference_centroids.parquet"
+    target.unlink()
+    error = the_one_error(case, "cell_types")
+    assert_refused(error, target, "tangram_labels", before, case.home, changed=("warehouse/tangram_labels/",))
