@@ -18,7 +18,7 @@ from dagster import AssetExecutionContext, DataVersion, MaterializeResult, Metad
 
 from resources import LineageResource, StorageResource
 from sthelar_platform.core.atomic import atomic_dir, recover_interrupted_swap
-from sthelar_platform.core.config import config_version, load_config
+from sthelar_platform.core.config import config_path, config_version, load_config
 from sthelar_platform.core.errors import InputError, out_of_space
 from sthelar_platform.core.hashing import VERSION_MARKER, sha256_text, sha256_tree
 from sthelar_platform.core.ids import validate_slide_id
@@ -27,12 +27,15 @@ from sthelar_platform.core.thumbnails import png_data_uri
 
 
 def compute_class(asset_name: str) -> dict[str, Any]:
-    """``op_tags`` and ``pool`` for an asset from config/deployment.yaml (GPU, memory or default class).
+    """``op_tags`` and ``pool`` for an asset from config/deployment.yaml; an asset without a class is refused.
 
     The tags are what the Kubernetes executor reads (``dagster-k8s/config``); locally they are inert.
     """
     cfg = load_config("deployment")
-    name = cfg["assets"].get(asset_name, "default")
+    name = cfg["assets"].get(asset_name)
+    if name is None:
+        raise InputError(config_path("deployment"), f"asset {asset_name!r} has no compute class",
+                         "add it under `assets:` in config/deployment.yaml (sized from benchmarks/results/xl.json)")
     cls = cfg["classes"][name]
     k8s = {k: cls[k] for k in ("container_config", "pod_spec_config") if k in cls}
     return {"op_tags": {"sthelar/compute": name, "dagster-k8s/config": k8s}, "pool": cls.get("pool")}

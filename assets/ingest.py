@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from assets._runtime import code_version_of, md_image, run_slide_stage
+from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_config
@@ -16,6 +16,7 @@ from sthelar_platform.ingest import xenium as ingest_lib
 
 
 @asset(
+    **compute_class("xenium_slide"),
     partitions_def=slides_partitions,
     code_version=code_version_of(ingest_lib, xenium_bundle, generation_lib, bundle_reader, configs=("pipeline",)),
     group_name="ingest",
@@ -54,6 +55,7 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
 
 
 @asset(
+    **compute_class("he_image"),
     partitions_def=slides_partitions,
     code_version=code_version_of(he_lib, configs=("pipeline",)),
     group_name="ingest",

@@ -158,6 +158,7 @@ def alignment_csv_agreement(context: AssetCheckExecutionContext, storage: Storag
 
 
 @asset(
+    **compute_class("registered_he"),
     partitions_def=slides_partitions,
     deps=[he_registration, xenium_slide, he_image],
     code_version=code_version_of(registered_lib),

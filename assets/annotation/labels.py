@@ -37,6 +37,7 @@ from sthelar_platform.core.plots import category_map_png
 
 def _counts_asset(stage: str, description: str):
     @asset(
+        **compute_class(stage),
         name=stage,
         partitions_def=slides_partitions,
         deps=[xenium_slide],
@@ -106,6 +107,7 @@ def tangram_labels(context: AssetExecutionContext, storage: StorageResource, lin
 
 
 @asset(
+    **compute_class("clusters"),
     partitions_def=slides_partitions,
     deps=[cell_counts],
     code_version=code_version_of(clustering, annotation_stages.write_clusters, configs=("annotation",)),
@@ -130,6 +132,7 @@ def clusters(context: AssetExecutionContext, storage: StorageResource, lineage: 
 
 
 @asset(
+    **compute_class("cell_types"),
     partitions_def=slides_partitions,
     deps=[tangram_labels, clusters, cell_counts],
     automation_condition=REBUILD_ON_CHANGE,

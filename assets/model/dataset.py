@@ -4,7 +4,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, compute_class, run_slide_stage
 from assets.tiling.exports import slide_export
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_categories, load_config
@@ -32,6 +32,7 @@ def _layouts_table(card: dict, root: Path) -> str:
 
 
 @asset(
+    **compute_class("training_dataset"),
     deps=[slide_export],
     code_version=code_version_of(dataset_lib, layouts_lib, configs=("training", "categories")),
     group_name="training",

@@ -13,7 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from assets._runtime import code_version_of, run_slide_stage
+from assets._runtime import code_version_of, compute_class, run_slide_stage
 from resources import LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
 from sthelar_platform.qc import dashboard as dashboard_lib
@@ -30,6 +30,7 @@ def dashboard_thresholds() -> dict[str, float]:
 
 
 @asset(
+    **compute_class("qc_dashboard"),
     deps=[AssetKey(m) for m in MARTS],
     code_version=code_version_of(dashboard_lib, configs=("tiling",)),
     group_name="qc",

@@ -13,6 +13,7 @@ from typing import Any
 from dagster import AssetExecutionContext
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
+from assets._runtime import compute_class
 from resources import LineageResource, StorageResource
 from resources.dbt import qc_dbt_project
 from sthelar_platform.qc import dbt_project as qc_lib
@@ -24,6 +25,7 @@ class QcTranslator(DagsterDbtTranslator):
 
 
 @dbt_assets(
+    **compute_class("qc_models"),
     manifest=qc_dbt_project.manifest_path,
     dagster_dbt_translator=QcTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True)),
     name="qc_models",

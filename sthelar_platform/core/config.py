@@ -370,6 +370,18 @@ class DeploymentConfig(Section):
     version: int
     classes: dict[str, ComputeClass]
     assets: dict[str, str]
+    # asset -> the bench stage (or ``stage.step``) whose peak RSS on the xl slide sized its class
+    measured_by: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _classes_exist(self) -> DeploymentConfig:
+        unknown = {a: c for a, c in self.assets.items() if c not in self.classes}
+        if unknown:
+            raise ValueError(f"assets name unknown classes {unknown} (classes: {sorted(self.classes)})")
+        stray = sorted(set(self.measured_by) - set(self.assets))
+        if stray:
+            raise ValueError(f"measured_by names assets without a class: {stray}")
+        return self
 
 
 # --- synthetic.yaml (the generator's world: free-form tissue descriptions below the top level) --------

@@ -1,6 +1,6 @@
 """The example Kubernetes deployment: the instance config validates against Dagster's schema, the run
 launcher config against K8sRunLauncher's, and the same definitions select the k8s executor with each
-asset's pod sized by its compute class (GPU for training, memory for tiling)."""
+asset's pod sized by its compute class (GPU for training; memory classes sized from the xl benchmark)."""
 
 import json
 import os
@@ -55,12 +55,59 @@ print(json.dumps({"executor": job.executor_def.name, "training": tags("cellvit_d
     assert info["executor"] == "k8s"
     gpu = info["training"]["tags"]["dagster-k8s/config"]["container_config"]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == "1" and info["training"]["pool"] == "gpu"
-    tiling = info["tiling"]["tags"]["dagster-k8s/config"]["container_config"]["resources"]
-    assert tiling["limits"]["memory"] == "24Gi" and info["tiling"]["tags"]["sthelar/compute"] == "memory"
-    assert "dagster-k8s/config" not in info["ingest"]["tags"]  # default class: the executor's defaults
+    from sthelar_platform.core.config import load_config
+
+    cfg = load_config("deployment")
+    for asset, key in (("patches_40x", "tiling"), ("xenium_slide", "ingest")):
+        cls = cfg.assets[asset]
+        assert info[key]["tags"]["sthelar/compute"] == cls
+        resources = info[key]["tags"]["dagster-k8s/config"]["container_config"]["resources"]
+        assert resources == cfg.classes[cls].container_config["resources"]
 
 
 def test_local_runs_keep_the_multiprocess_executor():
     import sthelar_definitions
 
     assert sthelar_definitions.defs.resolve_job_def("slide_pipeline").executor_def.name == "multiprocess"
+
+
+def _bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity)
+
+
+def _xl_peak_mib(xl: dict, stage: str) -> float:
+    name, _, step = stage.partition(".")
+    entry = xl["stages"][name]
+    return entry["inputs"]["step_peak_rss_mb"][step] if step else entry["peak_rss_mb"]
+
+
+def test_every_asset_has_a_class_and_memory_requests_cover_the_xl_peaks():
+    """Each executable asset carries its class; a measured asset requests >= 1.5x its xl peak RSS."""
+    from dagster import AssetsDefinition
+
+    import sthelar_definitions
+    from sthelar_platform.core.config import load_config
+
+    cfg = load_config("deployment")
+    xl = json.loads((ROOT / "benchmarks" / "results" / "xl.json").read_text())
+    assert xl["slide"]["n_cells"] >= 500_000 and xl["slide"]["n_genes"] >= 5000 and xl["slide"]["n_transcripts"] >= 1e8
+    seen = set()
+    for a in sthelar_definitions.defs.assets:
+        if not isinstance(a, AssetsDefinition) or not a.is_executable:
+            continue
+        name = a.node_def.name
+        seen.add(name)
+        assert a.op.tags.get("sthelar/compute") == cfg.assets[name], name
+        if a.partitions_def is not None and cfg.assets[name] != "gpu":  # a per-slide stage is sized by measurement
+            assert name in cfg.measured_by, f"{name}: no xl measurement sizes its class"
+    assert set(cfg.assets) == seen, f"classes for assets that do not exist: {set(cfg.assets) - seen}"
+    for asset, stage in cfg.measured_by.items():
+        resources = cfg.classes[cfg.assets[asset]].container_config["resources"]
+        request, limit = _bytes(resources["requests"]["memory"]), _bytes(resources["limits"]["memory"])
+        peak = _xl_peak_mib(xl, stage) * 2**20
+        assert request >= 1.5 * peak, f"{asset}: requests {request / 2**30:.1f} GiB < 1.5 x {peak / 2**30:.2f} GiB ({stage})"
+        assert limit >= request
