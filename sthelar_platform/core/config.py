@@ -156,6 +156,7 @@ class ClusteringConfig(Section):
     n_marker_genes: PositiveInt
     hvg_above_genes: PositiveInt        # larger panels: PCA on the n_top_hvg most variable genes only
     n_top_hvg: PositiveInt
+    wilcoxon_max_cells_per_cluster: PositiveInt | None = None
 
 
 class MarkersConfig(Section):

@@ -123,3 +123,16 @@ def test_count_tables_stay_sparse(slide):
     assert sp.issparse(cell) and (cell != a.X[:10_000]).nnz == 0
     assert (nucleus + cyto != cell).nnz == 0 and nucleus.sum() == (np.arange(int(reps.sum())) % 2 == 0).sum()
     assert nucleus.has_sorted_indices and 0 not in nucleus.data and 0 not in cyto.data
+
+
+def test_wilcoxon_on_a_per_cluster_sample_finds_the_same_markers():
+    a, types = _slide(6000, 200, seed=3)
+    a = clustering.lognorm(a, 1e4)
+    a.raw = a
+    a.obs["leiden"] = pd.Categorical([str(t) for t in types])
+    full = clustering.wilcoxon_markers(a.copy(), 5)
+    capped = clustering.wilcoxon_markers(a.copy(), 5, max_cells_per_cluster=300, seed=0)
+    for t in range(N_TYPES):
+        planted = {f"G{g:04d}" for g in range(t * 5, t * 5 + 5)}
+        assert set(full[full["cluster"] == str(t)]["gene"]) == planted
+        assert set(capped[capped["cluster"] == str(t)]["gene"]) == planted
