@@ -177,6 +177,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise InputError(site, "no dashboard built yet", "run `sthelar dashboard` without --no-build")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
     server = http.server.ThreadingHTTPServer((args.host, args.port), handler)
+    # stopping never waits on a request thread a browser keeps open (a terminated test server hung 30 s)
+    server.daemon_threads, server.block_on_close = True, False
     print(f"QC dashboard on http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
