@@ -10,8 +10,6 @@ patches per second and the process's peak RSS as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import shutil
 import sys
 import tempfile
@@ -20,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._report import emit, peak_rss_mb  # noqa: E402
 
 
 def _timed(exports: Path, slides: list[str], cfg, categories, layouts: list[str]) -> tuple[float, dict]:
@@ -58,12 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = max(total_s - base_s, 1e-9)
         report["layouts"][layout] = {"added_s": round(extra, 2), "throughput": round(n / extra, 1),
                                      "throughput_unit": "patches/s (all magnifications and groupings)"}
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    report["peak_rss_mb"] = peak_rss_mb()
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._report import emit, peak_rss_mb  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,12 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(runs[-1]), flush=True)
     report = {"benchmark": "tangram_training_genes", "size": args.size, "n_cells": int(q.n_obs),
               "n_shared_genes": len(genes), "runs": runs,
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+              "peak_rss_mb": peak_rss_mb()}
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -29,6 +28,9 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._report import emit, peak_rss_mb  # noqa: E402
+
 TISSUES = ("breast", "skin", "brain")
 
 
@@ -118,15 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": round(n_kept / dataset_s, 1), "throughput_unit": "patches/s (image + label linked per patch)",
         "hard_linked": sample.stat().st_ino == source.stat().st_ino,
         "disk_added_mb": round(added / 1e6, 1), "disk_added_bytes_per_patch": round(added / max(n_kept, 1), 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "command": "python benchmarks/training_dataset_cohort.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     shutil.rmtree(work)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+"""What every stand-alone benchmark script does at its end: its peak RSS, and its JSON printed and saved."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of the running process so far, in MiB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def emit(report: dict, out: Path | None) -> int:
+    """Print the report as JSON and, with ``out``, write it there too; the script's exit code."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+    return 0
