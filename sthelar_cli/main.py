@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -180,6 +181,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     # stopping never waits on a request thread a browser keeps open (a terminated test server hung 30 s)
     server.daemon_threads, server.block_on_close = True, False
     print(f"QC dashboard on http://{args.host}:{server.server_address[1]}/  (Ctrl-C to stop)", flush=True)
+    # the in-process QC refresh may leave Dagster's own SIGTERM handler behind: terminating must stop serving
+    signal.signal(signal.SIGTERM, _stop_serving)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -187,6 +190,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -18,12 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def served(trained_home):
+def served(trained_home, tmp_path_factory):
     home = trained_home[0]
     port = free_port()
     env = {**os.environ, "STHELAR_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "sthelar_cli", "--home", str(home), "dashboard", "--port",
-                             str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a log file, not a pipe: a grandchild of the QC refresh that inherits a pipe would hold it open
+    log = tmp_path_factory.mktemp("dashboard") / "server.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "sthelar_cli", "--home", str(home), "dashboard", "--port",
+                                 str(port)], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/index.html", 600, proc)
         driver = chromium()
@@ -33,8 +36,9 @@ def served(trained_home):
             driver.quit()
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-        print(out[-3000:])
+        code = proc.wait(timeout=30)
+        print(log.read_text()[-3000:])
+        assert code in (0, -15), f"the dashboard server ended with {code}"
 
 
 def _rendered_plots(driver) -> int:
