@@ -28,15 +28,16 @@ class Clustering:
     embedding: np.ndarray        # first 2 PCs, for plots
 
 
-def _knn_transformer(n_neighbors: int):
-    """Exact kNN on the PCs, returned as a scipy csr_matrix.
+def _knn_transformer(n_neighbors: int, n_cells: int, exact_max_cells: int, seed: int):
+    """The kNN graph builder scanpy calls on the PCs; either hands back a scipy ``csr_matrix``.
 
-    scanpy 1.11's default for > 4096 cells (pynndescent) hands back a ``csr_array`` that its own
-    neighbour parsing cannot read with current scipy; exact kNN on 16 PCs is deterministic.
-    sklearn's "auto" picks brute force on 16 PCs: quadratic in cells, but its distance reduction uses
-    every core, and at 520k cells it beat the single-threaded kd-tree (still querying after 6 minutes).
+    Up to ``exact_max_cells`` cells: exact (sklearn, brute force on 16 PCs; deterministic, every core, but
+    quadratic in cells). Above: pynndescent's seeded approximate graph (see ``_ApproximateKNN``). The
+    crossover is measured by ``benchmarks/knn_graph.py`` (recorded in annotation.yaml). scanpy 1.11
+    cannot parse the ``csr_array`` that current scipy returns, hence the conversion.
     """
-    from scipy import sparse
+    if n_cells > exact_max_cells:
+        return _ApproximateKNN(n_neighbors, seed)
     from sklearn.neighbors import KNeighborsTransformer
 
     class CsrMatrixKNN(KNeighborsTransformer):
@@ -47,6 +48,28 @@ def _knn_transformer(n_neighbors: int):
             return sparse.csr_matrix(super().fit_transform(X, y))
 
     return CsrMatrixKNN(n_neighbors=n_neighbors, mode="distance", algorithm="auto")
+
+
+class _ApproximateKNN:
+    """pynndescent's kNN graph of the cells, each cell its own first neighbour (as sklearn's transformer).
+
+    Only the graph is built: pynndescent's own transformer also prepares a search index, whose numba
+    compilation tripled the time at 20k cells and which clustering never queries.
+    """
+
+    def __init__(self, n_neighbors: int, seed: int):
+        self.n_neighbors, self.seed = n_neighbors, seed
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"n_neighbors": self.n_neighbors, "seed": self.seed}
+
+    def fit_transform(self, X, y=None) -> sparse.csr_matrix:
+        from pynndescent import NNDescent
+
+        idx, dist = NNDescent(X, n_neighbors=self.n_neighbors + 1, random_state=self.seed, n_jobs=-1).neighbor_graph
+        n = len(idx)
+        return sparse.csr_matrix((dist.ravel().astype(np.float32), idx.ravel(), np.arange(0, idx.size + 1, idx.shape[1])),
+                                 shape=(n, n))
 
 
 def lognorm(counts: ad.AnnData, target_sum: float) -> ad.AnnData:
@@ -67,8 +90,8 @@ def group_means(x, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return names, sums / np.bincount(codes, minlength=len(names))[:, None]
 
 
-def cluster_cells(counts: ad.AnnData, cfg: ClusteringConfig) -> tuple[ad.AnnData, pd.Series]:
-    """Leiden clusters of the cells (log-normalized data kept in the returned AnnData)."""
+def principal_components(counts: ad.AnnData, cfg: ClusteringConfig) -> ad.AnnData:
+    """Log-normalised cells (kept in ``.raw``) with their PCs in ``.obsm["X_pca"]``, sparse throughout."""
     a = lognorm(counts, cfg["target_sum"])
     a.raw = a
     if a.n_vars > cfg["hvg_above_genes"]:
@@ -77,8 +100,16 @@ def cluster_cells(counts: ad.AnnData, cfg: ClusteringConfig) -> tuple[ad.AnnData
     sc.pp.scale(a, zero_center=False, max_value=cfg["scale_max"])  # sparse in, sparse out
     n_pcs = int(min(cfg["n_pcs"], a.n_vars - 1, a.n_obs - 1))
     sc.pp.pca(a, n_comps=n_pcs, zero_center=True, random_state=cfg["seed"])  # implicit centring on sparse X
+    return a
+
+
+def cluster_cells(counts: ad.AnnData, cfg: ClusteringConfig) -> tuple[ad.AnnData, pd.Series]:
+    """Leiden clusters of the cells (log-normalized data kept in the returned AnnData)."""
+    a = principal_components(counts, cfg)
+    n_pcs = a.obsm["X_pca"].shape[1]
     sc.pp.neighbors(a, n_pcs=n_pcs, random_state=cfg["seed"],
-                    transformer=_knn_transformer(min(cfg["n_neighbors"], a.n_obs - 1)))
+                    transformer=_knn_transformer(min(cfg["n_neighbors"], a.n_obs - 1), a.n_obs, cfg["exact_knn_max_cells"],
+                                                cfg["seed"]))
     sc.tl.leiden(a, resolution=cfg["resolution"], random_state=cfg["seed"], flavor="igraph", n_iterations=2,
                  directed=False)
     return a, a.obs["leiden"].astype(str)

@@ -157,6 +157,7 @@ class ClusteringConfig(Section):
     hvg_above_genes: PositiveInt        # larger panels: PCA on the n_top_hvg most variable genes only
     n_top_hvg: PositiveInt
     wilcoxon_max_cells_per_cluster: PositiveInt | None = None
+    exact_knn_max_cells: PositiveInt = 130_000  # more cells: approximate (pynndescent) kNN graph
 
 
 class MarkersConfig(Section):

@@ -136,3 +136,19 @@ def test_wilcoxon_on_a_per_cluster_sample_finds_the_same_markers():
         planted = {f"G{g:04d}" for g in range(t * 5, t * 5 + 5)}
         assert set(full[full["cluster"] == str(t)]["gene"]) == planted
         assert set(capped[capped["cluster"] == str(t)]["gene"]) == planted
+
+
+def test_large_slides_cluster_on_an_approximate_knn_graph_that_finds_the_same_types():
+    from sklearn.metrics import adjusted_rand_score
+
+    a, types = _slide(6000, 200, seed=4)
+    exact_cfg = CFG["clustering"]
+    approx_cfg = exact_cfg.model_copy(update={"exact_knn_max_cells": 5000})  # 6,000 cells: above the switch
+    graph = clustering._knn_transformer(10, a.n_obs, approx_cfg["exact_knn_max_cells"], 0).fit_transform(
+        np.random.default_rng(0).normal(size=(a.n_obs, 16)).astype(np.float32))
+    assert type(graph) is sp.csr_matrix and graph.shape == (a.n_obs, a.n_obs)
+    assert (np.diff(graph.indptr) == 11).all() and (graph.indices[graph.indptr[:-1]] == np.arange(a.n_obs)).all()
+    _, exact = clustering.cluster_cells(a, exact_cfg)
+    _, approx = clustering.cluster_cells(a, approx_cfg)
+    assert adjusted_rand_score(exact, approx) > 0.95
+    assert adjusted_rand_score(types, approx) > 0.9
