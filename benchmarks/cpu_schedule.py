@@ -23,7 +23,7 @@ import numpy as np
 from sthelar_platform.core.atomic import write_text_atomic
 
 
-def _run(home: str, grouping: str, overrides: dict, queue: mp.Queue) -> None:
+def _run(home: str, grouping: str, overrides: dict, training_overrides: dict, queue: mp.Queue) -> None:
     import torch
 
     from sthelar_platform.core.config import load_config
@@ -32,10 +32,10 @@ def _run(home: str, grouping: str, overrides: dict, queue: mp.Queue) -> None:
     from sthelar_platform.model.training import train_cellvit
 
     cfg = load_config("training")
-    if overrides:
+    if overrides or training_overrides:
         schedule = cfg.training.schedules["cpu"].model_copy(update=overrides)
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(
-            update={"schedules": {**cfg.training.schedules, "cpu": schedule}})})
+            update={**training_overrides, "schedules": {**cfg.training.schedules, "cpu": schedule}})})
     dataset = Path(home) / "exports" / "dataset"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model"
@@ -64,18 +64,22 @@ def main() -> None:
     ap.add_argument("--groupings", nargs="+", default=["detailed", "grouped"])
     ap.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                     help="a cpu schedule key, e.g. epochs=8 or magnification=\"40x\"")
+    ap.add_argument("--training-override", action="append", default=[], metavar="KEY=JSON",
+                    help="a key of training.yaml's training section, e.g. augment=false")
     args = ap.parse_args()
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
+    training_overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.training_override)}
     rows = []
     ctx = mp.get_context("spawn")
     for grouping in args.groupings:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(str(args.home), grouping, overrides, queue))
+        proc = ctx.Process(target=_run, args=(str(args.home), grouping, overrides, training_overrides, queue))
         proc.start()
         rows.append(queue.get())
         proc.join()
         print(json.dumps(rows[-1]), flush=True)
-    write_text_atomic(args.out, json.dumps({"benchmark": "cpu_schedule", "overrides": overrides, "machine": {
+    write_text_atomic(args.out, json.dumps({"benchmark": "cpu_schedule", "overrides": overrides,
+        "training_overrides": training_overrides, "machine": {
         "cpus": mp.cpu_count(), "platform": platform.platform()}, "models": rows}, indent=2) + "\n")
 
 

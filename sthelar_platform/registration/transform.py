@@ -20,6 +20,7 @@ from scipy.spatial import cKDTree
 from sthelar_platform.core.config import RegistrationConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
+from sthelar_platform.registration import _density as density
 
 DIHEDRAL = [np.array(m, float) for m in ([[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]],
                                          [[-1, 0], [0, 1]], [[0, 1], [1, 0]], [[1, 0], [0, -1]], [[0, -1], [-1, 0]])]
@@ -187,14 +188,6 @@ def refine(m: np.ndarray, he_pts: np.ndarray, xen_px: np.ndarray, morph_um: floa
     return m
 
 
-def _density(pts_um: np.ndarray, origin: np.ndarray, shape: tuple[int, int], bin_um: float) -> np.ndarray:
-    idx = np.floor((pts_um - origin) / bin_um).astype(int)
-    ok = (idx[:, 0] >= 0) & (idx[:, 1] >= 0) & (idx[:, 0] < shape[1]) & (idx[:, 1] < shape[0])
-    img = np.zeros(shape, np.float32)
-    np.add.at(img, (idx[ok, 1], idx[ok, 0]), 1)
-    return ndimage.gaussian_filter(img, 1.0)
-
-
 def _rotation(deg: float) -> np.ndarray:
     t = np.deg2rad(deg)
     return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
@@ -222,19 +215,19 @@ def coarse_search(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um
     """
     lo = xen_um.min(0) - 200
     hi = xen_um.max(0) + 200
-    shape = (int(np.ceil((hi - lo)[1] / bin_um)) * 2, int(np.ceil((hi - lo)[0] / bin_um)) * 2)
+    shape = density.fast_shape((int(np.ceil((hi - lo)[1] / bin_um)) * 2, int(np.ceil((hi - lo)[0] / bin_um)) * 2))
     origin = lo - (np.array(shape[::-1]) * bin_um - (hi - lo)) / 2
-    ref = _density(xen_um, origin, shape, bin_um)
-    ref_f = np.fft.rfft2(ref - ref.mean())
+    transfer = density.gaussian_transfer(shape, 1.0)
+    ref_spec = density.smoothed_spectrum(density.histogram(xen_um, origin, shape, bin_um), transfer)
     center = (lo + hi) / 2
     mean_he = (he_pts * he_um).mean(0)
     he_c = he_pts * he_um - mean_he
     best_score, best = -np.inf, None
     for lin in candidates:
-        img = _density(he_c @ lin.T + center, origin, shape, bin_um)
-        cc = np.fft.irfft2(ref_f * np.conj(np.fft.rfft2(img - img.mean())), s=shape)
+        spec = density.smoothed_spectrum(density.histogram(he_c @ lin.T + center, origin, shape, bin_um), transfer)
+        cc = density.cross_correlation(ref_spec, spec, shape)
         k = int(np.argmax(cc))
-        score = cc.flat[k] / (np.linalg.norm(img - img.mean()) + 1e-9)
+        score = cc.flat[k] / (density.spectrum_norm(spec, shape[1]) + 1e-9)
         if score > best_score:
             dy, dx = np.unravel_index(k, shape)
             dy = dy - shape[0] if dy > shape[0] // 2 else dy
