@@ -1,10 +1,11 @@
 """Nucleus density maps in the Fourier domain, for the registration's cross-correlation search.
 
-Each candidate transform needs one forward and one inverse FFT of the whole slide's density grid, so
-the grid's side is rounded up to a size with small prime factors (pocketfft falls back to Bluestein's
-algorithm on a prime factor: the xl slide's 2,246 = 2 x 1,123 bins per side cost several times a
-2,250), the transforms are single precision on every core, and the Gaussian smoothing is a product
-with its transfer function instead of a spatial filter per candidate.
+Each candidate transform needs one forward and one inverse FFT of the whole slide's density grid, so:
+- the grid's sides are rounded up to sizes with small prime factors. pocketfft falls back to
+  Bluestein's algorithm on a large prime factor: a forward and inverse FFT of the xl slide's
+  2,246 = 2 x 1,123 bins square took 0.62 s against 0.19 s for 2,250 square (numpy, 2 cores);
+- the transforms are single precision on every core;
+- the Gaussian smoothing is a product with its transfer function, not a spatial filter per candidate.
 """
 
 from __future__ import annotations
