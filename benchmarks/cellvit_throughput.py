@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._report import peak_rss_mb  # noqa: E402
 from sthelar_platform.model.cellvit.inference import LoadedModel  # noqa: E402
 from sthelar_platform.model.cellvit.losses import cellvit_loss  # noqa: E402
 from sthelar_platform.model.cellvit.model import build_model  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results = [bench_size(s, args.device, args.batch, args.steps) for s in (args.size or ["tiny", "vit_s"])]
     report = {"benchmark": "cellvit_throughput", "results": results,
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              "peak_rss_mb": peak_rss_mb(),
               "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}}
     text = json.dumps(report, indent=2)

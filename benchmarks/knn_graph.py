@@ -29,7 +29,7 @@ METHODS = {"exact": 10**12, "approximate": 0}  # exact_knn_max_cells that forces
 
 
 def _build_one(method: str, pcs: Path, n_cells: int, graph_out: Path) -> None:
-    """In a fresh process: build one graph on the first ``n_cells`` PCs and save its neighbour indices."""
+    """In a fresh process: build one graph on the first ``n_cells`` PCs and save it."""
     from scipy import sparse
 
     from sthelar_platform.annotation.clustering import _knn_transformer
@@ -56,16 +56,12 @@ def _recall(exact, approx) -> float:
 def _leiden_agreement(pcs: np.ndarray, graphs: dict, cfg) -> float:
     """Adjusted Rand index between the Leiden clusters of the exact and the approximate graph."""
     import anndata as ad
-    import scanpy as sc
     from sklearn.metrics import adjusted_rand_score
 
-    labels = {}
-    for method, graph in graphs.items():
-        a = ad.AnnData(obsm={"X_pca": pcs})
-        sc.pp.neighbors(a, use_rep="X_pca", random_state=cfg["seed"], transformer=_Precomputed(graph, cfg["n_neighbors"]))
-        sc.tl.leiden(a, resolution=cfg["resolution"], random_state=cfg["seed"], flavor="igraph", n_iterations=2,
-                     directed=False)
-        labels[method] = a.obs["leiden"].to_numpy()
+    from sthelar_platform.annotation.clustering import leiden_clusters
+
+    labels = {method: leiden_clusters(ad.AnnData(obsm={"X_pca": pcs}), cfg, _Precomputed(graph, cfg["n_neighbors"]))
+              for method, graph in graphs.items()}
     return float(adjusted_rand_score(labels["exact"], labels["approximate"]))
 
 

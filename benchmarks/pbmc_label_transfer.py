@@ -10,6 +10,7 @@ Prints JSON: agreement with `bulk_labels`, overall and per label.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def _singler(log_ref: np.ndarray, ref_labels: np.ndarray, log_query: np.ndarray,
     import singler
 
     res = singler.annotate_single(test_data=log_query.T, test_features=genes, ref_data=log_ref.T,
-                                  ref_labels=ref_labels, ref_features=genes, num_threads=2)
+                                  ref_labels=ref_labels, ref_features=genes, num_threads=os.cpu_count() or 1)
     return np.asarray(res.get_column("best")).astype(str)
 
 

@@ -106,13 +106,16 @@ def principal_components(counts: ad.AnnData, cfg: ClusteringConfig) -> ad.AnnDat
 def cluster_cells(counts: ad.AnnData, cfg: ClusteringConfig) -> tuple[ad.AnnData, pd.Series]:
     """Leiden clusters of the cells (log-normalized data kept in the returned AnnData)."""
     a = principal_components(counts, cfg)
-    n_pcs = a.obsm["X_pca"].shape[1]
-    sc.pp.neighbors(a, n_pcs=n_pcs, random_state=cfg["seed"],
-                    transformer=_knn_transformer(min(cfg["n_neighbors"], a.n_obs - 1), a.n_obs, cfg["exact_knn_max_cells"],
-                                                cfg["seed"]))
+    knn = _knn_transformer(min(cfg["n_neighbors"], a.n_obs - 1), a.n_obs, cfg["exact_knn_max_cells"], cfg["seed"])
+    return a, leiden_clusters(a, cfg, knn)
+
+
+def leiden_clusters(a: ad.AnnData, cfg: ClusteringConfig, knn) -> pd.Series:
+    """Leiden clusters of the cells on the kNN graph that ``knn`` (a transformer scanpy calls) builds on the PCs."""
+    sc.pp.neighbors(a, n_pcs=a.obsm["X_pca"].shape[1], random_state=cfg["seed"], transformer=knn)
     sc.tl.leiden(a, resolution=cfg["resolution"], random_state=cfg["seed"], flavor="igraph", n_iterations=2,
                  directed=False)
-    return a, a.obs["leiden"].astype(str)
+    return a.obs["leiden"].astype(str)
 
 
 def wilcoxon_markers(a: ad.AnnData, n_genes: int, max_cells_per_cluster: int | None = None, seed: int = 0
