@@ -172,6 +172,8 @@ class RuleConfig(Section):
 
 class CrosscheckConfig(Section):
     method: Literal["centroid_correlation"]
+    singler: bool = True                   # also SingleR (the singler package) on the atlas's fine labels
+    singler_threads: int = Field(default=0, ge=0)  # 0: every core
 
 
 class AnnotationChecksConfig(Section):
@@ -309,6 +311,9 @@ class ScheduleConfig(Section):
     background_weight: PosNum = 1.0        # NT cross-entropy weight of background pixels (cell classes average 1)
     window_px: PositiveInt | None = None   # train on windows of each 256 px patch; None: whole patches
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    cell_head: bool = False                # a per-nucleus type classifier on pooled encoder features
+    type_maps: bool = True                 # the NT branch (a model with a cell head may drop it)
+    cell_weight_power: Num = Field(default=1.0, ge=0)  # cell head CE class weights = pixel class weights ** this
 
 
 class TrainingRunConfig(Section):

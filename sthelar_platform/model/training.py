@@ -74,12 +74,23 @@ def training_magnification(cfg: TrainingConfig, device: str) -> str:
     return _schedule(cfg, device).get("magnification") or cfg["dataset"]["magnification"]
 
 
+MODEL_KEYS = ("cell_head", "type_maps")  # schedule keys that shape the model rather than its training
+
+
+def model_options(cfg: TrainingConfig, device: str) -> dict[str, bool]:
+    """The schedule's model switches: the per-nucleus type head (``cellvit/cells.py``), the NT branch."""
+    s = _schedule(cfg, device)
+    return {"cell_head": bool(s.get("cell_head", False)), "type_maps": bool(s.get("type_maps", True))}
+
+
 def schedule_for(cfg: TrainingConfig, device: str) -> tuple[str, TrainSettings]:
     """Model size and settings for the device class (``cpu`` or ``cuda``) from config/training.yaml."""
     t = cfg["training"]
     s = _schedule(cfg, device)
     size = s.pop("size")
     s.pop("magnification", None)
+    for key in MODEL_KEYS:
+        s.pop(key, None)
     settings = TrainSettings(**s, weight_decay=float(t["weight_decay"]), seed=int(t["seed"]), device=device,
                              amp=bool(t["amp"]), loss_weights=dict(t.get("loss_weights") or {}))
     return size, settings
@@ -145,8 +156,9 @@ def train_cellvit(dataset: Path, grouping: str, cfg: TrainingConfig, device: str
     if init_ckpt is not None:
         settings.freeze_encoder_epochs = int(tcfg.get("freeze_encoder_epochs") or 0)
     torch.manual_seed(settings.seed)
-    model = build_model(size, n_types=len(classes) + 1, n_tissues=len(tissues))
-    work = work_root / f"cellvit_{grouping}-{run_key(dataset_version, size, mag, settings, init, code_version)}"
+    options = model_options(cfg, device)
+    model = build_model(size, n_types=len(classes) + 1, n_tissues=len(tissues), **options)
+    work = work_root / f"cellvit_{grouping}-{run_key(dataset_version, size, mag, settings, init, code_version, options)}"
     if init_ckpt is not None and not (work / "last.pt").exists():
         if official:
             meta["reinitialised"] = initialise_from_official(model, init_ckpt, init_path)

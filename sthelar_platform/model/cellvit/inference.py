@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.model.cellvit.cells import instances
 from sthelar_platform.model.cellvit.data import MEAN, NOMINAL_UM_PER_PX, STD
 from sthelar_platform.model.cellvit.model import CellViT, CellViTConfig
 from sthelar_platform.model.cellvit.official import is_official, load_official, official_meta
@@ -63,13 +64,16 @@ class LoadedModel:
         mean = np.asarray(norm.get("mean", MEAN), np.float32)
         std = np.asarray(norm.get("std", STD), np.float32)
         x = torch.from_numpy(((rgb.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
-        out = self.model(x.to(self.device))
+        out, skips = self.model.maps(x.to(self.device))
         np_prob = out["np"].float().softmax(1)[:, 1].cpu().numpy()
         hv = out["hv"].float()
         hv = (hv if self.meta.get("hv_activation") == "identity" else torch.tanh(hv)).cpu().numpy()
-        nt_prob = out["nt"].float().softmax(1)
-        nt_arg = nt_prob.argmax(1).cpu().numpy()
-        nt_prob = nt_prob.cpu().numpy()
+        if "nt" in out:
+            nt_prob = out["nt"].float().softmax(1)
+            nt_arg = nt_prob.argmax(1).cpu().numpy()
+            nt_prob = nt_prob.cpu().numpy()
+        else:  # a cell-head model without the NT branch: its head types every nucleus
+            nt_arg, nt_prob = np.zeros(np_prob.shape, np.int64), None
         tissue = out["tissue"].float().softmax(1).cpu().numpy()
         preds = []
         for i in range(len(rgb)):
@@ -77,14 +81,32 @@ class LoadedModel:
             types, xy = instance_types(inst, nt_arg[i], self.model.cfg.n_types)
             n = len(types)
             areas = np.bincount(inst.ravel(), minlength=n + 1)[1:]
-            conf = np.zeros(n)
-            if n:
-                chosen = nt_prob[i][types[np.maximum(inst - 1, 0)], np.arange(inst.shape[0])[:, None],
-                                    np.arange(inst.shape[1])[None]]
-                conf = np.bincount(inst.ravel(), weights=np.where(inst > 0, chosen, 0).ravel(),
-                                   minlength=n + 1)[1:] / np.maximum(areas, 1)
+            if n and self.model.cfg.cell_head:
+                types, conf = self._cell_types([s[i:i + 1] for s in skips], inst)
+            else:
+                conf = self._pixel_vote_confidence(nt_prob[i], inst, types, areas) if n else np.zeros(0)
             preds.append(TilePrediction(inst, types, xy, areas, conf, int(tissue[i].argmax()), tissue[i]))
         return preds
+
+    def _cell_types(self, skips: list[torch.Tensor], inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per instance 1..max: the cell head's class and its probability (0 for labels without pixels)."""
+        cells = instances(torch.from_numpy(inst).to(self.device)[None])
+        probs = self.model.classify_cells(skips, cells).float().softmax(1).cpu().numpy()
+        n = int(inst.max())
+        types, conf = np.zeros(n, int), np.zeros(n)
+        label = cells.label.cpu().numpy() - 1
+        types[label], conf[label] = probs.argmax(1) + 1, probs.max(1)
+        return types, conf
+
+    @staticmethod
+    def _pixel_vote_confidence(nt_prob: np.ndarray, inst: np.ndarray, types: np.ndarray, areas: np.ndarray) -> np.ndarray:
+        """Per instance: the mean NT probability of its voted class over its pixels."""
+        conf = np.zeros(len(types))
+        if len(types):
+            chosen = nt_prob[types[np.maximum(inst - 1, 0)], np.arange(inst.shape[0])[:, None], np.arange(inst.shape[1])[None]]
+            conf = np.bincount(inst.ravel(), weights=np.where(inst > 0, chosen, 0).ravel(),
+                               minlength=len(types) + 1)[1:] / np.maximum(areas, 1)
+        return conf
 
 
 def load_model(path: str | Path, device: str = "cpu", postprocess: dict | None = None) -> LoadedModel:

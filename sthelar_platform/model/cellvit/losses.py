@@ -1,5 +1,6 @@
 """CellViT's losses: focal Tversky + Dice on NP, MSE + MSGE on HV, CE + Dice + focal Tversky on NT,
-CE on the tissue type. Weights come from config (``training.loss_weights``).
+CE on the tissue type; with a cell head, class-weighted CE on each nucleus's type. Weights come from
+config (``training.loss_weights``).
 """
 
 from __future__ import annotations
@@ -7,8 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sthelar_platform.model.cellvit.cells import instances, majority_types
+
 DEFAULT_WEIGHTS = {"np_ft": 1.0, "np_dice": 1.0, "hv_mse": 2.5, "hv_msge": 8.0, "nt_ce": 0.5, "nt_dice": 0.2,
-                   "nt_ft": 0.5, "tissue_ce": 0.1}
+                   "nt_ft": 0.5, "tissue_ce": 0.1, "cell_ce": 1.0}
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -56,7 +59,8 @@ def msge_loss(pred: torch.Tensor, target: torch.Tensor, nuclei: torch.Tensor) ->
 
 
 def cellvit_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: dict[str, float] | None = None,
-                 class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                 class_weights: torch.Tensor | None = None,
+                 cell_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """CellViT's weighted sum over NP, HV, NT and tissue heads, with each part for logging."""
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     hv_pred = torch.tanh(out["hv"])
@@ -65,10 +69,24 @@ def cellvit_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w
         "np_dice": dice_loss(out["np"], batch["np"]),
         "hv_mse": F.mse_loss(hv_pred, batch["hv"]),
         "hv_msge": msge_loss(hv_pred, batch["hv"], batch["np"]),
-        "nt_ce": F.cross_entropy(out["nt"], batch["nt"], weight=class_weights),
-        "nt_dice": dice_loss(out["nt"], batch["nt"]),
-        "nt_ft": focal_tversky_loss(out["nt"], batch["nt"]),
         "tissue_ce": F.cross_entropy(out["tissue"], batch["tissue"]),
     }
+    if "nt" in out:
+        parts |= {"nt_ce": F.cross_entropy(out["nt"], batch["nt"], weight=class_weights),
+                  "nt_dice": dice_loss(out["nt"], batch["nt"]), "nt_ft": focal_tversky_loss(out["nt"], batch["nt"])}
+    if "cell" in out:
+        parts["cell_ce"] = cell_loss(out["cell"], batch, cell_weights)
     total = sum(w[k] * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def cell_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each nucleus's type (``weights``: one per cell class).
+
+    A nucleus counts once whatever its size, so small and rare classes count; nuclei without a
+    class pixel, and batches without nuclei, add nothing.
+    """
+    target = majority_types(batch["nt"], instances(batch["inst"]), logits.shape[1] + 1) - 1
+    if not bool((target >= 0).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, weight=weights, ignore_index=-1)

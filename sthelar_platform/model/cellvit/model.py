@@ -12,7 +12,10 @@ the ``cellvit`` package), so their checkpoints load with ``strict=True``:
   maps (HV, 2) and nucleus type (NT, classes + 1).
 
 The official decoder widths follow the embedding size; a CPU-sized model narrows them
-(``decoder_widths``) without changing the names.
+(``decoder_widths``) without changing the names. With ``cell_head`` the model adds a
+``cell_classifier`` (not in the official models): one type per nucleus from the encoder's features
+pooled over it (``cells.py``), which then replaces the NT branch's pixel vote; such a model may
+drop the NT branch (``type_maps: false``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sthelar_platform.model.cellvit.cells import Instances, instances, pool_features
 
 # (decoder0 inner, decoder0 / header, level 1/2, level 1/4, bottleneck, skip 1 first, skip 1 second)
 Widths = tuple[int, int, int, int, int, int, int]
@@ -51,6 +56,9 @@ class CellViTConfig:
     global_attn_indexes: tuple[int, ...] = ()      # SAM: 0-based blocks with global attention
     neck_channels: int = 256       # SAM: the neck's output channels (the tissue head reads their mean)
     conv_widths: tuple[int, ...] = (16, 32, 64, 128)  # conv: channels at 1/2, 1/4, 1/8, 1/16 (embed_dim = the last)
+    cell_head: bool = False        # a per-nucleus type classifier on pooled encoder features (cells.py)
+    cell_head_hidden: int = 128
+    type_maps: bool = True         # the NT branch; a model with a cell head may do without it (a third less decoding)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +75,11 @@ class CellViTConfig:
             return tuple(self.extract_layers)  # type: ignore[return-value]
         q = self.depth / 4
         return tuple(max(1, round(q * i)) for i in range(1, 5))  # type: ignore[return-value]
+
+    @property
+    def skip_channels(self) -> int:
+        """Channels of the four encoder skips together (the cell classifier's input)."""
+        return sum(self.conv_widths) if self.backbone == "conv" else 4 * self.embed_dim
 
     @property
     def widths(self) -> Widths:
@@ -362,9 +375,16 @@ class CellViT(nn.Module):
             self.decoder3 = nn.Sequential(Deconv2DBlock(e, bottleneck))                               # 1/8
         self.nuclei_binary_map_decoder = _upsampling_branch(e, cfg.widths, 2)
         self.hv_map_decoder = _upsampling_branch(e, cfg.widths, 2)
-        self.nuclei_type_maps_decoder = _upsampling_branch(e, cfg.widths, cfg.n_types)
+        if cfg.type_maps:
+            self.nuclei_type_maps_decoder = _upsampling_branch(e, cfg.widths, cfg.n_types)
+        elif not cfg.cell_head:
+            raise ValueError("a CellViT without type maps needs the cell head to type its nuclei")
         if cfg.backbone == "sam":
             self.classifier_head = nn.Linear(cfg.neck_channels, cfg.n_tissues)
+        if cfg.cell_head:
+            c = cfg.skip_channels
+            self.cell_classifier = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, cfg.cell_head_hidden), nn.ReLU(True),
+                                                 nn.Linear(cfg.cell_head_hidden, cfg.n_types - 1))
 
     def _branch(self, branch: nn.Sequential, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         z1, z2, z3, z4 = skips
@@ -373,14 +393,31 @@ class CellViT(nn.Module):
         y = branch.decoder1_upsampler(torch.cat([self.decoder1(z1), y], 1))
         return branch.decoder0_header(torch.cat([self.decoder0(x), y], 1))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x``: (B, 3, H, W) normalized RGB, H and W multiples of 16."""
+    def maps(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """The NP / HV / NT maps and tissue logits, and the encoder skips (for ``classify_cells``)."""
         tissue, skips = self.encoder(x)
         if self.cfg.backbone == "sam":
             tissue = self.classifier_head(tissue)
-        return {"np": self._branch(self.nuclei_binary_map_decoder, x, skips),
-                "hv": self._branch(self.hv_map_decoder, x, skips),
-                "nt": self._branch(self.nuclei_type_maps_decoder, x, skips), "tissue": tissue}
+        out = {"np": self._branch(self.nuclei_binary_map_decoder, x, skips),
+               "hv": self._branch(self.hv_map_decoder, x, skips), "tissue": tissue}
+        if self.cfg.type_maps:
+            out["nt"] = self._branch(self.nuclei_type_maps_decoder, x, skips)
+        return out, skips
+
+    def classify_cells(self, skips: list[torch.Tensor], cells: Instances) -> torch.Tensor:
+        """(n, classes) type logits of each nucleus (class k + 1 in column k) from its pooled skips."""
+        return self.cell_classifier(pool_features(skips, cells))
+
+    def forward(self, x: torch.Tensor, inst: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``x``: (B, 3, H, W) normalized RGB, H and W multiples of 16.
+
+        With a cell head and the (B, H, W) instance maps ``inst``, ``cell`` holds each nucleus's type
+        logits, nuclei numbered as ``cells.instances(inst)`` numbers them.
+        """
+        out, skips = self.maps(x)
+        if self.cfg.cell_head and inst is not None:
+            out["cell"] = self.classify_cells(skips, instances(inst))
+        return out
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The encoder's parameters (frozen for the first epochs when fine-tuning pretrained weights)."""

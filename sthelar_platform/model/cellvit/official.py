@@ -103,18 +103,20 @@ def initialise_from_official(model: CellViT, ckpt: dict, path: str | Path) -> li
     """Copy an official checkpoint's weights into ``model`` for fine-tuning; returns the re-initialised tensors.
 
     The encoder and decoders must match (same architecture); the nucleus-type and tissue heads are
-    kept as initialised when their class count differs from the checkpoint's.
+    kept as initialised when their class count differs from the checkpoint's, and so is a cell head
+    (``cells.py``), which the official models do not have.
     """
     size = official_size(ckpt, path)
     state, own = ckpt["model_state_dict"], model.state_dict()
+    ours_only = {k: v for k, v in own.items() if k.startswith("cell_classifier.")}
     same = CONFIGS[size]["embed_dim"] == model.cfg.embed_dim and CONFIGS[size].get("backbone", "vit") == model.cfg.backbone
-    if not same or set(state) != set(own):
+    if not same or set(state) != set(own) - set(ours_only):
         raise InputError(path, f"checkpoint is {ckpt['arch']} ({size}) but the model being trained is another architecture",
                          f"set the training schedule's size to {size} to fine-tune it")
     fresh = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     outside = [k for k in fresh if not k.startswith(TASK_HEADS)]
     if outside:
         raise InputError(path, f"checkpoint weights do not fit outside the class heads ({outside[0]})", FIX)
-    model.load_state_dict({k: (own[k] if k in fresh else v) for k, v in state.items()}, strict=True)
-    return fresh
+    model.load_state_dict({k: (own[k] if k in fresh else v) for k, v in state.items()} | ours_only, strict=True)
+    return fresh + sorted(ours_only)
 

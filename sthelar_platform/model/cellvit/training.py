@@ -46,6 +46,7 @@ class TrainSettings:
     background_weight: float = 1.0        # NT cross-entropy weight of background pixels (cell classes average 1)
     window_px: int | None = None          # train on windows of each patch (more, cheaper steps); None: whole patches
     lr_schedule: str = "constant"         # constant | cosine (decays to 0 over ``epochs``, step by step)
+    cell_weight_power: float = 1.0        # cell head: class weights = the pixel class weights ** this (0: unweighted)
 
 
 @dataclass
@@ -134,6 +135,14 @@ def learning_rate(settings: TrainSettings, epoch: int, batch: int, batches_per_e
     return settings.lr * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
 
+def cell_class_weights(class_weights: torch.Tensor | None, power: float) -> torch.Tensor | None:
+    """The cell head's CE weights: the cell classes' pixel weights raised to ``power``, mean 1."""
+    if class_weights is None:
+        return None
+    w = class_weights[1:].float() ** power
+    return w / w.mean()
+
+
 def _run_epoch(model, loader, settings, class_weights, optimizer=None, scaler=None, epoch: int = 0) -> dict[str, float]:
     train = optimizer is not None
     model.train(train)
@@ -146,9 +155,9 @@ def _run_epoch(model, loader, settings, class_weights, optimizer=None, scaler=No
             break
         batch = _to(batch, settings.device)
         with torch.set_grad_enabled(train), autocast_for(settings):
-            out = model(batch["image"])
+            out = model(batch["image"], batch.get("inst"))
             loss, parts = cellvit_loss({k: v.float() for k, v in out.items()}, batch, settings.loss_weights,
-                                       class_weights)
+                                       class_weights, cell_class_weights(class_weights, settings.cell_weight_power))
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss is {value} at batch {b} ({parts}); the last good checkpoint is kept")

@@ -83,6 +83,10 @@ def test_fine_tuning_keeps_the_encoder_and_decoders_and_reinitialises_other_clas
         assert torch.equal(own[name], ckpt["model_state_dict"][name])
     with pytest.raises(InputError, match="set the training schedule's size to cellvit_256"):
         initialise_from_official(build_model("tiny", n_types=4, n_tissues=1), ckpt, cellvit_256)
+    with_head = build_model("cellvit_256", n_types=4, n_tissues=1, cell_head=True)  # ours only: starts fresh
+    fresh = initialise_from_official(with_head, ckpt, cellvit_256)
+    assert {"cell_classifier.1.weight", "cell_classifier.3.bias"} <= set(fresh)
+    assert torch.equal(with_head.state_dict()["decoder1.0.block.1.weight"], ckpt["model_state_dict"]["decoder1.0.block.1.weight"])
 
 
 def test_a_frozen_encoder_does_not_move_while_the_decoder_learns(tmp_path):
