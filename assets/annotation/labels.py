@@ -160,13 +160,16 @@ def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage
         review = pd.read_parquet(out / "cluster_review.parquet")
         holder["review"] = review
         flagged = review[review["flagged"]]
-        context.log.info(f"{slide_id}: {s['n_cells']} cells, cross-check agreement {s['crosscheck_agreement']:.3f}, "
-                         f"{s['n_flagged_clusters']}/{s['n_clusters']} clusters flagged")
+        singler = "" if s.get("singler_agreement") is None else f", SingleR agreement {s['singler_agreement']:.3f}"
+        context.log.info(f"{slide_id}: {s['n_cells']} cells, cross-check agreement {s['crosscheck_agreement']:.3f}"
+                         f"{singler}, {s['n_flagged_clusters']}/{s['n_clusters']} clusters flagged")
         return {
             "dagster/row_count": s["n_cells"], "composition": s["composition"],
             "frac_unknown": round(s["frac_unknown"], 4), "frac_less10": round(s["frac_less10"], 4),
             "crosscheck_agreement": round(s["crosscheck_agreement"], 4),
             "crosscheck_by_category": s["crosscheck_by_category"], "decisions": s["decisions"],
+            "singler_agreement": round(s["singler_agreement"], 4) if s.get("singler_agreement") is not None else "off",
+            "singler_by_category": s.get("singler_by_category") or {},
             "n_clusters": s["n_clusters"], "n_flagged_clusters": s["n_flagged_clusters"],
             "override_file": s["override_file"] or "none", "reference_sha256": s["reference_sha256"],
             "category_map": md_image(out / "category_map.png", "cell types", 384),
@@ -185,16 +188,23 @@ def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage
         "n_flagged_clusters": s["n_flagged_clusters"], "passed": not annotation_failures(s, thresholds),
         "tissue": spec.tissue, "reference_sha256": s["reference_sha256"], "composition": json.dumps(s["composition"]),
         "crosscheck_by_category": json.dumps(s["crosscheck_by_category"]),
-        "frac_flagged_clusters": s["frac_flagged_clusters"]})
+        "frac_flagged_clusters": s["frac_flagged_clusters"], "singler_agreement": s.get("singler_agreement"),
+        "singler_by_category": json.dumps(s.get("singler_by_category") or {})})
     for r in review.itertuples():
         store.record("annotation_clusters", {
             "run_id": context.run_id, "slide_id": slide_id, "cluster": str(r.cluster), "n_cells": int(r.n_cells),
             "tangram_majority": r.tangram_majority, "marker_label": r.marker_label, "decision": r.decision,
             "label": r.label, "disagreeing_fraction": float(r.disagreeing_fraction), "flagged": bool(r.flagged),
-            "flag_reasons": r.flag_reasons, "top_markers": r.top_markers if isinstance(r.top_markers, str) else ""},
+            "flag_reasons": r.flag_reasons, "top_markers": r.top_markers if isinstance(r.top_markers, str) else "",
+            "singler_majority": getattr(r, "singler_majority", None),
+            "singler_agreement": _float_or_none(getattr(r, "singler_agreement", None))},
             flush=False)
     store.flush()
     return result
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def annotation_failures(summary: dict, t: dict) -> list[str]:

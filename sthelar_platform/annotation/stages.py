@@ -25,6 +25,7 @@ from sthelar_platform.core.errors import InputError, require_readable_parquet, r
 
 COUNT_FILES = {"nucleus_counts": ("nucleus",), "cell_counts": ("cell", "cytoplasm")}
 CENTROIDS = "reference_centroids.parquet"  # tangram_labels' copy of the atlas' category centroids
+SINGLER_REFERENCE = "singler_reference.h5ad"  # ... and of its log expression on the shared genes, for SingleR
 
 
 def write_counts(stage: str, xenium_dir: Path, out: Path, cfg: AnnotationConfig) -> dict:
@@ -87,6 +88,9 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
     labels.to_parquet(out / "tangram_labels.parquet")
     # the cross-check's reference side, so that cell_types does not read the atlas a second time
     crosscheck.reference_centroids(ref, genes, cfg["clustering"]["target_sum"]).to_parquet(out / CENTROIDS)
+    if cfg["crosscheck"]["singler"]:
+        crosscheck.singler_reference(ref, genes, cfg["clustering"]["target_sum"]).write_h5ad(
+            out / SINGLER_REFERENCE, compression="gzip")
     outcome = TangramOutcome(n_cells=int((labels["compartment"] == "cell").sum()), n_shared_genes=len(genes),
                              n_training_genes=len(fit_genes),
                              reference_sha256=ref.uns["sha256"], device=device, compartments=list(tcfg["compartments"]))
@@ -150,11 +154,20 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     scored = labels.loc[active]
     agree = crosscheck.agreement_by_category(scored["category"], scored["crosscheck_label"])
     overall = float((scored["category"] == scored["crosscheck_label"]).mean()) if len(scored) else float("nan")
+    singler = _singler_crosscheck(cell[active], labels.loc[active], tangram_dir, cfg)
+    if singler is not None:
+        labels = labels.join(singler)
+        scored = labels.loc[active]
+        agree = agree.merge(crosscheck.agreement_by_category(scored["category"], scored["singler_category"],
+                                                             "singler_agreement").drop(columns="n_cells"),
+                            on="category", how="left")
     labels.reset_index().to_parquet(out / "cell_labels.parquet")
     review = review.merge(ms.reset_index(), on=["cluster", "marker_label"], how="left")
     top = (pd.read_parquet(clusters_dir / "markers.parquet").groupby("cluster", observed=True)["gene"]
            .apply(lambda g: ", ".join(g.head(5))).rename("top_markers"))
     review = review.merge(top, left_on="cluster", right_index=True, how="left")
+    if singler is not None:
+        review = review.merge(_singler_by_cluster(scored), on="cluster", how="left")
     review.to_parquet(out / "cluster_review.parquet")
     agree.to_parquet(out / "crosscheck_agreement.parquet")
     n = len(labels)
@@ -164,6 +177,10 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
         "frac_less10": float((labels["category"] == "Less10").mean()),
         "crosscheck_agreement": overall,
         "crosscheck_by_category": {r.category: round(float(r.agreement), 4) for r in agree.itertuples()},
+        "singler_agreement": (float((scored["category"] == scored["singler_category"]).mean()) if len(scored) else None)
+                             if singler is not None else None,
+        "singler_by_category": {r.category: round(float(r.singler_agreement), 4) for r in agree.itertuples()}
+                               if singler is not None else {},
         "n_clusters": int(len(review)), "n_flagged_clusters": int(review["flagged"].sum()),
         "frac_flagged_clusters": float(review["flagged"].mean()) if len(review) else 0.0,
         "decisions": {k: int(v) for k, v in review["decision"].value_counts().items()},
@@ -171,3 +188,26 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _singler_crosscheck(active: ad.AnnData, labels: pd.DataFrame, tangram_dir: Path,
+                        cfg: AnnotationConfig) -> pd.DataFrame | None:
+    """SingleR's labels of the annotated cells, when config/annotation.yaml asks for them."""
+    cc = cfg["crosscheck"]
+    if not cc["singler"]:
+        return None
+    reference = ad.read_h5ad(require_stage_output(tangram_dir / SINGLER_REFERENCE, "tangram_labels"))
+    if active.n_obs == 0:
+        return pd.DataFrame(columns=["singler_label", "singler_category", "singler_delta"], index=labels.index[:0])
+    return crosscheck.singler_labels(active, reference, cfg["clustering"]["target_sum"], cc["singler_threads"])
+
+
+def _singler_by_cluster(scored: pd.DataFrame) -> pd.DataFrame:
+    """Per cluster: SingleR's most frequent category and the fraction of cells where it matches the final one."""
+    df = scored.dropna(subset=["cluster"]).assign(agree=lambda d: d["category"] == d["singler_category"])
+    if df.empty:
+        return pd.DataFrame(columns=["cluster", "singler_majority", "singler_agreement"])
+    out = df.groupby("cluster", observed=True).agg(
+        singler_majority=("singler_category", lambda c: c.value_counts().index[0]),
+        singler_agreement=("agree", "mean")).reset_index()
+    return out

@@ -25,12 +25,14 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("n_flagged_clusters", "BIGINT"), ("passed", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
         ("tissue", "VARCHAR"), ("reference_sha256", "VARCHAR"), ("composition", "VARCHAR"),
         ("crosscheck_by_category", "VARCHAR"), ("frac_flagged_clusters", "DOUBLE"),
+        ("singler_agreement", "DOUBLE"), ("singler_by_category", "VARCHAR"),
     ],
     "annotation_clusters": [
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("cluster", "VARCHAR"),
         ("n_cells", "BIGINT"), ("tangram_majority", "VARCHAR"), ("marker_label", "VARCHAR"), ("decision", "VARCHAR"),
         ("label", "VARCHAR"), ("disagreeing_fraction", "DOUBLE"), ("flagged", "BOOLEAN"), ("flag_reasons", "VARCHAR"),
-        ("top_markers", "VARCHAR"), ("recorded_at", "TIMESTAMP"),
+        ("top_markers", "VARCHAR"), ("recorded_at", "TIMESTAMP"), ("singler_majority", "VARCHAR"),
+        ("singler_agreement", "DOUBLE"),
     ],
     "patch_qc": [
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("magnification", "VARCHAR"),

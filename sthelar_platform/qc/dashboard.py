@@ -90,6 +90,16 @@ def dbt_status(run_results: Path | None) -> dict[str, Any]:
             "n_failed": len(tests), "generated_at": s["generated_at"]}
 
 
+def category_agreement(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per final category: the centroid cross-check's and SingleR's agreement (from annotation_qc's JSON)."""
+    if not rows:
+        return []
+    centroid = json.loads(rows[0].get("crosscheck_by_category") or "{}")
+    singler = json.loads(rows[0].get("singler_by_category") or "{}")
+    return [{"category": c, "centroid": centroid.get(c), "singler": singler.get(c)}
+            for c in sorted(set(centroid) | set(singler))]
+
+
 def slide_warnings(s: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
     """Sentences for every threshold a slide misses (shown on its page and the cohort page)."""
     out = []
@@ -236,6 +246,8 @@ def _slide_page(con: duckdb.DuckDBPyConnection, layout: StorageLayout, s: dict[s
     lineage = _rows(con, "SELECT asset_key, code_version, data_version, finished_at, reference_sha256 "
                          "FROM main.output_lineage WHERE slide_id = ? ORDER BY finished_at", [sid])
     predictions = _rows(con, "SELECT * FROM staging.stg_prediction_agreement WHERE slide_id = ? ORDER BY class_name", [sid])
+    agreement = category_agreement(_rows(con, "SELECT crosscheck_by_category, singler_by_category "
+                                              "FROM staging.stg_annotation_qc WHERE slide_id = ?", [sid]))
     images = {}
     for key, src in (("overlay", layout.stage_dir("he_registration", sid) / "overlay.png"),
                      ("residual_map", layout.stage_dir("he_registration", sid) / "residual_map.png")):
@@ -248,5 +260,5 @@ def _slide_page(con: duckdb.DuckDBPyConnection, layout: StorageLayout, s: dict[s
             "composition": _composition([s]), "cell_map": cell_map, "cell_map_sampled": sampled}
     (pages / f"{sid}.html").write_text(template.render(
         **common, root="../", title=sid, s=s, warnings=slide_warnings(s, thresholds), images=images, review=review,
-        lineage=lineage, predictions=predictions, has_cells=has_cells, flag_below_jaccard=thresholds["flag_below_jaccard"],
+        lineage=lineage, predictions=predictions, agreement=agreement, has_cells=has_cells, flag_below_jaccard=thresholds["flag_below_jaccard"],
         data_json=_json(data)))

@@ -1,5 +1,6 @@
 """Counting and annotation assets in real Dagster on a tiny SYNTHETIC slide, scored against its truth."""
 
+import json
 import shutil
 
 import anndata as ad
@@ -75,11 +76,26 @@ def test_checks_pass_and_qc_rows_reach_lineage(annotated):
     store = LineageStore(home / "lineage.duckdb")
     qc = store.query("SELECT n_cells, crosscheck_agreement, passed, reference_sha256 FROM annotation_qc")
     assert len(qc) == 1 and qc[0]["passed"] and qc[0]["crosscheck_agreement"] >= 0.9 and len(qc[0]["reference_sha256"]) == 64
-    clusters = store.query("SELECT cluster, decision, top_markers FROM annotation_clusters")
+    clusters = store.query("SELECT cluster, decision, top_markers, singler_majority, singler_agreement FROM annotation_clusters")
     assert len(clusters) >= 3 and all(c["top_markers"] for c in clusters)
+    assert all(c["singler_majority"] and 0 <= c["singler_agreement"] <= 1 for c in clusters)
     md = next(m for m in result.get_asset_materialization_events()
               if m.asset_key == AssetKey("cell_types")).materialization.metadata
     assert "data:image/png;base64" in md["category_map"].value and sum(md["composition"].value.values()) == md["dagster/row_count"].value
+
+
+def test_singler_cross_checks_every_annotated_cell(annotated):
+    home, landing, _, _ = annotated
+    labels = pd.read_parquet(home / "warehouse" / "cell_types" / "tiny" / "cell_labels.parquet").set_index("cell_id")
+    active = labels[labels["category"] != "Less10"]
+    assert active["singler_category"].notna().all() and labels.loc[labels["category"] == "Less10", "singler_category"].isna().all()
+    truth = pl.read_parquet(landing / "slides" / "tiny" / "truth" / "cells.parquet").to_pandas().set_index("cell_id")
+    assert (active["singler_category"] == truth.loc[active.index, "category"]).mean() >= 0.9
+    qc = LineageStore(home / "lineage.duckdb").query("SELECT singler_agreement, singler_by_category FROM annotation_qc")
+    by_category = json.loads(qc[0]["singler_by_category"])
+    assert qc[0]["singler_agreement"] >= 0.9 and set(by_category) == set(active["category"])
+    agreement = pd.read_parquet(home / "warehouse" / "cell_types" / "tiny" / "crosscheck_agreement.parquet")
+    assert list(agreement.columns) == ["category", "n_cells", "agreement", "singler_agreement"]
 
 
 def test_corrupt_reference_fails_clearly_and_keeps_the_last_good_labels(annotated):

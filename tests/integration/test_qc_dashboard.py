@@ -71,6 +71,10 @@ def test_slide_page_shows_registration_cell_types_patches_review_and_model(serve
     overlay = driver.find_element(By.CSS_SELECTOR, "img.figure")
     assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) > 100
     assert len(driver.find_elements(By.CSS_SELECTOR, "#review-table tbody tr")) > 0
+    checks = [r.text.split() for r in driver.find_elements(By.CSS_SELECTOR, "#crosscheck-table tbody tr")]
+    labels = pd.read_parquet(home / "warehouse" / "cell_types" / "tiny" / "cell_labels.parquet")
+    assert {r[0] for r in checks} == set(labels.loc[labels["category"] != "Less10", "category"])
+    assert all(r[1].endswith("%") and r[2].endswith("%") for r in checks)  # both checks report every category
     assert len(driver.find_elements(By.CSS_SELECTOR, "#prediction-table tbody tr")) == 9
     cells = driver.execute_script(
         "return document.getElementById('plot-patch-map').data[0].z.flat().filter(v => v !== null).length")

@@ -32,7 +32,7 @@ select
     i.n_cells, i.n_transcripts, i.n_genes,
     r.registration_source, r.median_residual_um, r.p90_residual_um, r.matched_fraction, r.registration_passed,
     r.registration_failures,
-    a.frac_unknown, a.frac_less10, a.crosscheck_agreement, a.n_flagged_clusters, a.annotation_passed, a.composition,
+    a.frac_unknown, a.frac_less10, a.crosscheck_agreement, a.singler_agreement, a.n_flagged_clusters, a.annotation_passed, a.composition,
     a.reference_sha256,
     p40.n_patches as n_patches_40x, p20.n_patches as n_patches_20x,
     p40.median_dice as median_dice_40x, p40.median_jaccard as median_jaccard_40x, p40.median_bpq as median_bpq_40x,
