@@ -32,7 +32,7 @@ UM_PER_PX = 0.25  # the 40x pixel size the real tile is read at, and the demo's 
 
 
 def wheel_images() -> Path:
-    """stardist's bundled sample images, found without importing stardist (it would want TensorFlow)."""
+    """The sample images in stardist's wheel, found without importing stardist (it would want TensorFlow)."""
     spec = importlib.util.find_spec("stardist")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("stardist is not installed: `make test` installs it (the test extra)")
