@@ -24,6 +24,10 @@ def _home(args: argparse.Namespace):
     return use_home(args.home or os.environ.get("STHELAR_HOME", DEFAULT_HOME))
 
 
+WORLD_HELP = ("a `worlds` entry of config/synthetic.yaml: simple, or realistic (spillover, doublets, ambient RNA, "
+              "slide batch effects, an atlas missing a category and naming labels its own way); default: the size's")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     """`sthelar synth`: write SYNTHETIC slides, atlases and a manifest."""
     from sthelar_platform.core.config import load_categories, load_synthetic
@@ -36,7 +40,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         bar.update()
 
     manifest = synthesize_cohort(args.out, args.size, load_synthetic(), load_categories(), seed=args.seed, progress=progress,
-                                 xoa=args.xoa, quirks=tuple(args.quirk or ()))
+                                 xoa=args.xoa, quirks=tuple(args.quirk or ()), world=args.world)
     bar.close()
     print(f"SYNTHETIC {args.size} slides written; manifest: {manifest}")
     return 0
@@ -108,12 +112,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     layout = _home(args)
     t0 = time.perf_counter()
-    landing = layout.landing / f"synthetic_{args.size}"
+    synthetic = load_synthetic()
+    world = args.world or synthetic["sizes"][args.size]["world"]
+    # the size's own world keeps the folder it always had; another world gets its own
+    landing = layout.landing / (f"synthetic_{args.size}" if world == synthetic["sizes"][args.size]["world"]
+                                else f"synthetic_{args.size}_{world}")
     manifest = landing / "manifest.yaml"
     if not manifest.exists():
-        print(f"generating SYNTHETIC {args.size} slides in {landing} ...")
+        print(f"generating SYNTHETIC {args.size} slides ({world} world) in {landing} ...")
         with tqdm(desc="synthesis", unit="step") as bar:
-            synthesize_cohort(landing, args.size, load_synthetic(), load_categories(), seed=args.seed, progress=lambda m: (bar.set_postfix_str(m), bar.update()))
+            synthesize_cohort(landing, args.size, synthetic, load_categories(), seed=args.seed,
+                              progress=lambda m: (bar.set_postfix_str(m), bar.update()), world=world)
     else:
         print(f"reusing SYNTHETIC slides in {landing}")
     specs = _add(layout, str(manifest), None, None, None, replace=True)
@@ -241,11 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quirk", action="append", choices=list(QUIRKS),
                    help="odd cases seen in the field: rnd (version 'R&D'), bytes (binary feature_name), "
                         "blank (BLANK_/antisense_ probes), macos (._* files); repeatable")
+    s.add_argument("--world", help=WORLD_HELP)
     s.set_defaults(func=cmd_synth)
 
     d = sub.add_parser("demo", help="generate the demo slides (once) and materialize everything for them")
     d.add_argument("--size", choices=["tiny", "demo"], default="demo")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--world", help=WORLD_HELP)
     d.set_defaults(func=cmd_demo)
 
     u = sub.add_parser("ui", help="open the Dagster UI (binds to localhost by default)")

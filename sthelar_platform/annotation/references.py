@@ -50,6 +50,18 @@ def label_map(categories: CategorySystem, cfg: ReferencesConfig) -> dict[str, st
     return {**categories.label_map, **(cfg.get("extra_label_map") or {})}
 
 
+def _label_key(label: str) -> str:
+    """Atlases spell one label several ways ("Macrophage", "macrophage", "CD4 T  cell"): compare a folded form."""
+    return " ".join(label.replace("_", " ").split()).casefold()
+
+
+def categories_of(labels: set[str], mapping: dict[str, str]) -> dict[str, str]:
+    """Each atlas label's category: an exact entry first, else one equal up to case, spaces and underscores."""
+    folded = {_label_key(k): v for k, v in mapping.items()}
+    return {lb: mapping[lb] if lb in mapping else folded[_label_key(lb)] for lb in labels
+            if lb in mapping or _label_key(lb) in folded}
+
+
 def _check_counts(x, path: Path) -> None:
     data = x.data if sparse.issparse(x) else np.asarray(x)
     if data.size and (not np.isfinite(data).all() or data.min() < 0):
@@ -74,7 +86,7 @@ def load_reference(spec: ReferenceSpec, categories: CategorySystem, cfg: Referen
         raise InputError(path, f"reference is empty ({ref.n_obs} cells x {ref.n_vars} genes)", FIX_REF)
     _check_counts(ref.X, path)
     labels = ref.obs[spec.label_column].astype(str)
-    mapping = label_map(categories, cfg)
+    mapping = categories_of(set(labels), label_map(categories, cfg))
     cats = categories
     unknown = sorted(set(labels) - set(mapping))
     if unknown:

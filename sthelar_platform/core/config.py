@@ -399,6 +399,25 @@ class SyntheticSize(Section):
     density_scale: PosNum = 1.0
     panel_genes: PositiveInt | None = None  # pad the marker panel with filler genes to this many (Prime 5K)
     slides: list[tuple[str, str]]
+    world: str = "simple"                   # the `worlds` entry this size is drawn in unless told otherwise
+
+
+class WorldExpression(Section):
+    spillover_fraction: Num = Field(default=0.0, ge=0, lt=1)   # share of a cell's transcripts from its neighbours
+    spillover_neighbours: PositiveInt = 4
+    doublet_fraction: Num = Field(default=0.0, ge=0, le=1)     # cells merged with their nearest neighbour
+    ambient_fraction: Num = Field(default=0.0, ge=0, lt=1)     # share of transcripts from the slide's mean profile
+    slide_batch_sd: Num = Field(default=0.0, ge=0)             # gene-wise log-normal shift of the slide
+
+
+class WorldAtlas(Section):
+    missing_categories: dict[str, list[str]] = {}   # tissue -> categories on the slides but not in its atlas
+    label_names: dict[str, str] = {}                # fine label -> the name the atlases give it
+
+
+class World(Section):
+    expression: WorldExpression = WorldExpression()
+    atlas: WorldAtlas = WorldAtlas()
 
 
 class FillerGenes(Section):
@@ -430,6 +449,14 @@ class SyntheticConfig(Section):
     category_markers: dict[str, list[str]]
     fine_markers: dict[str, list[str]]
     shared_markers: dict[str, list[str]]
+    worlds: dict[str, World] = {"simple": World()}
+
+    @model_validator(mode="after")
+    def _sizes_name_known_worlds(self) -> SyntheticConfig:
+        for name, size in self.sizes.items():
+            if size.world not in self.worlds:
+                raise ValueError(f"sizes.{name}.world {size.world!r} is not among worlds: {', '.join(self.worlds)}")
+        return self
 
 
 MODELS: dict[str, type[Section]] = {

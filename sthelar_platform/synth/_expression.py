@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.spatial import cKDTree
 
-from sthelar_platform.core.config import SyntheticConfig
+from sthelar_platform.core.config import SyntheticConfig, WorldExpression
 
 BIOLOGY_SEED = 20260101
 CELL_BLOCK = 20000  # cells per block of counts: the only dense (block x panel) array in memory
@@ -96,27 +97,81 @@ def build_programs(synth_cfg: SyntheticConfig, panel_genes: int | None = None) -
     return Programs(genes=genes, n_panel=len(panel) + n_fill, labels=labels, label_category=label_category, mean=mean)
 
 
+@dataclass(frozen=True)
+class SlideMixing:
+    """Where a realistic slide's expected counts depart from each cell's own program.
+
+    Real Xenium cells carry transcripts of their neighbours (segmentation spillover), some are two
+    cells segmented as one (doublets), every cell picks up ambient RNA, and a slide's genes are
+    shifted against the atlas (batch).
+    """
+
+    neighbours: np.ndarray        # (n, k) nearest other cells, the spillover sources
+    partner: np.ndarray           # (n,) the neighbour a doublet merged with; -1: not a doublet
+    gene_factor: np.ndarray       # (n_panel,) the slide's batch shift
+    spillover: float
+    ambient: float
+
+    @property
+    def doublet(self) -> np.ndarray:
+        return self.partner >= 0
+
+
+DOUBLET_TOTAL = 1.7  # a doublet's transcripts against a single cell's (two cells, partly outside the mask)
+
+
+def slide_mixing(world: WorldExpression, x_um: np.ndarray, y_um: np.ndarray, n_panel: int,
+                 rng: np.random.Generator) -> SlideMixing | None:
+    """A realistic world's mixing for the cells at (x, y); None in a world without any."""
+    if not (world.spillover_fraction or world.doublet_fraction or world.ambient_fraction or world.slide_batch_sd):
+        return None
+    n = len(x_um)
+    k = min(world.spillover_neighbours, max(n - 1, 1))
+    _, idx = cKDTree(np.column_stack([x_um, y_um])).query(np.column_stack([x_um, y_um]), k=k + 1)
+    neighbours = np.asarray(idx).reshape(n, -1)[:, 1:] if n > 1 else np.zeros((n, 1), int)
+    partner = np.where(rng.random(n) < world.doublet_fraction, neighbours[:, 0], -1) if n > 1 else np.full(n, -1)
+    return SlideMixing(neighbours=neighbours, partner=partner,
+                       gene_factor=rng.lognormal(0, world.slide_batch_sd, n_panel),
+                       spillover=float(world.spillover_fraction), ambient=float(world.ambient_fraction))
+
+
 def sample_panel_counts(programs: Programs, fine_labels: np.ndarray, target_total: float, less10: np.ndarray,
-                        rng: np.random.Generator) -> sp.csr_matrix:
+                        rng: np.random.Generator, mixing: SlideMixing | None = None) -> sp.csr_matrix:
     """Poisson counts over the panel genes, (n_cells, n_panel) int32 CSR, drawn in blocks of cells.
 
     Row-major block draws consume the generator exactly as one (n_cells, n_panel) draw would, so a
-    slide's counts do not depend on the block size; only one block is ever dense.
+    slide's counts do not depend on the block size; only one block is ever dense. ``mixing`` (a
+    realistic world) changes the expected counts, not how they are drawn.
     """
-    return sp.vstack(list(_count_blocks(programs, fine_labels, target_total, less10, rng)), format="csr")
+    return sp.vstack(list(_count_blocks(programs, fine_labels, target_total, less10, rng, mixing)), format="csr")
 
 
 def _count_blocks(programs: Programs, fine_labels: np.ndarray, target_total: float, less10: np.ndarray,
-                  rng: np.random.Generator) -> Iterator[sp.csr_matrix]:
+                  rng: np.random.Generator, mixing: SlideMixing | None) -> Iterator[sp.csr_matrix]:
     lidx = np.searchsorted(np.array(programs.labels), fine_labels)
     label_mu = programs.mean[:, : programs.n_panel]
     label_total = label_mu.sum(1)[lidx]
     size = target_total / label_total * rng.lognormal(0, 0.3, len(lidx))
     size[less10] = rng.uniform(2, 8, less10.sum()) / label_total[less10]
+    if mixing is None:
+        for start in range(0, len(lidx), CELL_BLOCK):
+            rows = slice(start, start + CELL_BLOCK)
+            yield sp.csr_matrix(rng.poisson(label_mu[lidx[rows]] * size[rows, None]).astype(np.int32))
+        return
+    profile = label_mu * mixing.gene_factor[None, :]
+    profile /= profile.sum(1, keepdims=True)
+    ambient = np.bincount(lidx, minlength=len(profile)) @ profile / max(len(lidx), 1)
+    total = label_total * size * np.where(mixing.doublet, DOUBLET_TOTAL, 1.0)
+    own_share = 1 - mixing.spillover - mixing.ambient
     for start in range(0, len(lidx), CELL_BLOCK):
         rows = slice(start, start + CELL_BLOCK)
-        block = rng.poisson(label_mu[lidx[rows]] * size[rows, None]).astype(np.int32)
-        yield sp.csr_matrix(block)
+        mu = own_share * profile[lidx[rows]] + mixing.ambient * ambient[None, :]
+        for j in range(mixing.neighbours.shape[1]):
+            mu += mixing.spillover / mixing.neighbours.shape[1] * profile[lidx[mixing.neighbours[rows, j]]]
+        partner = mixing.partner[rows]
+        merged = partner >= 0
+        mu[merged] = 0.5 * (mu[merged] + profile[lidx[partner[merged]]])
+        yield sp.csr_matrix(rng.poisson(mu * total[rows, None]).astype(np.int32))
 
 
 def sample_reference_counts(programs: Programs, fine_labels: np.ndarray, target_total: float,
