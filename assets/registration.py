@@ -65,6 +65,9 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
             "he_pixel_size_um": r.he_pixel_size_um, "implied_he_pixel_size_um": round(r.implied_he_pixel_size_um, 4),
             "magnification": r.magnification, "transform_he_px_to_morphology_px": q.transform,
             "residual_grid_um": q.residual_grid_um, "within_thresholds": r.passed, "failures": r.failures,
+            "nonrigid": q.nonrigid_note or "off",
+            "nonrigid_median_residual_um": round(q.nonrigid_median_residual_um, 3)
+            if q.nonrigid_median_residual_um is not None else "n/a",
             "notes": r.notes,
             "csv_as_given": "none" if not r.csv_given else
             f"median {r.csv_median_residual_um:.2f} µm, {r.csv_matched_fraction:.1%} matched",
@@ -84,7 +87,9 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
         "residual_grid_um": json.dumps(r.qc.residual_grid_um), "he_pixel_size_um": r.he_pixel_size_um,
         "implied_he_pixel_size_um": r.implied_he_pixel_size_um, "magnification": r.magnification,
         "csv_median_residual_um": r.csv_median_residual_um, "csv_matched_fraction": r.csv_matched_fraction,
-        "failures": json.dumps(r.failures), "notes": json.dumps(r.notes)})
+        "failures": json.dumps(r.failures), "notes": json.dumps(r.notes),
+        "nonrigid_kept": r.warp is not None, "nonrigid_median_residual_um": r.qc.nonrigid_median_residual_um,
+        "nonrigid_max_displacement_um": r.qc.nonrigid_max_displacement_um})
     return result
 
 

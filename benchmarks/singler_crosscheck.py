@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                                      cfg["references"]["default"]["label_column"])
     ref = references.load_reference(spec, load_categories(), cfg["references"])
     genes = tangram.shared_genes(cell, ref, cfg["references"]["min_shared_genes"], str(spec.path))
+    genes = tangram.training_genes(ref, genes, cfg["tangram"])  # as tangram_labels saves SingleR's reference
     t0 = time.perf_counter()
     reference = crosscheck.singler_reference(ref, genes, cfg["clustering"]["target_sum"])
     t_ref = time.perf_counter() - t0

@@ -65,7 +65,7 @@ def slide_predictions(context: AssetExecutionContext, storage: StorageResource, 
             storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet",
             storage.stage_dir("cell_types", slide_id) / "cell_labels.parquet", r.he_px_to_um,
             r.implied_he_pixel_size_um, model, mid, out, load_config("tiling"), cfg, load_categories(),
-            progress)
+            progress, r.warp)
         holder["agreement"] = agreement
         context.log.info(f"{slide_id}: {s['n_predicted']} nuclei predicted on {s['n_tiles']} tiles "
                          f"({s['tiles_per_s']:.1f} tiles/s on {device}); {s['n_linked']} linked to Xenium cells, "

@@ -46,7 +46,7 @@ def _patches_asset(magnification: str):
                 slide_id, spec.tissue, storage.stage_dir("he_image", slide_id) / "he_image.ome.tif",
                 storage.stage_dir("xenium_slide", slide_id) / "nucleus_boundaries.parquet",
                 storage.stage_dir("cell_types", slide_id) / "cell_labels.parquet", r.he_px_to_um,
-                r.implied_he_pixel_size_um, magnification, out, cfg, categories, progress)
+                r.implied_he_pixel_size_um, magnification, out, cfg, categories, progress, r.warp)
             if "skipped" in s:
                 context.log.warning(f"{slide_id} {magnification}: skipped: {s['skipped']}")
                 return {"dagster/row_count": 0, **s}

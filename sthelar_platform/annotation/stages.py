@@ -88,8 +88,8 @@ def write_tangram_labels(cell_dir: Path, nucleus_dir: Path, ref_spec: references
     labels.to_parquet(out / "tangram_labels.parquet")
     # the cross-check's reference side, so that cell_types does not read the atlas a second time
     crosscheck.reference_centroids(ref, genes, cfg["clustering"]["target_sum"]).to_parquet(out / CENTROIDS)
-    if cfg["crosscheck"]["singler"]:
-        crosscheck.singler_reference(ref, genes, cfg["clustering"]["target_sum"]).write_h5ad(
+    if cfg["crosscheck"]["singler"]:  # on Tangram's genes: a Prime 5K panel's atlas markers, else every shared gene
+        crosscheck.singler_reference(ref, fit_genes, cfg["clustering"]["target_sum"]).write_h5ad(
             out / SINGLER_REFERENCE, compression="gzip")
     outcome = TangramOutcome(n_cells=int((labels["compartment"] == "cell").sum()), n_shared_genes=len(genes),
                              n_training_genes=len(fit_genes),

@@ -17,7 +17,8 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("transform_he_px_to_morphology_px", "VARCHAR"), ("n_he_nuclei", "BIGINT"), ("n_xenium_nuclei", "BIGINT"),
         ("residual_grid_um", "VARCHAR"), ("he_pixel_size_um", "DOUBLE"), ("implied_he_pixel_size_um", "DOUBLE"),
         ("magnification", "VARCHAR"), ("csv_median_residual_um", "DOUBLE"), ("csv_matched_fraction", "DOUBLE"),
-        ("failures", "VARCHAR"), ("notes", "VARCHAR"),
+        ("failures", "VARCHAR"), ("notes", "VARCHAR"), ("nonrigid_kept", "BOOLEAN"),
+        ("nonrigid_median_residual_um", "DOUBLE"), ("nonrigid_max_displacement_um", "DOUBLE"),
     ],
     "annotation_qc": [
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("n_cells", "BIGINT"),

@@ -70,6 +70,15 @@ class HEImageConfig(Section):
     magnification_um_per_px: dict[str, Range]
 
 
+class NonrigidConfig(Section):
+    method: Literal["none", "grid"] = "grid"
+    spacing_um: PosNum = 100.0             # grid of the displacement field
+    search_radius_um: PosNum = 8.0         # pairs for the first fit: as far as the affine may leave a nucleus
+    min_pairs: PositiveInt = 8             # per grid cell; emptier cells take their neighbours' value
+    smoothing_cells: Num = Field(default=0.0, ge=0)  # Gaussian smoothing of the fitted grid, in cells
+    min_improvement: Num = Field(default=0.2, ge=0, lt=1)  # keep the field only if the median residual falls by this share
+
+
 class RegistrationConfig(Section):
     detection_um_per_px: PosNum
     detection_sigma_um: PosNum
@@ -93,6 +102,7 @@ class RegistrationConfig(Section):
     max_p90_residual_um: PosNum
     pixel_size_tolerance: PosNum
     scale_tolerance: PosNum
+    nonrigid: NonrigidConfig = NonrigidConfig()
 
 
 class AutomationConfig(Section):
@@ -415,9 +425,16 @@ class WorldAtlas(Section):
     label_names: dict[str, str] = {}                # fine label -> the name the atlases give it
 
 
+class WorldDeformation(Section):
+    amplitude_um: Num = Field(default=0.0, ge=0)    # rms displacement of the H&E section against the DAPI, centre
+    edge_gain: Num = Field(default=0.0, ge=0)       # ... growing to (1 + edge_gain) times it at the tissue edge
+    correlation_um: PosNum = 400.0                   # the length over which the displacement changes
+
+
 class World(Section):
     expression: WorldExpression = WorldExpression()
     atlas: WorldAtlas = WorldAtlas()
+    he_deformation: WorldDeformation = WorldDeformation()
 
 
 class FillerGenes(Section):

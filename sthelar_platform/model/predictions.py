@@ -20,6 +20,7 @@ import pandas as pd
 
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import TilingConfig, TrainingConfig
+from sthelar_platform.core.displacement import DisplacementField
 from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
 from sthelar_platform.model.cellvit.inference import LoadedModel
@@ -93,8 +94,11 @@ def agreement_by_category(cells: pd.DataFrame, classes: tuple[str, ...]) -> pd.D
 
 def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: Path, he_px_to_um: np.ndarray,
                   level0_um: float, model: LoadedModel, model_id: str, out: Path, tiling_cfg: TilingConfig, cfg: TrainingConfig,
-                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None) -> tuple[dict, pd.DataFrame]:
+                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None,
+                  warp: DisplacementField | None = None) -> tuple[dict, pd.DataFrame]:
     """Write ``predicted_cells.parquet``, ``agreement.csv``, ``confusion.csv`` and ``summary.json``.
+
+    ``warp``: the registration's non-rigid correction (Xenium µm = affine + warp).
 
     Returns the summary and the per-class agreement table.
     """
@@ -120,7 +124,8 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
     tiles = grid[grid["tissue_fraction"] >= float(icfg["min_tissue_fraction"])]
     existing = set(zip(tiles["x0"].tolist(), tiles["y0"].tolist(), strict=True))
     labels = pd.read_parquet(require_readable_parquet(labels_path, "cell_types"), columns=["cell_id", "category"])
-    polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample))
+    polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample),
+                                  warp)
     xen_class = cell_class_tables(polys.cell_ids, labels, categories)[grouping]
     bs, min_iou = int(icfg["batch_size"]), float(icfg["link_min_iou"])
     parts: list[dict[str, np.ndarray]] = []
@@ -158,7 +163,9 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
     cell_index = table["cell_index"].to_numpy().astype(np.int64)
     lv0 = np.stack([(table["x_px"].to_numpy() + 0.5) * lv.downsample, (table["y_px"].to_numpy() + 0.5) * lv.downsample,
                     np.ones(len(table))], 1)
-    um = lv0 @ np.asarray(he_px_to_um).T
+    um = (lv0 @ np.asarray(he_px_to_um).T)[:, :2]
+    if warp is not None:
+        um = warp.forward(um)
     names = np.array(("background",) + classes, dtype=object)
     out_cells = pd.DataFrame({
         "slide_id": slide_id, "nucleus_id": np.arange(len(table), dtype=np.int64),

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from sthelar_platform.core.config import RegistrationConfig
+from sthelar_platform.core.displacement import DisplacementField
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, read_level, read_level_region, thumbnail_level
 from sthelar_platform.core.thumbnails import save_png
@@ -55,6 +56,11 @@ class SlideRegistration:
         """3x3 affine from level-0 H&E pixels to Xenium µm (the stored transform ends in morphology px)."""
         um = self.morphology_pixel_size_um
         return np.diag([um, um, 1.0]) @ np.asarray(self.qc.transform, float)
+
+    @property
+    def warp(self) -> DisplacementField | None:
+        """The kept non-rigid correction in Xenium µm (after ``he_px_to_um``), or None."""
+        return reg.warp_of(self.qc)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -126,7 +132,7 @@ def _implied_pixel_size(m: np.ndarray, morph_um: float) -> float:
     return float(np.sqrt(abs(np.linalg.det(np.asarray(m)[:2, :2]))) * morph_um)
 
 
-def _detect(he_path: Path, cfg: RegistrationConfig, pixel_size_um: float) -> tuple[np.ndarray, np.ndarray | None]:
+def detect_nuclei(he_path: Path, cfg: RegistrationConfig, pixel_size_um: float) -> tuple[np.ndarray, np.ndarray | None]:
     """Detected H&E nuclei (level-0 px) and which of them were re-measured on level 0 (None: not asked)."""
     pts = reg.detect_he_nuclei(he_path, cfg["detection_um_per_px"], cfg["detection_sigma_um"],
                                cfg["detection_min_distance_um"], pixel_size_um=pixel_size_um)
@@ -149,7 +155,7 @@ def _guess_pixel_size(he_path: Path, xen_um: np.ndarray, morph_um: float, cfg: R
     tried = []
     for px in cfg.unknown_pixel_size_candidates_um:
         try:
-            found = _detect(he_path, cfg, px)
+            found = detect_nuclei(he_path, cfg, px)
             q = reg.register(found[0], px, xen_um, morph_um, _widened(cfg), level0=found[1])
         except InputError:
             continue
@@ -186,7 +192,7 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     if px_source == "assumed":  # no pixel size: try each usual scanner size with a wider scale search
         he_px, (he_pts, level0) = _guess_pixel_size(he_path, xen_um, morph_um, cfg, notes)
     else:
-        he_pts, level0 = _detect(he_path, cfg, he_px)
+        he_pts, level0 = detect_nuclei(he_path, cfg, he_px)
 
     csv_matrix, csv_q = None, None
     if alignment_csv is not None:
@@ -203,6 +209,9 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
             notes.append(f"alignment CSV {Path(alignment_csv).name} did not fit ({'; '.join(failures)}); "
                          "replaced by the automatic estimate")
             qc, failures = auto, auto_failures
+    qc = reg.refine_nonrigid(qc, he_pts, xen_um, morph_um, cfg["match_radius_um"], cfg["nonrigid"], level0)
+    if qc.nonrigid_note:
+        notes.append(f"non-rigid refinement {qc.nonrigid_note}")
     if px_source == "assumed":
         notes.append(f"H&E has no pixel size metadata; the fit implies {_implied_pixel_size(qc.transform, morph_um):.4f} "
                      "µm/px, used downstream")
@@ -218,29 +227,34 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     np.savetxt(out_dir / "transform.csv", m, delimiter=",", fmt="%.10g")
     pl.DataFrame({"x_px": he_pts[:, 0], "y_px": he_pts[:, 1],
                   "level0": np.zeros(len(he_pts), bool) if level0 is None else level0}).write_parquet(out_dir / "he_nuclei.parquet")
-    draw_overlays(he_path, m, xenium_dir / "nucleus_boundaries.parquet", morph_um, out_dir, overlay_px)
+    draw_overlays(he_path, m, xenium_dir / "nucleus_boundaries.parquet", morph_um, out_dir, overlay_px, result.warp)
     draw_residual_map(qc.residual_grid_um, cfg["max_median_residual_um"], out_dir / "residual_map.png")
     (out_dir / "registration.json").write_text(result.to_json())
     return result
 
 
-def _outlines_in_he_px(boundaries: Path, m: np.ndarray, morph_um: float) -> list[np.ndarray]:
-    """Nucleus outlines mapped into H&E level-0 px."""
+def _outlines_in_he_px(boundaries: Path, m: np.ndarray, morph_um: float,
+                       warp: DisplacementField | None = None) -> list[np.ndarray]:
+    """Nucleus outlines mapped into H&E level-0 px (through the non-rigid correction too, when kept)."""
     df = pl.read_parquet(boundaries, columns=["cell_id", "vertex_x", "vertex_y"])
     inv = np.linalg.inv(m)
-    xy = reg.apply(inv, df.select("vertex_x", "vertex_y").to_numpy() / morph_um)
+    xy_um = df.select("vertex_x", "vertex_y").to_numpy()
+    if warp is not None:
+        xy_um = warp.inverse(xy_um)
+    xy = reg.apply(inv, xy_um / morph_um)
     ids = df["cell_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     return np.split(xy, starts[1:])
 
 
-def draw_overlays(he_path: Path, m: np.ndarray, boundaries: Path, morph_um: float, out_dir: Path, max_px: int) -> None:
+def draw_overlays(he_path: Path, m: np.ndarray, boundaries: Path, morph_um: float, out_dir: Path, max_px: int,
+                  warp: DisplacementField | None = None) -> None:
     """Whole-slide thumbnail and a full-resolution crop, both with the Xenium nucleus outlines in green."""
     info = open_pyramid(he_path)
     level = thumbnail_level(info, max_px)
     thumb = np.ascontiguousarray(read_level(he_path, level)[..., :3])
     f = thumb.shape[0] / info.height
-    polys = _outlines_in_he_px(boundaries, m, morph_um)
+    polys = _outlines_in_he_px(boundaries, m, morph_um, warp)
     cv2.polylines(thumb, [np.round(p * f).astype(np.int32) for p in polys], True, (0, 160, 0), 1, cv2.LINE_AA)
     save_png(thumb, out_dir / "overlay.png", max_px=max_px)
     # full-resolution crop around the centre of the Xenium nuclei, where alignment is visible nucleus by nucleus

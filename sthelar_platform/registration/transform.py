@@ -17,7 +17,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from sthelar_platform.core.config import RegistrationConfig
+from sthelar_platform.core.config import NonrigidConfig, RegistrationConfig
+from sthelar_platform.core.displacement import DisplacementField, fit_field
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
 from sthelar_platform.registration import _density as density
@@ -36,8 +37,14 @@ class RegistrationQC:
     n_he_nuclei: int
     n_xenium_nuclei: int
     transform: list[list[float]]  # H&E px -> morphology px
-    residual_grid_um: list[list[float | None]]  # median residual per region (rows = y)
+    residual_grid_um: list[list[float | None]]  # median residual per region (rows = y), after the affine
     n_level0_pairs: int = 0  # pairs of the final fit whose H&E centroid was re-measured on level 0
+    # non-rigid refinement (None: not tried, or it did not improve the match enough to be kept)
+    nonrigid_field: dict | None = None            # core.displacement.DisplacementField.to_dict(), µm
+    nonrigid_median_residual_um: float | None = None
+    nonrigid_matched_fraction: float | None = None
+    nonrigid_max_displacement_um: float | None = None
+    nonrigid_note: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -322,6 +329,49 @@ def register(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: flo
     if level0 is not None:
         m, n_level0 = final_fit(m, he_pts, level0, xen_px, morph_um, cfg["icp_radii_um"][-1])
     return replace(measure(m, he_pts, xen_px, morph_um, cfg["match_radius_um"], source), n_level0_pairs=n_level0)
+
+
+def _residuals_um(moved_um: np.ndarray, xen_um: np.ndarray, radius_um: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _mutual_pairs(moved_um, cKDTree(xen_um), xen_um, radius_um)
+
+
+def refine_nonrigid(qc: RegistrationQC, he_pts: np.ndarray, xen_um: np.ndarray, morph_um: float, match_radius_um: float,
+                    cfg: NonrigidConfig, level0: np.ndarray | None = None) -> RegistrationQC:
+    """Fit a smooth displacement field on top of the affine from matched nuclei, and keep it if it helps.
+
+    Sections stretch and fold: a few µm that vary across the tissue, which no affine fits. Pairs
+    within ``search_radius_um`` of the affine give a first field (per-cell medians, smoothed); pairs
+    within the match radius of the warped points give the final one. It is kept when the median
+    residual falls by at least ``min_improvement`` without fewer matches, so an affine-exact slide
+    stays affine. Only level-0 centroids are used when there are enough of them.
+    """
+    if cfg["method"] == "none":
+        return qc
+    pts = he_pts[level0] if level0 is not None and level0.sum() >= 50 else he_pts
+    q = apply(np.asarray(qc.transform, float), pts) * morph_um
+    _, _, before = _residuals_um(q, xen_um, match_radius_um)
+    i, j, _ = _residuals_um(q, xen_um, cfg["search_radius_um"])
+    if len(i) < cfg["min_pairs"]:
+        return replace(qc, nonrigid_note=f"not fitted: {len(i)} pairs within {cfg['search_radius_um']} µm")
+    field = fit_field(q[i], xen_um[j], cfg["spacing_um"], cfg["min_pairs"], cfg["smoothing_cells"])
+    i, j, _ = _residuals_um(field.forward(q), xen_um, match_radius_um)
+    if len(i) >= cfg["min_pairs"]:
+        field = fit_field(q[i], xen_um[j], cfg["spacing_um"], cfg["min_pairs"], cfg["smoothing_cells"])
+    _, _, after = _residuals_um(field.forward(q), xen_um, match_radius_um)
+    med_before = float(np.median(before)) if len(before) else float("inf")
+    med_after = float(np.median(after)) if len(after) else float("inf")
+    largest = float(field.magnitude_um().max())
+    kept = med_after <= (1 - cfg["min_improvement"]) * med_before and len(after) >= len(before)
+    note = (f"kept: median residual {med_before:.2f} -> {med_after:.2f} µm, displacement up to {largest:.1f} µm" if kept
+            else f"not kept: median residual {med_before:.2f} -> {med_after:.2f} µm (needs a {cfg['min_improvement']:.0%} drop)")
+    return replace(qc, nonrigid_field=field.to_dict() if kept else None,
+                   nonrigid_median_residual_um=med_after, nonrigid_matched_fraction=len(after) / max(len(xen_um), 1),
+                   nonrigid_max_displacement_um=largest, nonrigid_note=note)
+
+
+def warp_of(qc: RegistrationQC) -> DisplacementField | None:
+    """The kept non-rigid field of a registration (µm, applied after the affine), or None."""
+    return DisplacementField.from_dict(qc.nonrigid_field) if qc.nonrigid_field else None
 
 
 def transform_error_um(m: np.ndarray, truth: np.ndarray, he_pts: np.ndarray, morph_um: float) -> np.ndarray:

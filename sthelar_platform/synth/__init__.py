@@ -10,6 +10,7 @@ _EXPORTS = {
     "synthesize_slide": "cohort",
     "synthesize_reference": "cohort",
     "synthesize_cohort": "cohort",
+    "true_he_to_um": "cohort",
     "FLAVOURS": "flavours",
     "QUIRKS": "flavours",
     "TransformSpec": "transform",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from sthelar_platform.core.displacement import DisplacementField
 from sthelar_platform.synth._layout import GRID_UM, REGION_CODE, Cells, TissueLayout
 
 SHIFT = 4  # cv2 fixed-point bits: 1/16 px vertex precision
@@ -95,9 +96,11 @@ class HERenderer:
     ``he_to_um`` (3x3) maps level-0 H&E pixel coordinates to µm in Xenium's frame.
     """
 
-    def __init__(self, cells: Cells, layout: TissueLayout, he_to_um: np.ndarray, eosin_by_region: dict[str, float], seed: int):
+    def __init__(self, cells: Cells, layout: TissueLayout, he_to_um: np.ndarray, eosin_by_region: dict[str, float], seed: int,
+                 deformation: DisplacementField | None = None):
         self.um_to_he = np.linalg.inv(he_to_um)
         self.he_to_um = he_to_um
+        self.deformation = deformation  # the section's own: tissue at Xenium p sits at he_to_um^-1(p + d(p))
         nuc_keep = np.flatnonzero(cells.has_nucleus)
         self.nuc_index = PolygonIndex(self._to_he(cells.polygons("nucleus")[nuc_keep]))
         self.darkness = cells.darkness[nuc_keep] * 0.95
@@ -113,6 +116,8 @@ class HERenderer:
 
     def _to_he(self, verts_um: np.ndarray) -> np.ndarray:
         flat = verts_um.reshape(-1, 2)
+        if self.deformation is not None:
+            flat = self.deformation.forward(flat)
         he = flat @ self.um_to_he[:2, :2].T + self.um_to_he[:2, 2]
         return he.reshape(verts_um.shape)
 
@@ -122,8 +127,11 @@ class HERenderer:
         jj, ii = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         hx, hy = (x0 + jj + 0.5) * s, (y0 + ii + 0.5) * s
         m = self.he_to_um
-        ux = (m[0, 0] * hx + m[0, 1] * hy + m[0, 2]) / GRID_UM - 0.5
-        uy = (m[1, 0] * hx + m[1, 1] * hy + m[1, 2]) / GRID_UM - 0.5
+        ux, uy = m[0, 0] * hx + m[0, 1] * hy + m[0, 2], m[1, 0] * hx + m[1, 1] * hy + m[1, 2]
+        if self.deformation is not None:  # the Xenium position each H&E pixel shows
+            p = self.deformation.inverse(np.column_stack([ux.ravel(), uy.ravel()]))
+            ux, uy = p[:, 0].reshape(ux.shape), p[:, 1].reshape(uy.shape)
+        ux, uy = ux / GRID_UM - 0.5, uy / GRID_UM - 0.5
         eos = cv2.remap(self.eosin_map, ux.astype(np.float32), uy.astype(np.float32), cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
         tissue = eos > 0.02

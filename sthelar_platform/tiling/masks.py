@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import polars as pl
 
+from sthelar_platform.core.displacement import DisplacementField
 from sthelar_platform.core.errors import InputError
 
 _SHIFT = 4  # OpenCV fixed-point bits: vertices keep 1/16 px precision
@@ -68,10 +69,13 @@ def _repair(xy: np.ndarray, starts: np.ndarray, invalid: np.ndarray) -> tuple[li
     return parts, owner
 
 
-def load_nucleus_polygons(boundaries: str | Path, um_to_px: np.ndarray) -> NucleusPolygons:
+def load_nucleus_polygons(boundaries: str | Path, um_to_px: np.ndarray,
+                          warp: DisplacementField | None = None) -> NucleusPolygons:
     """Read ``nucleus_boundaries.parquet`` (µm) and map it through the 3x3 ``um_to_px`` affine.
 
-    Rings are the runs of equal (cell_id, label_id); a closing vertex equal to the first is dropped.
+    ``warp`` is the registration's non-rigid correction (Xenium µm = affine + warp): vertices are
+    moved through its inverse first. Rings are the runs of equal (cell_id, label_id); a closing
+    vertex equal to the first is dropped.
     """
     import shapely
 
@@ -98,6 +102,8 @@ def load_nucleus_polygons(boundaries: str | Path, um_to_px: np.ndarray) -> Nucle
     keep[closing] = False
     ring_of_vertex = np.cumsum(change) - 1
     xy_um, ring_of_vertex = xy_um[keep], ring_of_vertex[keep]
+    if warp is not None:
+        xy_um = warp.inverse(xy_um)
     ring_cells_str = df["cell_id"].to_numpy()[starts]
     counts = np.bincount(ring_of_vertex, minlength=len(starts))
     starts = np.r_[0, np.cumsum(counts)]

@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import PatchesConfig, TilingConfig, TissueMaskConfig
+from sthelar_platform.core.displacement import DisplacementField
 from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.core.ids import mask_ints
 from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, read_level_region
@@ -106,12 +107,13 @@ def um_to_level_px(he_px_to_um: np.ndarray, downsample: float) -> np.ndarray:
     return to_level @ np.linalg.inv(he_px_to_um)
 
 
-def patch_corners_um(x0: np.ndarray, y0: np.ndarray, size: int, downsample: float, he_px_to_um: np.ndarray) -> np.ndarray:
+def patch_corners_um(x0: np.ndarray, y0: np.ndarray, size: int, downsample: float, he_px_to_um: np.ndarray,
+                     warp: DisplacementField | None = None) -> np.ndarray:
     """(n, 4, 2) patch corners in Xenium µm (the patch's pixel edges, clockwise from top-left)."""
     cx = np.stack([x0, x0 + size, x0 + size, x0], 1) * downsample
     cy = np.stack([y0, y0, y0 + size, y0 + size], 1) * downsample
-    pts = np.stack([cx, cy, np.ones_like(cx, dtype=float)], -1) @ he_px_to_um.T
-    return pts[..., :2]
+    pts = (np.stack([cx, cy, np.ones_like(cx, dtype=float)], -1) @ he_px_to_um.T)[..., :2]
+    return pts if warp is None else warp.forward(pts.reshape(-1, 2)).reshape(pts.shape)
 
 
 def iter_regions(tiles: pd.DataFrame, size: int, region_tiles: int) -> Iterator[tuple[pd.DataFrame, int, int, int, int]]:
@@ -186,8 +188,12 @@ def _patch_arrays(region: np.ndarray, cells: np.ndarray, tables: dict[str, np.nd
 
 def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, labels_path: Path,
                   he_px_to_um: np.ndarray, level0_um: float, magnification: str, out: Path, cfg: TilingConfig,
-                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write ``images/``, ``labels/`` and ``patches.parquet`` for one slide and magnification."""
+                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None,
+                  warp: DisplacementField | None = None) -> dict:
+    """Write ``images/``, ``labels/`` and ``patches.parquet`` for one slide and magnification.
+
+    ``warp``: the registration's non-rigid correction, applied to the masks and the patch corners.
+    """
     pcfg = cfg["patches"]
     size, overlap = int(pcfg["size_px"]), int(pcfg["overlap_px"])
     info = open_pyramid(he_path)
@@ -197,7 +203,8 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     lv = choose_level(info, level0_um, magnification, cfg["magnifications"])
     h, w = info.level_shapes[lv.level][:2]
     labels = pd.read_parquet(require_readable_parquet(labels_path, "cell_types"), columns=["cell_id", "category"])
-    polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample))
+    polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample),
+                                  warp)
     tables = cell_class_tables(polys.cell_ids, labels, categories)
     grid = patch_grid(h, w, size, overlap)
     mask, mask_down = tissue_mask(he_path, info, pcfg["tissue"])
@@ -239,7 +246,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
             f.result()
     table = pd.DataFrame(rows, columns=["patch_id", "name", "row", "col", "x0", "y0", "tissue_fraction", "n_nuclei",
                                         "counts_detailed", "counts_grouped"])
-    corners = patch_corners_um(table["x0"].to_numpy(), table["y0"].to_numpy(), size, lv.downsample, he_px_to_um)
+    corners = patch_corners_um(table["x0"].to_numpy(), table["y0"].to_numpy(), size, lv.downsample, he_px_to_um, warp)
     table["corners_um"] = [c.ravel().tolist() for c in corners]
     table.insert(0, "slide_id", slide_id)
     table.insert(1, "magnification", magnification)

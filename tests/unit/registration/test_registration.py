@@ -178,3 +178,36 @@ def test_final_fit_on_level0_points_only():
     fitted, n = reg.final_fit(start, noisy, level0, xen, MORPH_UM, radius_um=3.0)
     assert n == level0.sum()
     assert np.abs(reg.apply(fitted, he) - xen).max() < 1e-6 < np.abs(reg.apply(start, he) - xen).max()
+
+
+def _deformed_points(amplitude_um: float, seed: int = 0):
+    """Xenium nuclei, and the H&E points showing them through an affine and a smooth random displacement."""
+    from sthelar_platform.core.displacement import random_field
+
+    rng = np.random.default_rng(seed)
+    xen_um = rng.uniform([0, 0], [1400, 1300], (3500, 2))
+    field = random_field(np.zeros(2), np.array([1400.0, 1300.0]), max(amplitude_um, 1e-9), 1.0, 400.0, rng)
+    seen = xen_um + (field.at(xen_um) if amplitude_um else 0) + rng.normal(0, 0.05, xen_um.shape)
+    m = np.array([[HE_UM / MORPH_UM, 0, 30.0], [0, HE_UM / MORPH_UM, -12.0], [0, 0, 1]])
+    he_pts = reg.apply(np.linalg.inv(m), seen / MORPH_UM)
+    return m, he_pts, xen_um
+
+
+@pytest.mark.parametrize("amplitude_um", [2.0, 0.0])
+def test_a_non_rigid_field_is_fitted_where_sections_deform_and_only_there(amplitude_um):
+    m, he_pts, xen_um = _deformed_points(amplitude_um)
+    qc = reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG["match_radius_um"], "csv")
+    refined = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG["match_radius_um"], CFG["nonrigid"])
+    warp = reg.warp_of(refined)
+    q = reg.apply(m, he_pts) * MORPH_UM
+    before = np.median(np.linalg.norm(q - xen_um, axis=1))
+    if amplitude_um:
+        assert warp is not None and "kept" in refined.nonrigid_note and before > 1.0
+        assert np.median(np.linalg.norm(warp.forward(q) - xen_um, axis=1)) < 0.2
+        assert refined.nonrigid_median_residual_um < 0.8 * qc.median_residual_um
+        assert reg.RegistrationQC(**json.loads(refined.to_json())).nonrigid_field == refined.nonrigid_field
+    else:
+        assert warp is None and "not kept" in refined.nonrigid_note
+    off = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG["match_radius_um"],
+                              CFG["nonrigid"].model_copy(update={"method": "none"}))
+    assert off == qc

@@ -1,14 +1,18 @@
 """The realistic world: spillover, doublets, ambient RNA, batch shifts, and atlases that miss and rename labels."""
 
+import json
+
 import anndata as ad
 import numpy as np
 import polars as pl
 import pytest
+from scipy.spatial import cKDTree
 
 from sthelar_platform.annotation import references
 from sthelar_platform.core.config import WorldExpression, load_categories, load_config, load_synthetic
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.synth import synthesize_cohort
+from sthelar_platform.registration import transform as reg
+from sthelar_platform.synth import synthesize_cohort, true_he_to_um
 from sthelar_platform.synth._expression import Programs, sample_panel_counts, slide_mixing
 
 
@@ -70,6 +74,15 @@ def test_a_realistic_cohort_has_doublets_and_atlases_that_miss_and_rename_labels
     ref = references.load_reference(references.ReferenceSpec("breast", tmp_path / "references" / "breast.h5ad",
                                                              "cell_type"), load_categories(), acfg)
     assert ref.obs.loc[ref.obs["label"] == "macrophage", "category"].unique().tolist() == ["Myeloid"]
+    # the H&E section is deformed: the true mapping (affine + deformation) puts H&E nuclei on their cells
+    slide = tmp_path / "slides" / "tiny"
+    assert (slide / "truth" / "deformation.json").exists()
+    he_pts = reg.detect_he_nuclei(next((slide / "he").glob("*.ome.tif")))
+    xen = cKDTree(truth.filter(pl.col("has_nucleus")).select("x_um", "y_um").to_numpy())
+    t = json.loads((slide / "truth" / "transform.json").read_text())
+    affine_um = reg.apply(np.diag([0.2125, 0.2125, 1.0]) @ np.array(t["he_to_morphology"]), he_pts)
+    true_um = true_he_to_um(slide / "truth")(he_pts)
+    assert np.median(xen.query(true_um)[0]) < 0.8 < np.median(xen.query(affine_um)[0])
     with pytest.raises(InputError, match="unknown synthetic world 'dream'"):
         synthesize_cohort(tmp_path / "other", "tiny", cfg, load_categories(), world="dream")
 

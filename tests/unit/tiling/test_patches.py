@@ -102,3 +102,15 @@ def test_tissue_fraction_and_corners():
     assert c[0].tolist() == [[96.0, 0.0], [224.0, 0.0], [224.0, 128.0], [96.0, 128.0]]
     m = um_to_level_px(he_to_um, 2.0)
     assert (m @ [96.0, 0.0, 1.0])[:2].tolist() == [191.5, -0.5]   # a level pixel's centre sits half a pixel in
+
+
+def test_a_non_rigid_correction_moves_masks_and_corners_consistently(tmp_path):
+    """Xenium µm = affine(H&E) + warp: masks go through the warp's inverse, patch corners through the warp."""
+    from sthelar_platform.core.displacement import DisplacementField
+
+    shift = DisplacementField((-100.0, -100.0), 100.0, np.full((5, 5), 2.0), np.full((5, 5), -1.0))  # 2 µm right, 1 up
+    path = _boundaries(tmp_path, {("aaaaaaab-1", 1): _square(20, 20, 10)})
+    plain, warped = load_nucleus_polygons(path, IDENTITY), load_nucleus_polygons(path, IDENTITY, shift)
+    assert np.allclose(warped.vertices - plain.vertices, [-2.0, 1.0])
+    corners = patch_corners_um(np.array([0]), np.array([0]), 16, 1.0, IDENTITY, shift)
+    assert np.allclose(corners - patch_corners_um(np.array([0]), np.array([0]), 16, 1.0, IDENTITY), [2.0, -1.0])
