@@ -163,7 +163,8 @@ def _print_model_summary(layout) -> None:
         return
     print("\nheld-out evaluation (test split):")
     for grouping, r in json.loads(path.read_text()).items():
-        print(f"  {grouping:9s} detection F1 {r['detection_f1']:.3f}  bPQ {r['bpq']:.3f}  mPQ {r['mpq']:.3f}  "
+        class_f1 = f"  mean class F1 {r['mean_class_f1']:.3f}" if "mean_class_f1" in r else ""
+        print(f"  {grouping:9s} detection F1 {r['detection_f1']:.3f}  bPQ {r['bpq']:.3f}  mPQ {r['mpq']:.3f}{class_f1}  "
               f"({r['n_patches']} patches)")
 
 

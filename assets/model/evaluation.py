@@ -47,17 +47,19 @@ def model_evaluation(context: AssetExecutionContext, storage: StorageResource, l
             card = json.loads(require_stage_output(mdir / "model.json", f"cellvit_{grouping}").read_text())
             result = evaluation_lib.evaluate_model(ckpt, layout.exports / "dataset", cfg, device)
             o = result["overall"]
+            class_f1 = evaluation_lib.mean_class_f1(o)
             context.log.info(f"{result['model_id']} on {result['n_patches']} {result['split']} patches: detection F1 "
-                             f"{o['detection_f1']:.3f}, bPQ {o['bpq']:.3f}, mPQ {o['mpq']:.3f} "
+                             f"{o['detection_f1']:.3f}, bPQ {o['bpq']:.3f}, mPQ {o['mpq']:.3f}, mean class F1 {class_f1:.3f} "
                              f"({result['patches_per_s']:.1f} patches/s on {device})")
             rows.extend(evaluation_lib.evaluation_rows(result))
             (out / f"{grouping}.json").write_text(json.dumps(result, indent=2, default=float))
             summary[grouping] = {"model_id": result["model_id"], "detection_f1": o["detection_f1"], "bpq": o["bpq"],
-                                 "mpq": o["mpq"], "n_patches": result["n_patches"]}
+                                 "mpq": o["mpq"], "mean_class_f1": class_f1, "n_patches": result["n_patches"]}
             meta[f"model_card_{grouping}"] = MetadataValue.md(evaluation_lib.model_card_md(card, result))
             meta[f"bpq_{grouping}"] = o["bpq"]
             meta[f"detection_f1_{grouping}"] = o["detection_f1"]
             meta[f"mpq_{grouping}"] = o["mpq"]
+            meta[f"mean_class_f1_{grouping}"] = class_f1
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         meta["summary"] = summary
         meta["dagster/row_count"] = len(rows)

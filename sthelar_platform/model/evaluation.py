@@ -70,6 +70,12 @@ def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device:
             "model": {k: model.meta.get(k) for k in ("size", "magnification", "dataset_version", "tissues")}}
 
 
+def mean_class_f1(res: dict) -> float:
+    """Mean per-class F1 over the classes the ground truth holds (NaN when it holds none)."""
+    f1 = [c["f1"] for c in res["per_class"].values() if c["support"] > 0]
+    return float(np.mean(f1)) if f1 else float("nan")
+
+
 def evaluation_rows(result: dict) -> list[dict]:
     """Long-format rows for the lineage table ``model_eval`` (tissue / class ``all`` for the totals)."""
     rows = []
@@ -78,6 +84,7 @@ def evaluation_rows(result: dict) -> list[dict]:
     for tissue, res in scopes:
         for metric in ("detection_f1", "bpq", "mpq"):
             rows.append({**base, "tissue": tissue, "class_name": "all", "metric": metric, "value": res[metric]})
+        rows.append({**base, "tissue": tissue, "class_name": "all", "metric": "mean_class_f1", "value": mean_class_f1(res)})
         for name, c in res["per_class"].items():
             rows.append({**base, "tissue": tissue, "class_name": name, "metric": "f1", "value": c["f1"]})
             rows.append({**base, "tissue": tissue, "class_name": name, "metric": "support", "value": c["support"]})
@@ -101,7 +108,8 @@ def model_card_md(card: dict, result: dict) -> str:
              f"best epoch {card.get('best_epoch')}), dataset version `{str(card.get('dataset_version'))[:12]}`.",
              "", f"**{result['split']}** split ({HELD_OUT.get(result.get('split_by'), 'held-out patches')}), "
              f"{result['n_patches']} patches: detection F1 "
-             f"**{o['detection_f1']:.3f}**, bPQ **{o['bpq']:.3f}**, mPQ **{o['mpq']:.3f}**, tissue accuracy "
+             f"**{o['detection_f1']:.3f}**, bPQ **{o['bpq']:.3f}**, mPQ **{o['mpq']:.3f}**, mean class F1 "
+             f"**{mean_class_f1(o):.3f}**, tissue accuracy "
              f"{result['tissue_accuracy']:.3f}.", "", "| class | F1 | support |", "|---|---|---|"]
     lines += [f"| {k} | {v['f1']:.3f} | {v['support']} |" for k, v in o["per_class"].items()]
     if result["per_tissue"]:

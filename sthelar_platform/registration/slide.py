@@ -111,16 +111,21 @@ def nucleus_centroids_um(boundaries: str | Path) -> np.ndarray:
 
 def quality_failures(qc: reg.RegistrationQC, implied_px: float, he_px: float, he_px_source: str, cfg: RegistrationConfig,
                      magnifications: Mapping[str, tuple[float, float]]) -> list[str]:
-    """Why a registration is not good enough (empty when it passes the thresholds)."""
+    """Why a registration is not good enough (empty when it passes the thresholds).
+
+    With a kept non-rigid field, the residuals after it are judged: that is the mapping every later
+    stage uses, and a deformed section the field corrects is valid data.
+    """
     out = []
-    if qc.matched_fraction < cfg["min_matched_fraction"]:
-        out.append(f"only {qc.matched_fraction:.1%} of Xenium nuclei matched an H&E nucleus (minimum "
+    matched, median, p90 = reg.final_residuals(qc)
+    if matched < cfg["min_matched_fraction"]:
+        out.append(f"only {matched:.1%} of Xenium nuclei matched an H&E nucleus (minimum "
                    f"{cfg['min_matched_fraction']:.0%}): the H&E may belong to another slide, not cover the tissue, "
                    "or have another magnification than its pixel size says")
-    if not qc.median_residual_um <= cfg["max_median_residual_um"]:
-        out.append(f"median residual {qc.median_residual_um:.2f} µm exceeds {cfg['max_median_residual_um']} µm")
-    if not qc.p90_residual_um <= cfg["max_p90_residual_um"]:
-        out.append(f"90th-percentile residual {qc.p90_residual_um:.2f} µm exceeds {cfg['max_p90_residual_um']} µm "
+    if not median <= cfg["max_median_residual_um"]:
+        out.append(f"median residual {median:.2f} µm exceeds {cfg['max_median_residual_um']} µm")
+    if not p90 <= cfg["max_p90_residual_um"]:
+        out.append(f"90th-percentile residual {p90:.2f} µm exceeds {cfg['max_p90_residual_um']} µm "
                    "(local misalignment: see the residual map)")
     if he_px_source == "metadata" and abs(implied_px / he_px - 1) > cfg["pixel_size_tolerance"]:
         out.append(f"the fitted transform implies {implied_px:.3f} µm/px ({magnification_of(implied_px, magnifications)}) but the H&E "
@@ -200,16 +205,19 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
         csv_matrix = reg.read_alignment_csv(alignment_csv, expected_scale=expected, tolerance=cfg["scale_tolerance"])
         csv_q = reg.measure(csv_matrix, he_pts, xen_um / morph_um, morph_um, cfg["match_radius_um"], "csv")
     search = _widened(cfg) if px_source == "assumed" else cfg
-    qc = reg.register(he_pts, he_px, xen_um, morph_um, search, csv_matrix=csv_matrix, level0=level0)
+    def fitted(start: np.ndarray | None) -> reg.RegistrationQC:  # the affine, then a kept non-rigid field if any
+        qc = reg.register(he_pts, he_px, xen_um, morph_um, search, csv_matrix=start, level0=level0)
+        return reg.refine_nonrigid(qc, he_pts, xen_um, morph_um, cfg["match_radius_um"], cfg["nonrigid"], level0)
+
+    qc = fitted(csv_matrix)
     failures = quality_failures(qc, _implied_pixel_size(qc.transform, morph_um), he_px, px_source, cfg, magnifications)
     if csv_matrix is not None and failures and cfg["fallback_to_automatic"]:
-        auto = reg.register(he_pts, he_px, xen_um, morph_um, search, level0=level0)
+        auto = fitted(None)
         auto_failures = quality_failures(auto, _implied_pixel_size(auto.transform, morph_um), he_px, px_source, cfg, magnifications)
         if not auto_failures:
             notes.append(f"alignment CSV {Path(alignment_csv).name} did not fit ({'; '.join(failures)}); "
                          "replaced by the automatic estimate")
             qc, failures = auto, auto_failures
-    qc = reg.refine_nonrigid(qc, he_pts, xen_um, morph_um, cfg["match_radius_um"], cfg["nonrigid"], level0)
     if qc.nonrigid_note:
         notes.append(f"non-rigid refinement {qc.nonrigid_note}")
     if px_source == "assumed":

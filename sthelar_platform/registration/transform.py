@@ -42,6 +42,7 @@ class RegistrationQC:
     # non-rigid refinement (None: not tried, or it did not improve the match enough to be kept)
     nonrigid_field: dict | None = None            # core.displacement.DisplacementField.to_dict(), µm
     nonrigid_median_residual_um: float | None = None
+    nonrigid_p90_residual_um: float | None = None
     nonrigid_matched_fraction: float | None = None
     nonrigid_max_displacement_um: float | None = None
     nonrigid_note: str = ""
@@ -340,7 +341,7 @@ def refine_nonrigid(qc: RegistrationQC, he_pts: np.ndarray, xen_um: np.ndarray, 
     """Fit a smooth displacement field on top of the affine from matched nuclei, and keep it if it helps.
 
     Sections stretch and fold: a few µm that vary across the tissue, which no affine fits. Pairs
-    within ``search_radius_um`` of the affine give a first field (per-cell medians, smoothed); pairs
+    within ``search_radius_um`` of the affine give a first field (per-cell medians); pairs
     within the match radius of the warped points give the final one. It is kept when the median
     residual falls by at least ``min_improvement`` without fewer matches, so an affine-exact slide
     stays affine. Only level-0 centroids are used when there are enough of them.
@@ -358,6 +359,9 @@ def refine_nonrigid(qc: RegistrationQC, he_pts: np.ndarray, xen_um: np.ndarray, 
     if len(i) >= cfg["min_pairs"]:
         field = fit_field(q[i], xen_um[j], cfg["spacing_um"], cfg["min_pairs"], cfg["smoothing_cells"])
     _, _, after = _residuals_um(field.forward(q), xen_um, match_radius_um)
+    # reported like ``measure`` reports the affine: over every detected H&E nucleus
+    _, _, after_all = _residuals_um(field.forward(apply(np.asarray(qc.transform, float), he_pts) * morph_um), xen_um,
+                                    match_radius_um)
     med_before = float(np.median(before)) if len(before) else float("inf")
     med_after = float(np.median(after)) if len(after) else float("inf")
     largest = float(field.magnitude_um().max())
@@ -365,8 +369,17 @@ def refine_nonrigid(qc: RegistrationQC, he_pts: np.ndarray, xen_um: np.ndarray, 
     note = (f"kept: median residual {med_before:.2f} -> {med_after:.2f} µm, displacement up to {largest:.1f} µm" if kept
             else f"not kept: median residual {med_before:.2f} -> {med_after:.2f} µm (needs a {cfg['min_improvement']:.0%} drop)")
     return replace(qc, nonrigid_field=field.to_dict() if kept else None,
-                   nonrigid_median_residual_um=med_after, nonrigid_matched_fraction=len(after) / max(len(xen_um), 1),
+                   nonrigid_median_residual_um=float(np.median(after_all)) if len(after_all) else float("inf"),
+                   nonrigid_p90_residual_um=float(np.percentile(after_all, 90)) if len(after_all) else float("inf"),
+                   nonrigid_matched_fraction=len(after_all) / max(len(xen_um), 1),
                    nonrigid_max_displacement_um=largest, nonrigid_note=note)
+
+
+def final_residuals(qc: RegistrationQC) -> tuple[float, float, float]:
+    """Matched fraction, median and p90 residual (µm) of the mapping later stages use (with a kept field)."""
+    if qc.nonrigid_field:
+        return qc.nonrigid_matched_fraction, qc.nonrigid_median_residual_um, qc.nonrigid_p90_residual_um
+    return qc.matched_fraction, qc.median_residual_um, qc.p90_residual_um
 
 
 def warp_of(qc: RegistrationQC) -> DisplacementField | None:

@@ -201,3 +201,14 @@ def test_model_card_says_what_the_split_holds_out():
     assert "held-out slides" in model_card_md({}, {**result, "split_by": "slide"})
     block = model_card_md({}, {**result, "split_by": "block"})
     assert "held-out slides" not in block and "spatial blocks" in block
+
+
+def test_mean_class_f1_counts_the_classes_the_ground_truth_holds():
+    from sthelar_platform.model.evaluation import evaluation_rows, mean_class_f1
+
+    overall = {"detection_f1": 0.9, "bpq": 0.7, "mpq": 0.5,
+               "per_class": {"a": {"f1": 0.8, "support": 10}, "b": {"f1": 0.4, "support": 3}, "c": {"f1": 0.0, "support": 0}}}
+    assert mean_class_f1(overall) == pytest.approx(0.6)
+    rows = evaluation_rows({"model_id": "m", "grouping": "g", "split": "test", "overall": overall, "per_tissue": {},
+                            "tissue_accuracy": 1.0})
+    assert [r["value"] for r in rows if r["metric"] == "mean_class_f1"] == [pytest.approx(0.6)]
