@@ -153,8 +153,8 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     labels = labels.join(xy.set_index("cell_id"))
     scored = labels.loc[active]
     agree = crosscheck.agreement_by_category(scored["category"], scored["crosscheck_label"])
-    overall = float((scored["category"] == scored["crosscheck_label"]).mean()) if len(scored) else float("nan")
-    singler = _singler_crosscheck(cell[active], labels.loc[active], tangram_dir, cfg)
+    overall = _overall(scored, "crosscheck_label")
+    singler = _singler_crosscheck(cell[active], tangram_dir, cfg)
     if singler is not None:
         labels = labels.join(singler)
         scored = labels.loc[active]
@@ -177,8 +177,7 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
         "frac_less10": float((labels["category"] == "Less10").mean()),
         "crosscheck_agreement": overall,
         "crosscheck_by_category": {r.category: round(float(r.agreement), 4) for r in agree.itertuples()},
-        "singler_agreement": (float((scored["category"] == scored["singler_category"]).mean()) if len(scored) else None)
-                             if singler is not None else None,
+        "singler_agreement": _overall(scored, "singler_category") if singler is not None else None,
         "singler_by_category": {r.category: round(float(r.singler_agreement), 4) for r in agree.itertuples()}
                                if singler is not None else {},
         "n_clusters": int(len(review)), "n_flagged_clusters": int(review["flagged"].sum()),
@@ -190,16 +189,20 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
     return summary
 
 
-def _singler_crosscheck(active: ad.AnnData, labels: pd.DataFrame, tangram_dir: Path,
-                        cfg: AnnotationConfig) -> pd.DataFrame | None:
+def _singler_crosscheck(active: ad.AnnData, tangram_dir: Path, cfg: AnnotationConfig) -> pd.DataFrame | None:
     """SingleR's labels of the annotated cells, when config/annotation.yaml asks for them."""
     cc = cfg["crosscheck"]
     if not cc["singler"]:
         return None
     reference = ad.read_h5ad(require_stage_output(tangram_dir / SINGLER_REFERENCE, "tangram_labels"))
     if active.n_obs == 0:
-        return pd.DataFrame(columns=["singler_label", "singler_category", "singler_delta"], index=labels.index[:0])
+        return pd.DataFrame(columns=["singler_label", "singler_category", "singler_delta"], index=active.obs_names)
     return crosscheck.singler_labels(active, reference, cfg["clustering"]["target_sum"], cc["singler_threads"])
+
+
+def _overall(scored: pd.DataFrame, column: str) -> float:
+    """The fraction of annotated cells a check labels as the final category (NaN without cells)."""
+    return float((scored["category"] == scored[column]).mean()) if len(scored) else float("nan")
 
 
 def _singler_by_cluster(scored: pd.DataFrame) -> pd.DataFrame:

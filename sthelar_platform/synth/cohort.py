@@ -20,7 +20,7 @@ import yaml
 
 from sthelar_platform.core.atomic import atomic_dir, atomic_file
 from sthelar_platform.core.categories import CategorySystem
-from sthelar_platform.core.config import SyntheticConfig
+from sthelar_platform.core.config import SyntheticConfig, WorldDeformation
 from sthelar_platform.core.displacement import DisplacementField, random_field
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import validate_slide_id
@@ -163,7 +163,8 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
                           truth_dir=final / "truth", n_cells=n, n_transcripts=int(stats["total"]))
 
 
-def section_deformation(spec, extent_um: tuple[float, float], rng: np.random.Generator) -> DisplacementField | None:
+def section_deformation(spec: WorldDeformation, extent_um: tuple[float, float],
+                        rng: np.random.Generator) -> DisplacementField | None:
     """The H&E section's smooth non-rigid displacement against the DAPI (a realistic world), or None."""
     if not spec["amplitude_um"]:
         return None
