@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from sthelar_platform.core.atomic import write_text_atomic
 
 
@@ -28,7 +26,7 @@ def _run(home: str, grouping: str, overrides: dict, training_overrides: dict, qu
 
     from sthelar_platform.core.config import load_config
     from sthelar_platform.model.cellvit.training import cpu_bf16_supported
-    from sthelar_platform.model.evaluation import evaluate_model
+    from sthelar_platform.model.evaluation import evaluate_model, mean_class_f1
     from sthelar_platform.model.training import train_cellvit
 
     cfg = load_config("training")
@@ -52,7 +50,7 @@ def _run(home: str, grouping: str, overrides: dict, training_overrides: dict, qu
                "train_samples_per_s": round(card["train_patches_per_s"], 2), "bf16": cpu_bf16_supported(),
                "torch_threads": torch.get_num_threads(), "detection_f1": round(o["detection_f1"], 4),
                "bpq": round(o["bpq"], 4), "mpq": round(o["mpq"], 4),
-               "mean_class_f1": round(float(np.nanmean(list(f1.values()))), 4), "class_f1": f1,
+               "mean_class_f1": round(mean_class_f1(o), 4), "class_f1": f1,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
 
 

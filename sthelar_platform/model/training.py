@@ -74,13 +74,15 @@ def training_magnification(cfg: TrainingConfig, device: str) -> str:
     return _schedule(cfg, device).get("magnification") or cfg["dataset"]["magnification"]
 
 
-MODEL_KEYS = ("cell_head", "type_maps")  # schedule keys that shape the model rather than its training
+# schedule keys that shape the model rather than its training, with their defaults: the per-nucleus
+# type head (``cellvit/cells.py``) and the NT branch
+MODEL_KEYS = {"cell_head": False, "type_maps": True}
 
 
 def model_options(cfg: TrainingConfig, device: str) -> dict[str, bool]:
-    """The schedule's model switches: the per-nucleus type head (``cellvit/cells.py``), the NT branch."""
+    """The schedule's model switches (``MODEL_KEYS``)."""
     s = _schedule(cfg, device)
-    return {"cell_head": bool(s.get("cell_head", False)), "type_maps": bool(s.get("type_maps", True))}
+    return {k: bool(s.get(k, default)) for k, default in MODEL_KEYS.items()}
 
 
 def schedule_for(cfg: TrainingConfig, device: str) -> tuple[str, TrainSettings]:

@@ -73,8 +73,9 @@ class SlideRegistration:
             d = json.loads(Path(path).read_text())
             d.pop("passed", None)
             d["qc"] = reg.RegistrationQC(**d["qc"])
+            reg.warp_of(d["qc"])  # a damaged non-rigid field fails here, not in a later stage
             return cls(**d)
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise InputError(path, f"not a readable registration record ({type(exc).__name__}: {exc})",
                              "materialize he_registration for this slide again") from exc
 

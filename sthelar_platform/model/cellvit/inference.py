@@ -81,10 +81,12 @@ class LoadedModel:
             types, xy = instance_types(inst, nt_arg[i], self.model.cfg.n_types)
             n = len(types)
             areas = np.bincount(inst.ravel(), minlength=n + 1)[1:]
-            if n and self.model.cfg.cell_head:
+            if not n:
+                conf = np.zeros(0)
+            elif self.model.cfg.cell_head:
                 types, conf = self._cell_types([s[i:i + 1] for s in skips], inst)
             else:
-                conf = self._pixel_vote_confidence(nt_prob[i], inst, types, areas) if n else np.zeros(0)
+                conf = self._pixel_vote_confidence(nt_prob[i], inst, types, areas)
             preds.append(TilePrediction(inst, types, xy, areas, conf, int(tissue[i].argmax()), tissue[i]))
         return preds
 
@@ -100,13 +102,10 @@ class LoadedModel:
 
     @staticmethod
     def _pixel_vote_confidence(nt_prob: np.ndarray, inst: np.ndarray, types: np.ndarray, areas: np.ndarray) -> np.ndarray:
-        """Per instance: the mean NT probability of its voted class over its pixels."""
-        conf = np.zeros(len(types))
-        if len(types):
-            chosen = nt_prob[types[np.maximum(inst - 1, 0)], np.arange(inst.shape[0])[:, None], np.arange(inst.shape[1])[None]]
-            conf = np.bincount(inst.ravel(), weights=np.where(inst > 0, chosen, 0).ravel(),
-                               minlength=len(types) + 1)[1:] / np.maximum(areas, 1)
-        return conf
+        """Per instance (at least one): the mean NT probability of its voted class over its pixels."""
+        chosen = nt_prob[types[np.maximum(inst - 1, 0)], np.arange(inst.shape[0])[:, None], np.arange(inst.shape[1])[None]]
+        return np.bincount(inst.ravel(), weights=np.where(inst > 0, chosen, 0).ravel(),
+                           minlength=len(types) + 1)[1:] / np.maximum(areas, 1)
 
 
 def load_model(path: str | Path, device: str = "cpu", postprocess: dict | None = None) -> LoadedModel:

@@ -143,7 +143,8 @@ def cell_class_weights(class_weights: torch.Tensor | None, power: float) -> torc
     return w / w.mean()
 
 
-def _run_epoch(model, loader, settings, class_weights, optimizer=None, scaler=None, epoch: int = 0) -> dict[str, float]:
+def _run_epoch(model, loader, settings, class_weights, cell_weights=None, optimizer=None, scaler=None,
+               epoch: int = 0) -> dict[str, float]:
     train = optimizer is not None
     model.train(train)
     totals: dict[str, float] = {}
@@ -157,7 +158,7 @@ def _run_epoch(model, loader, settings, class_weights, optimizer=None, scaler=No
         with torch.set_grad_enabled(train), autocast_for(settings):
             out = model(batch["image"], batch.get("inst"))
             loss, parts = cellvit_loss({k: v.float() for k, v in out.items()}, batch, settings.loss_weights,
-                                       class_weights, cell_class_weights(class_weights, settings.cell_weight_power))
+                                       class_weights, cell_weights)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingDiverged(f"loss is {value} at batch {b} ({parts}); the last good checkpoint is kept")
@@ -208,6 +209,7 @@ def train(model: CellViT, train_ds: PatchDataset, val_ds: PatchDataset, out_dir:
     cw = class_weights.clone().to(settings.device) if class_weights is not None else None
     if cw is not None:
         cw[0] = settings.background_weight
+    cell_w = cell_class_weights(cw, settings.cell_weight_power)  # once per run, not per batch
     gen = torch.Generator().manual_seed(settings.seed)
     stopped = False
     epoch = start - 1
@@ -218,9 +220,9 @@ def train(model: CellViT, train_ds: PatchDataset, val_ds: PatchDataset, out_dir:
             p.requires_grad_(epoch >= settings.freeze_encoder_epochs)
         gen.manual_seed(settings.seed + epoch)
         loader = DataLoader(train_ds, batch_size=settings.batch_size, shuffle=True, generator=gen, num_workers=0)
-        tr = _run_epoch(model, loader, settings, cw, optimizer, scaler, epoch)
+        tr = _run_epoch(model, loader, settings, cw, cell_w, optimizer, scaler, epoch)
         with torch.no_grad():
-            va = _run_epoch(model, DataLoader(val_ds, batch_size=settings.batch_size), settings, cw)
+            va = _run_epoch(model, DataLoader(val_ds, batch_size=settings.batch_size), settings, cw, cell_w)
         row = {"epoch": epoch, "train_loss": tr["loss"], "val_loss": va["loss"], "seconds": time.perf_counter() - t0,
                "patches_per_s": tr["n_patches"] / max(time.perf_counter() - t0, 1e-9),
                **{f"train_{k}": v for k, v in tr.items() if k not in ("loss", "n_patches")}}

@@ -226,3 +226,22 @@ def test_a_deformed_section_is_judged_after_its_non_rigid_field():
     assert quality_failures(qc, implied, HE_UM, "metadata", strict, MAGS)
     assert quality_failures(refined, implied, HE_UM, "metadata", strict, MAGS) == []
     assert reg.final_residuals(refined)[1] == refined.nonrigid_median_residual_um < 0.5
+
+
+def test_a_damaged_non_rigid_field_is_refused_when_the_record_is_read(tmp_path):
+    from sthelar_platform.registration.slide import SlideRegistration
+
+    m, he_pts, xen_um = _deformed_points(2.0)
+    qc = reg.refine_nonrigid(reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG["match_radius_um"], "csv"),
+                             he_pts, xen_um, MORPH_UM, CFG["match_radius_um"], CFG["nonrigid"])
+    record = SlideRegistration(qc=qc, he_pixel_size_um=HE_UM, he_pixel_size_source="metadata",
+                               implied_he_pixel_size_um=HE_UM, magnification="40x", morphology_pixel_size_um=MORPH_UM,
+                               csv_given=False, csv_median_residual_um=None, csv_matched_fraction=None)
+    path = tmp_path / "registration.json"
+    path.write_text(record.to_json())
+    assert SlideRegistration.read(path).warp is not None
+    d = json.loads(path.read_text())
+    d["qc"]["nonrigid_field"]["dx"] = [[0.0, 1.0], [2.0]]  # ragged grid
+    path.write_text(json.dumps(d))
+    with pytest.raises(InputError, match="not a readable registration record"):
+        SlideRegistration.read(path)
