@@ -431,10 +431,70 @@ class WorldDeformation(Section):
     correlation_um: PosNum = 400.0                   # the length over which the displacement changes
 
 
+Vec3 = tuple[Num, Num, Num]
+
+
+class HEStain(Section):
+    hematoxylin: Vec3                             # optical-density direction (RGB), the slides' mean
+    eosin: Vec3
+    source: str                                   # where the mean vectors were measured
+    vector_sd: Num = Field(ge=0, le=0.3)          # per-component jitter of each slide's vectors, renormalised
+    intensity_sd: Num = Field(ge=0, le=1)         # log-normal per-slide scale of each stain's density
+
+
+class HENuclei(Section):
+    chromatin: Num = Field(ge=0, le=1)            # contrast of coarse chromatin clumps
+    clump_um: PosNum                              # their size
+    rim: Num = Field(ge=0)                        # extra hematoxylin on the nuclear membrane (x darkness)
+    vesicular: dict[str, Num]                     # category -> interior density of pale, open nuclei (x darkness)
+    nucleolus_min_radius_um: PosNum               # nuclei at least this large show a nucleolus
+    nucleolus_radius_um: Range
+    nucleolus_darkness: Num = Field(ge=0)
+    crowding: dict[str, PosNum]                   # region -> nucleus scale in the H&E: touching, overlapping
+
+
+class HECells(Section):
+    membrane: Num = Field(ge=0)                   # eosin on cell borders
+    granularity: Num = Field(ge=0, le=1)          # cytoplasm texture contrast
+    fibres_per_1000um2: Num = Field(ge=0)         # collagen fibres in stroma, along the tissue's flow
+    fibre_length_um: Range
+    fibre_width_um: Range
+    fibre_eosin: Num = Field(ge=0)
+    stroma_ground: Num = Field(ge=0, le=1)        # share of the stroma's eosin left between the fibres
+    red_cells_per_100um2: Num = Field(ge=0)       # in vessel lumens
+    red_cell_radius_um: Range
+    red_cell_eosin: Num = Field(ge=0)
+    red_cell_pallor: Num = Field(ge=0, le=1)      # the pale centre's density (x red_cell_eosin)
+
+
+class HEArtefacts(Section):
+    blur_regions_per_mm2: Num = Field(ge=0)       # out-of-focus patches
+    blur_radius_um: Range
+    blur_sigma_um: Range
+    jpeg_probability: Num = Field(ge=0, le=1)     # the slide was JPEG-compressed by its scanner
+    jpeg_quality: tuple[int, int]
+    fold_probability: Num = Field(ge=0, le=1)     # a tissue fold: a band of doubled section
+    fold_width_um: Range
+    fold_length_um: Range
+    bubble_probability: Num = Field(ge=0, le=1)   # an air bubble under the coverslip
+    bubble_radius_um: Range
+    pen_probability: Num = Field(ge=0, le=1)      # a marker stroke on the glass
+    pen_width_um: Range
+    pen_od: Vec3                                  # the ink's optical density (RGB)
+
+
+class WorldHE(Section):
+    stain: HEStain
+    nuclei: HENuclei
+    cells: HECells
+    artefacts: HEArtefacts
+
+
 class World(Section):
     expression: WorldExpression = WorldExpression()
     atlas: WorldAtlas = WorldAtlas()
     he_deformation: WorldDeformation = WorldDeformation()
+    he: WorldHE | None = None                     # None: flat textbook H&E (Ruifrok stains, no texture)
 
 
 class FillerGenes(Section):

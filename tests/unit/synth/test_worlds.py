@@ -12,6 +12,7 @@ from sthelar_platform.annotation import references
 from sthelar_platform.core.config import WorldExpression, load_categories, load_config, load_synthetic
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.registration import transform as reg
+from sthelar_platform.registration._level0 import refine_on_level0
 from sthelar_platform.synth import synthesize_cohort, true_he_to_um
 from sthelar_platform.synth._expression import Programs, sample_panel_counts, slide_mixing
 
@@ -77,7 +78,8 @@ def test_a_realistic_cohort_has_doublets_and_atlases_that_miss_and_rename_labels
     # the H&E section is deformed: the true mapping (affine + deformation) puts H&E nuclei on their cells
     slide = tmp_path / "slides" / "tiny"
     assert (slide / "truth" / "deformation.json").exists()
-    he_pts = reg.detect_he_nuclei(next((slide / "he").glob("*.ome.tif")))
+    he = next((slide / "he").glob("*.ome.tif"))
+    he_pts, _ = refine_on_level0(he, reg.detect_he_nuclei(he), 0.2738)  # as registration measures them
     xen = cKDTree(truth.filter(pl.col("has_nucleus")).select("x_um", "y_um").to_numpy())
     t = json.loads((slide / "truth" / "transform.json").read_text())
     affine_um = reg.apply(np.diag([0.2125, 0.2125, 1.0]) @ np.array(t["he_to_morphology"]), he_pts)

@@ -7,6 +7,7 @@ import pytest
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.tiling.agreement import patch_agreement
 from sthelar_platform.tiling.reference_segmentation import ClassicalSegmenter, make_segmenter
+from tests.support.real_he import stardist_histo
 
 PINK, HEMATOXYLIN = (230, 160, 220), (70, 40, 120)
 
@@ -69,11 +70,7 @@ def test_real_he_from_a_wheel_gets_nuclei_of_a_plausible_size():
     benchmarks/results/real_he_segmentation.json: 180 nuclei, median 13.7 µm² (it keeps the dark cores
     of pale, vesicular nuclei, which the synthetic world does not have).
     """
-    import importlib.util
-    from pathlib import Path
-
-    images = Path(list(importlib.util.find_spec("stardist").submodule_search_locations)[0]) / "data" / "images"
-    rgb = cv2.imread(str(images / "histo.jpg"))[..., ::-1].copy()
+    rgb = stardist_histo()
     from sthelar_platform.core.config import load_config
 
     inst = make_segmenter(load_config("tiling")["reference_segmentation"]).segment(rgb, 0.25)  # as configured
