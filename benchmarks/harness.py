@@ -253,7 +253,9 @@ def _stage_agreement(data: Path, size: str, seed: int) -> dict[str, Any]:
     metric_ms = (time.perf_counter() - t0) / max(len(pairs), 1) * 1000
     t0 = time.perf_counter()
     frames = [slide_agreement(pdir, ref / mag, acfg["detection_radius_px"][mag], acfg["match_iou"],
-                              acfg["flag_below_jaccard"], int(cfg["patches"]["workers"])) for mag, pdir in dirs.items()]
+                              acfg["flag_below_jaccard"], int(cfg["patches"]["workers"]),
+                              focus_ratio_below=acfg["flag_focus_ratio_below"], ink_above=acfg["flag_ink_above"])
+              for mag, pdir in dirs.items()]
     end_to_end = time.perf_counter() - t0
     with atomic_dir(data.parent / "agreement_out") as tmp:
         pd.concat(frames, ignore_index=True).to_parquet(tmp / "agreement.parquet")

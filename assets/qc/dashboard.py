@@ -25,8 +25,8 @@ MARTS = ("slide_summary", "patch_quality", "annotation_review", "model_leaderboa
 def dashboard_thresholds() -> dict[str, float]:
     """The QC thresholds the dashboard colours by, from config/tiling.yaml."""
     agreement = load_config("tiling")["agreement"]
-    return {"max_frac_flagged": float(agreement["max_frac_flagged"]),
-            "flag_below_jaccard": float(agreement["flag_below_jaccard"])}
+    return {k: float(agreement[k]) for k in ("max_frac_flagged", "flag_below_jaccard", "flag_focus_ratio_below",
+                                               "flag_ink_above")}
 
 
 @asset(

@@ -29,7 +29,7 @@ from sthelar_platform.tiling import agreement as agreement_lib
 from sthelar_platform.tiling.patches import PatchLevel, draw_patch_overview
 
 QC_COLUMNS = ["slide_id", "magnification", "patch_id", "x0", "y0", "n_nuclei", "dice", "jaccard", "bpq", "det_f1",
-              "flagged"]
+              "flagged", "focus_ratio", "ink_fraction", "flag_reasons"]
 
 
 @asset(
@@ -40,8 +40,8 @@ QC_COLUMNS = ["slide_id", "magnification", "patch_id", "x0", "y0", "n_nuclei", "
     code_version=code_version_of(agreement_lib, configs=("tiling",)),
     group_name="patches",
     kinds={"python", "parquet", "duckdb"},
-    description="Dice, Jaccard, binary PQ and detection F1 per patch (Xenium masks as truth); low-agreement "
-                "patches flagged; one patch_qc row per patch in the lineage DB.",
+    description="Dice, Jaccard, binary PQ and detection F1 per patch (Xenium masks as truth); patches flagged "
+                "for low agreement, defocus or marker ink; one patch_qc row per patch in the lineage DB.",
 )
 def segmentation_agreement(context: AssetExecutionContext, storage: StorageResource,
                            lineage: LineageResource) -> MaterializeResult:
@@ -64,16 +64,18 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
                 continue
             frame = agreement_lib.slide_agreement(pdir, storage.stage_dir("reference_segmentation", slide_id) / mag,
                                                   acfg["detection_radius_px"][mag], acfg["match_iou"],
-                                                  acfg["flag_below_jaccard"], int(cfg["patches"]["workers"]))
+                                                  acfg["flag_below_jaccard"], int(cfg["patches"]["workers"]),
+                                                  focus_ratio_below=acfg["flag_focus_ratio_below"],
+                                                  ink_above=acfg["flag_ink_above"])
             frames.append(frame)
             dist = agreement_lib.distribution_summary(frame)
             agreement_lib.histogram_png(frame, out / f"distributions_{mag}.png", f"{slide_id} {mag}")
             lv = PatchLevel(mag, ps["level"], ps["downsample"], ps["um_per_px"])
             draw_patch_overview(he_path, open_pyramid(he_path), frame, lv, ps["size_px"], out / f"quality_map_{mag}.png",
                                 values=frame["jaccard"].to_numpy())
-            context.log.info(f"{slide_id} {mag}: {dist['n_flagged']}/{dist['n_patches']} patches flagged "
-                             f"(Jaccard < {acfg['flag_below_jaccard']}); median Jaccard "
-                             f"{dist['jaccard'].get('median', float('nan'))}")
+            by_reason = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in dist["n_flagged_by_reason"].items())
+            context.log.info(f"{slide_id} {mag}: {dist['n_flagged']}/{dist['n_patches']} patches flagged ({by_reason}); "
+                             f"median Jaccard {dist['jaccard'].get('median', float('nan'))}")
             meta[f"agreement_{mag}"] = dist
             meta[f"distributions_{mag}"] = md_image(out / f"distributions_{mag}.png", "metric distributions", 640)
             meta[f"quality_map_{mag}"] = md_image(out / f"quality_map_{mag}.png", "patch Jaccard (red low, green high)",
@@ -113,8 +115,8 @@ def patch_quality_failures(summary: dict, max_frac_flagged: float) -> list[str]:
     asset=segmentation_agreement,
     partitions_def=slides_partitions,
     blocking=True,
-    description="Fraction of flagged (low-Jaccard) patches per magnification within config/tiling.yaml. "
-                "Blocks this slide's exports when the Xenium masks and the H&E disagree too often.",
+    description="Fraction of flagged patches (low Jaccard, out of focus, marker ink) per magnification within "
+                "config/tiling.yaml. Blocks this slide's exports when too many patches are unusable.",
 )
 def patch_quality(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
     slide_id = validate_slide_id(context.partition_key)
@@ -131,5 +133,6 @@ def patch_quality(context: AssetCheckExecutionContext, storage: StorageResource)
                   **{f"median_jaccard_{k.removeprefix('agreement_')}": v["jaccard"].get("median")
                      for k, v in summary.items() if "jaccard" in v},
                   **{f"skipped_{k.removeprefix('agreement_')}": v["skipped"] for k, v in summary.items() if "skipped" in v},
-                  "thresholds": MetadataValue.json({k: acfg[k] for k in ("flag_below_jaccard", "max_frac_flagged")})},
+                  "thresholds": MetadataValue.json({k: acfg[k] for k in ("flag_below_jaccard", "flag_focus_ratio_below",
+                                                                        "flag_ink_above", "max_frac_flagged")})},
     )

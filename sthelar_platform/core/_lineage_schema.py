@@ -39,6 +39,7 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("slide_id", "VARCHAR"), ("magnification", "VARCHAR"),
         ("patch_id", "VARCHAR"), ("x0", "BIGINT"), ("y0", "BIGINT"), ("n_nuclei", "BIGINT"), ("dice", "DOUBLE"),
         ("jaccard", "DOUBLE"), ("bpq", "DOUBLE"), ("det_f1", "DOUBLE"), ("flagged", "BOOLEAN"), ("recorded_at", "TIMESTAMP"),
+        ("focus_ratio", "DOUBLE"), ("ink_fraction", "DOUBLE"), ("flag_reasons", "VARCHAR"),
     ],
     "model_eval": [
         ("event_id", "VARCHAR PRIMARY KEY"), ("run_id", "VARCHAR"), ("model_id", "VARCHAR"), ("grouping", "VARCHAR"),

@@ -269,6 +269,8 @@ class AgreementConfig(Section):
     match_iou: Num = Field(gt=0, lt=1)
     detection_radius_px: dict[str, PosNum]
     flag_below_jaccard: Num = Field(ge=0, le=1)
+    flag_focus_ratio_below: Num = Field(ge=0)       # out of focus: focus under this share of the slide's median
+    flag_ink_above: Num = Field(ge=0, le=1)         # marker ink: more than this share of the patch's pixels
     max_frac_flagged: Num = Field(ge=0, le=1)
 
 

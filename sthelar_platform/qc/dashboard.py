@@ -237,12 +237,22 @@ def build_dashboard(qc_db: Path, layout: StorageLayout, out_dir: Path, run_resul
             "dbt_tests": dbt["n_tests"], "dbt_failed": dbt["n_failed"], "build_s": round(time.perf_counter() - t0, 3)}
 
 
+# Patches per magnification of one slide, flagged in all and for each reason (tiling.agreement.FLAG_REASONS).
+PATCH_FLAG_COUNTS = """
+    SELECT magnification, count(*) AS n_patches, count(*) FILTER (WHERE flagged) AS n_flagged,
+           count(*) FILTER (WHERE list_contains(string_split(flag_reasons, ','), 'low_jaccard')) AS low_jaccard,
+           count(*) FILTER (WHERE list_contains(string_split(flag_reasons, ','), 'out_of_focus')) AS out_of_focus,
+           count(*) FILTER (WHERE list_contains(string_split(flag_reasons, ','), 'ink')) AS ink
+    FROM main.patch_quality WHERE slide_id = ? GROUP BY magnification ORDER BY magnification DESC"""
+
+
 def _slide_page(con: duckdb.DuckDBPyConnection, layout: StorageLayout, s: dict[str, Any], pages: Path,
                 template: jinja2.Template, common: dict[str, Any], thresholds: dict[str, float]) -> None:
     sid = validate_slide_id(s["slide_id"])
     patches = con.execute("SELECT patch_id, x0, y0, dice, jaccard, bpq, det_f1 FROM main.patch_quality "
                           "WHERE slide_id = ? AND magnification = '40x' ORDER BY y0, x0", [sid]).fetchnumpy()
     review = _rows(con, "SELECT * FROM main.annotation_review WHERE slide_id = ? ORDER BY flagged DESC, n_cells DESC", [sid])
+    flag_counts = _rows(con, PATCH_FLAG_COUNTS, [sid])
     lineage = _rows(con, "SELECT asset_key, code_version, data_version, finished_at, reference_sha256 "
                          "FROM main.output_lineage WHERE slide_id = ? ORDER BY finished_at", [sid])
     predictions = _rows(con, "SELECT * FROM staging.stg_prediction_agreement WHERE slide_id = ? ORDER BY class_name", [sid])
@@ -260,5 +270,7 @@ def _slide_page(con: duckdb.DuckDBPyConnection, layout: StorageLayout, s: dict[s
             "composition": _composition([s]), "cell_map": cell_map, "cell_map_sampled": sampled}
     (pages / f"{sid}.html").write_text(template.render(
         **common, root="../", title=sid, s=s, warnings=slide_warnings(s, thresholds), images=images, review=review,
-        lineage=lineage, predictions=predictions, agreement=agreement, has_cells=has_cells, flag_below_jaccard=thresholds["flag_below_jaccard"],
+        lineage=lineage, predictions=predictions, agreement=agreement, has_cells=has_cells, flag_counts=flag_counts,
+        flag_below_jaccard=thresholds["flag_below_jaccard"], flag_focus_ratio_below=thresholds["flag_focus_ratio_below"],
+        flag_ink_above=thresholds["flag_ink_above"],
         data_json=_json(data)))

@@ -20,9 +20,11 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from sthelar_platform.core.errors import require_readable_parquet, require_stage_output
+from sthelar_platform.tiling import artefacts
 from sthelar_platform.tiling.patches import load_labels
 
 METRICS = ("dice", "jaccard", "bpq", "dq", "sq", "det_f1")
+FLAG_REASONS = ("low_jaccard", "out_of_focus", "ink")
 
 
 def _compact(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -90,8 +92,14 @@ def patch_agreement(truth: np.ndarray, pred: np.ndarray, radius_px: float, match
 
 
 def slide_agreement(patches_dir: Path, ref_dir: Path, radius_px: float, match_iou: float, flag_below_jaccard: float,
-                    workers: int = 2, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """One row per patch of one magnification: metrics and whether the patch is flagged."""
+                    workers: int = 2, progress: Callable[[int, int], None] | None = None,
+                    focus_ratio_below: float | None = None, ink_above: float | None = None) -> pd.DataFrame:
+    """One row per patch of one magnification: metrics and whether the patch is flagged, and why.
+
+    A patch is flagged for low Jaccard against the Xenium masks and, when the thresholds are given, for
+    being out of focus or carrying marker ink (``artefacts``, measured on ``patches_dir/images``).
+    ``flag_reasons`` names every reason that applies.
+    """
     table = pd.read_parquet(require_readable_parquet(patches_dir / "patches.parquet", "patches"),
                             columns=["slide_id", "magnification", "patch_id", "name", "x0", "y0", "n_nuclei", "tissue"])
     require_stage_output(ref_dir / "counts.parquet", "reference_segmentation")
@@ -109,7 +117,16 @@ def slide_agreement(patches_dir: Path, ref_dir: Path, radius_px: float, match_io
                 progress(i + 1, len(table))
     metrics = pd.DataFrame(rows, index=table.index, columns=["n_truth", "n_pred", *METRICS, "tp", "fp", "fn"])
     out = pd.concat([table, metrics.rename(columns={"n_pred": "n_ref_nuclei"}).drop(columns="n_truth")], axis=1)
-    out["flagged"] = out["jaccard"] < flag_below_jaccard  # NaN (undefined) is never flagged
+    reasons = {"low_jaccard": out["jaccard"] < flag_below_jaccard}  # NaN (undefined) is never flagged
+    if focus_ratio_below is not None and ink_above is not None:
+        measured = artefacts.measure_patches(patches_dir / "images", out["name"], workers)
+        flags = artefacts.flag_artefacts(measured.set_axis(out.index), focus_ratio_below, ink_above)
+        out[["focus", "focus_ratio", "ink_fraction"]] = flags[["focus", "focus_ratio", "ink_fraction"]]
+        reasons |= {"out_of_focus": flags["out_of_focus"], "ink": flags["ink"]}
+    flags = pd.DataFrame(reasons)
+    out["flagged"] = flags.any(axis=1)
+    out["flag_reasons"] = [",".join(r for r, on in zip(flags.columns, row, strict=True) if on)
+                           for row in flags.itertuples(index=False)]
     return out
 
 
@@ -117,6 +134,9 @@ def distribution_summary(frame: pd.DataFrame) -> dict:
     """Median / quartiles of each metric, the defined count and the flagged fraction."""
     out: dict = {"n_patches": len(frame), "n_flagged": int(frame["flagged"].sum()),
                  "frac_flagged": float(frame["flagged"].mean()) if len(frame) else 0.0}
+    if "flag_reasons" in frame:
+        named = frame["flag_reasons"].str.split(",")
+        out["n_flagged_by_reason"] = {r: int(named.apply(lambda names, r=r: r in names).sum()) for r in FLAG_REASONS}
     for m in METRICS:
         v = frame[m].dropna()
         out[m] = {"n_defined": len(v)} | ({} if v.empty else {

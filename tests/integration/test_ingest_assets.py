@@ -101,7 +101,7 @@ def test_asset_graph_snapshot():
     checks = sorted(k.name for k in graph.asset_check_keys if not k.asset_key.to_user_string() in DBT_MODELS)
     assert checks == ["alignment_csv_agreement", "annotation_quality", "counts_valid", "he_pixel_size_known",
                       "lineage_quarantine", "model_targets", "patch_quality", "registration_quality"]
-    assert sum(k.asset_key.to_user_string() in DBT_MODELS for k in graph.asset_check_keys) == 40  # the dbt tests
+    assert sum(k.asset_key.to_user_string() in DBT_MODELS for k in graph.asset_check_keys) == 41  # the dbt tests
     upstream = {k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
                 for k in graph.get_all_asset_keys()}
     assert upstream["patches_40x"] == ["cell_types", "he_image", "he_registration", "xenium_slide"]

@@ -161,6 +161,11 @@ def test_patch_qc_rows_reach_lineage(tiled):
     n = {mag: len(pd.read_parquet(home / "warehouse" / f"patches_{mag}" / "tiny" / "patches.parquet")) for mag in ("20x", "40x")}
     assert [(r["magnification"], r["n"]) for r in rows] == [("20x", n["20x"]), ("40x", n["40x"])]
     assert all(r["defined"] == r["n"] for r in rows)  # every kept patch has a Xenium nucleus
+    # the artefact measures reach lineage too, and every flagged patch says why
+    rows = store.query("SELECT count(focus_ratio) AS focus, count(ink_fraction) AS ink, "
+                       "count(*) FILTER (WHERE flagged <> (flag_reasons <> '')) AS unexplained, count(*) AS n "
+                       "FROM patch_qc WHERE slide_id = ?", ["tiny"])[0]
+    assert rows["ink"] == rows["n"] and rows["focus"] > 0.9 * rows["n"] and rows["unexplained"] == 0
 
 
 def test_failed_export_keeps_the_earlier_one(tiled):

@@ -76,6 +76,14 @@ def test_slide_page_shows_registration_cell_types_patches_review_and_model(serve
     assert {r[0] for r in checks} == set(labels.loc[labels["category"] != "Less10", "category"])
     assert all(r[1].endswith("%") and r[2].endswith("%") for r in checks)  # both checks report every category
     assert len(driver.find_elements(By.CSS_SELECTOR, "#prediction-table tbody tr")) == 9
+    flags = {r.text.split()[0]: [int(v.replace(",", "")) for v in r.text.split()[1:]]
+             for r in driver.find_elements(By.CSS_SELECTOR, "#patch-flags-table tbody tr")}
+    agreement = pd.read_parquet(home / "warehouse" / "segmentation_agreement" / "tiny" / "agreement.parquet")
+    for mag, g in agreement.groupby("magnification"):  # patches, flagged, then one count per reason
+        reasons = g["flag_reasons"].str.split(",")
+        assert flags[mag] == [len(g), int(g["flagged"].sum()),
+                              *(int(reasons.apply(lambda names, r=r: r in names).sum())
+                                for r in ("low_jaccard", "out_of_focus", "ink"))]
     cells = driver.execute_script(
         "return document.getElementById('plot-patch-map').data[0].z.flat().filter(v => v !== null).length")
     assert cells == len(pd.read_parquet(home / "warehouse" / "patches_40x" / "tiny" / "patches.parquet")) > 0

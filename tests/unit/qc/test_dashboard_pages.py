@@ -7,7 +7,7 @@ import numpy as np
 
 from sthelar_platform.qc.dashboard import _json, dbt_status, metric_histograms, patch_grid, slide_warnings
 
-T = {"max_frac_flagged": 0.5, "flag_below_jaccard": 0.45}
+T = {"max_frac_flagged": 0.5, "flag_below_jaccard": 0.45, "flag_focus_ratio_below": 0.6, "flag_ink_above": 0.02}
 
 
 def test_warnings_for_each_failed_threshold():

@@ -80,3 +80,46 @@ def test_detection_pairs_are_one_to_one():
     assert pair_counts(truth, pred, 12) == (1, 0, 1)
     assert pair_counts(truth, np.array([[13.0, 0.0]]), 12) == (1, 0, 1)  # 12 px from (1, 0)
     assert pair_counts(truth, np.array([[13.5, 0.0]]), 12) == (0, 1, 2)
+
+
+def test_slide_agreement_flags_low_jaccard_defocus_and_ink_and_names_each_reason(tmp_path):
+    import cv2
+    import pandas as pd
+
+    from sthelar_platform.tiling.agreement import distribution_summary, slide_agreement
+    from sthelar_platform.tiling.patches import save_npz
+
+    patches, ref = tmp_path / "patches", tmp_path / "ref"
+    (patches / "labels").mkdir(parents=True)
+    (patches / "images").mkdir()
+    ref.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"p{i}" for i in range(8)]
+    for i, name in enumerate(names):
+        truth = np.zeros((128, 128), np.int32)
+        img = np.full((128, 128, 3), (230, 170, 200), np.uint8)
+        for k in range(12):
+            x, y = (int(v) for v in rng.integers(12, 116, 2))
+            cv2.circle(truth, (x, y), 7, k + 1, -1)
+            cv2.circle(img, (x, y), 7, (90, 50, 140), -1)
+        img = np.clip(img + rng.normal(0, 10, (128, 128, 1)), 0, 255).astype(np.uint8)
+        pred = truth.copy() if i != 1 else np.zeros_like(truth)  # p1: the H&E segmentation finds nothing
+        if i == 2:
+            img = cv2.GaussianBlur(img, (0, 0), 3.0)  # p2: out of focus
+        if i == 3:
+            img[:, :40] = (31, 69, 186)  # p3: a blue-green marker stroke
+        save_npz(patches / "labels" / f"{name}.npz", {"inst_map": truth}, 1)
+        save_npz(ref / f"{name}.npz", {"inst_map": pred}, 1)
+        cv2.imwrite(str(patches / "images" / f"{name}.png"), img[..., ::-1])
+    pd.DataFrame({"slide_id": "s", "magnification": "40x", "patch_id": names, "name": names, "x0": 0, "y0": 0,
+                  "n_nuclei": 12, "tissue": "breast"}).to_parquet(patches / "patches.parquet")
+    pd.DataFrame({"n": [0]}).to_parquet(ref / "counts.parquet")
+
+    out = slide_agreement(patches, ref, 12, 0.5, 0.45, focus_ratio_below=0.6, ink_above=0.02)
+    assert out["flag_reasons"].tolist() == ["", "low_jaccard", "out_of_focus", "ink", "", "", "", ""]
+    assert out["flagged"].tolist() == [False, True, True, True, False, False, False, False]
+    assert out.loc[3, "ink_fraction"] == pytest.approx(40 / 128, abs=0.01)
+    assert distribution_summary(out)["n_flagged_by_reason"] == {"low_jaccard": 1, "out_of_focus": 1, "ink": 1}
+    plain = slide_agreement(patches, ref, 12, 0.5, 0.45)  # without artefact thresholds: Jaccard only
+    assert plain["flag_reasons"].tolist() == ["", "low_jaccard", "", "", "", "", "", ""]
+    assert "focus_ratio" not in plain
