@@ -6,7 +6,9 @@ Tangram, the centroid cross-check, SingleR (the `singler` package, as STHELAR's 
 classifier baseline (logistic regression on the reference half) each label the query half.
 pbmc68k_reduced ships log-normalized values (in .raw), not counts: SingleR and the baseline use them
 as they are; expm1 gives Tangram and the cross-check normalized expression, which they re-normalize.
-Prints JSON: agreement with `bulk_labels`, overall and per label.
+Prints JSON: agreement with `bulk_labels`, overall and per label, and at two coarser levels: the cell
+type each sorted population is (naive, memory and regulatory CD4 T cells are all CD4 T cells), and the
+platform's harmonized category (config/categories.yaml), the level the platform annotates slides at.
 """
 
 import argparse
@@ -24,9 +26,15 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import emit, peak_rss_mb  # noqa: E402
 from sthelar_platform.annotation.crosscheck import centroid_labels, reference_centroids  # noqa: E402
 from sthelar_platform.annotation.tangram import hard_labels, raw_scores  # noqa: E402
-from sthelar_platform.core.config import load_config  # noqa: E402
+from sthelar_platform.core.config import load_categories, load_config  # noqa: E402
 
 METHODS = ("tangram", "crosscheck", "singler", "logistic_regression")
+# The cell type of each sorted population (Zheng et al. 2017), in the vocabulary of categories.yaml's label_map;
+# CD34+ cells are haematopoietic progenitors, which the platform's categories call Stem_like.
+CELL_TYPE = {"CD14+ Monocyte": "Monocyte", "CD19+ B": "B cell", "CD34+": "Stem_like",
+             "CD4+/CD25 T Reg": "CD4 T cell", "CD4+/CD45RA+/CD25- Naive T": "CD4 T cell",
+             "CD4+/CD45RO+ Memory": "CD4 T cell", "CD56+ NK": "NK cell", "CD8+ Cytotoxic T": "CD8 T cell",
+             "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T cell", "Dendritic": "Dendritic cell"}
 
 
 def _singler(log_ref: np.ndarray, ref_labels: np.ndarray, log_query: np.ndarray, genes: list[str]) -> np.ndarray:
@@ -75,8 +83,15 @@ def main(argv: list[str] | None = None) -> int:
                               "logistic_regression": _logistic(log_x[is_ref], ref_labels, log_x[~is_ref])},
                              index=truth.index)
     agreement = {m: round(float((per_label[m] == per_label.truth).mean()), 4) for m in METHODS}
+    categories = load_categories()
+    to_category = {**{c: c for c in categories.categories}, **categories.label_map}
+    levels = {"cell_type": lambda v: v.map(CELL_TYPE), "category": lambda v: v.map(CELL_TYPE).map(to_category)}
+    coarse = {level: {m: round(float((f(per_label[m]) == f(per_label.truth)).mean()), 4) for m in METHODS}
+              for level, f in levels.items()}
     out = {"n_reference": int(ref.n_obs), "n_query": int(query.n_obs), "n_genes": len(genes),
            "agreement": agreement, "best_method": max(agreement, key=agreement.get),
+           "agreement_by_cell_type": coarse["cell_type"], "agreement_by_category": coarse["category"],
+           "best_by_category": max(coarse["category"].values()),
            "tangram_vs_crosscheck": round(float((per_label.tangram == per_label.crosscheck).mean()), 4),
            "per_label": {lb: {"n": int(len(g)), **{m: round(float((g[m] == lb).mean()), 3) for m in METHODS}}
                          for lb, g in per_label.groupby("truth")},

@@ -114,9 +114,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     synthetic = load_synthetic()
     world = args.world or synthetic["sizes"][args.size]["world"]
-    # the size's own world keeps the folder it always had; another world gets its own
-    landing = layout.landing / (f"synthetic_{args.size}" if world == synthetic["sizes"][args.size]["world"]
-                                else f"synthetic_{args.size}_{world}")
+    # each world lands in its own folder, so a home made before the demo turned realistic keeps its slides apart
+    landing = layout.landing / (f"synthetic_{args.size}" if world == "simple" else f"synthetic_{args.size}_{world}")
     manifest = landing / "manifest.yaml"
     if not manifest.exists():
         print(f"generating SYNTHETIC {args.size} slides ({world} world) in {landing} ...")
