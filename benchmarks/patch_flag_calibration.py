@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._report import emit, peak_rss_mb  # noqa: E402
 from sthelar_platform.core.config import load_config  # noqa: E402
-from sthelar_platform.synth._he_realism import SlideArtefacts  # noqa: E402
+from sthelar_platform.synth._he_artefacts import SlideArtefacts  # noqa: E402
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 FOCUS_THRESHOLDS = (0.4, 0.5, 0.6, 0.7, 0.8)

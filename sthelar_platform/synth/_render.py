@@ -10,17 +10,10 @@ import cv2
 import numpy as np
 
 from sthelar_platform.core.displacement import DisplacementField
-from sthelar_platform.synth._he_realism import (
-    HEAppearance,
-    apply_bubble,
-    apply_fold,
-    blur_regions,
-    jpeg,
-    pen_mask,
-    scale_about_centres,
-    seamless_noise,
-)
+from sthelar_platform.synth._he_artefacts import apply_bubble, apply_fold, blur_regions, jpeg, pen_mask
+from sthelar_platform.synth._he_realism import HEAppearance, scale_about_centres
 from sthelar_platform.synth._layout import GRID_UM, REGION_CODE, Cells, TissueLayout
+from sthelar_platform.synth._texture import seamless_noise
 
 SHIFT = 4  # cv2 fixed-point bits: 1/16 px vertex precision
 # Ruifrok & Johnston stain optical-density vectors (RGB), normalized.
@@ -61,20 +54,18 @@ class PolygonIndex:
 
     def fill(self, canvas: np.ndarray, x0: float, y0: float, idx: np.ndarray, values: np.ndarray, scale: float = 1.0) -> None:
         """Fill polygons ``idx`` into ``canvas`` whose pixel (0, 0) sits at (x0, y0) / scale."""
-        if len(idx) == 0:
-            return
-        pts = np.round(((self.verts[idx] / scale) - np.array([x0, y0]) - 0.5) * (1 << SHIFT)).astype(np.int32)
-        for p, v in zip(pts, values, strict=True):
+        for p, v in zip(self._fixed_point(idx, x0, y0, scale), values, strict=True):
             cv2.fillPoly(canvas, [p], color=float(v), lineType=cv2.LINE_8, shift=SHIFT)
 
     def outline(self, canvas: np.ndarray, x0: float, y0: float, idx: np.ndarray, values: np.ndarray, thickness: int,
                 scale: float = 1.0) -> None:
         """Draw the borders of polygons ``idx`` (like ``fill``)."""
-        if len(idx) == 0:
-            return
-        pts = np.round(((self.verts[idx] / scale) - np.array([x0, y0]) - 0.5) * (1 << SHIFT)).astype(np.int32)
-        for p, v in zip(pts, values, strict=True):
+        for p, v in zip(self._fixed_point(idx, x0, y0, scale), values, strict=True):
             cv2.polylines(canvas, [p], True, color=float(v), thickness=thickness, lineType=cv2.LINE_8, shift=SHIFT)
+
+    def _fixed_point(self, idx: np.ndarray, x0: float, y0: float, scale: float) -> np.ndarray:
+        """Vertices of polygons ``idx`` in the canvas's pixels, as cv2's fixed-point integers."""
+        return np.round(((self.verts[idx] / scale) - np.array([x0, y0]) - 0.5) * (1 << SHIFT)).astype(np.int32)
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from sthelar_platform.core.errors import InputError
+
 MIN_TISSUE_SHARE = 0.1  # a patch with less tissue has no focus of its own (NaN)
 
 
@@ -63,9 +65,10 @@ def ink_fraction(rgb: np.ndarray) -> float:
 def measure_patches(images_dir: Path, names: Iterable[str], workers: int = 2) -> pd.DataFrame:
     """``focus`` and ``ink_fraction`` of each patch image ``images_dir/<name>.png``."""
     def one(name: str) -> tuple[float, float]:
-        bgr = cv2.imread(str(images_dir / f"{name}.png"), cv2.IMREAD_COLOR)
+        path = images_dir / f"{name}.png"
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise FileNotFoundError(images_dir / f"{name}.png")
+            raise InputError(path, "patch image missing or unreadable", "materialize the patches of this slide again")
         rgb = bgr[..., ::-1]
         return focus_measure(rgb), ink_fraction(rgb)
 

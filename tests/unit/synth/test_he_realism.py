@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 from sthelar_platform.core.config import load_categories, load_synthetic
 from sthelar_platform.core.stain import macenko_vectors
 from sthelar_platform.synth import synthesize_cohort, true_he_to_um
-from sthelar_platform.synth._he_realism import (
+from sthelar_platform.synth._he_artefacts import (
     SlideArtefacts,
     apply_bubble,
     apply_fold,
@@ -20,9 +20,9 @@ from sthelar_platform.synth._he_realism import (
     jpeg,
     pen_mask,
     sample_artefacts,
-    sample_stain,
-    seamless_noise,
 )
+from sthelar_platform.synth._he_realism import sample_stain
+from sthelar_platform.synth._texture import seamless_noise
 from sthelar_platform.tiling.reference_segmentation import ClassicalSegmenter
 
 REALISTIC_HE = load_synthetic().worlds["realistic"].he

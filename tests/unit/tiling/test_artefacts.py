@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sthelar_platform.synth._he_realism import jpeg
+from sthelar_platform.core.errors import InputError
+from sthelar_platform.synth._he_artefacts import jpeg
 from sthelar_platform.tiling.artefacts import flag_artefacts, focus_measure, ink_fraction, measure_patches
 from tests.support.real_he import stardist_histo
 
@@ -67,5 +68,5 @@ def test_flags_judge_focus_against_the_slides_own_median(tmp_path):
     assert flags.loc["p0", "focus_ratio"] == pytest.approx(1.0, abs=0.3)
     glass = flag_artefacts(pd.DataFrame({"focus": [np.nan], "ink_fraction": [0.0]}), 0.6, 0.02)
     assert not glass["out_of_focus"].any()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="missing.png: patch image missing or unreadable"):
         measure_patches(tmp_path, ["missing"])
