@@ -139,8 +139,8 @@ def test_reference_segmentation_still_finds_the_nuclei_of_textured_he(realistic_
     found_um = true_he_to_um(realistic_tiny / "truth")(centres)
     d_found, _ = cKDTree(truth.select("x_um", "y_um").to_numpy()).query(found_um)
     d_truth, _ = cKDTree(found_um).query(truth.select("x_um", "y_um").to_numpy())
-    assert (d_found < 3).mean() > 0.75  # precision (measured 0.84: nuclei cut by patch borders count twice)
-    assert (d_truth < 3).mean() > 0.9  # recall (measured 0.97)
+    assert (d_found < 3).mean() > 0.75  # precision (measured 0.87: nuclei cut by patch borders count twice)
+    assert (d_truth < 3).mean() > 0.9  # recall (measured 0.98)
 
 
 def test_the_recorded_artefacts_say_which_places_they_cover():
