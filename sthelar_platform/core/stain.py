@@ -1,12 +1,24 @@
-"""Stain directions of an H&E image, estimated from its pixels (Macenko et al. 2009).
+"""Stain amounts and directions of an H&E image, measured from its pixels.
 
-Used to measure real H&E (the realistic synthetic world's stains come from such a measurement) and
-to check that rendered slides carry the stains they were drawn with.
+``luminance_density`` is the stain amount whatever its colour (the reference segmenter's edges, the
+patch focus measure). ``macenko_vectors`` estimates the stain directions (Macenko et al. 2009): it
+measured the real H&E that the realistic synthetic world's stains come from, and checks that rendered
+slides carry the stains they were drawn with.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+
+
+def luminance_density(rgb: np.ndarray) -> np.ndarray:
+    """Optical density of the luminance (float32): stain amount, whatever its colour.
+
+    Scanners and JPEG keep luminance at full resolution, so its edges do not move with the codec.
+    """
+    luma = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return -np.log10((luma + 1) / 256)
 
 
 def macenko_vectors(rgb: np.ndarray, background: float = 0.15, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -120,9 +120,9 @@ def slide_agreement(patches_dir: Path, ref_dir: Path, radius_px: float, match_io
     reasons = {"low_jaccard": out["jaccard"] < flag_below_jaccard}  # NaN (undefined) is never flagged
     if focus_ratio_below is not None and ink_above is not None:
         measured = artefacts.measure_patches(patches_dir / "images", out["name"], workers)
-        flags = artefacts.flag_artefacts(measured.set_axis(out.index), focus_ratio_below, ink_above)
-        out[["focus", "focus_ratio", "ink_fraction"]] = flags[["focus", "focus_ratio", "ink_fraction"]]
-        reasons |= {"out_of_focus": flags["out_of_focus"], "ink": flags["ink"]}
+        found = artefacts.flag_artefacts(measured.set_axis(out.index), focus_ratio_below, ink_above)
+        out[["focus", "focus_ratio", "ink_fraction"]] = found[["focus", "focus_ratio", "ink_fraction"]]
+        reasons |= {"out_of_focus": found["out_of_focus"], "ink": found["ink"]}
     flags = pd.DataFrame(reasons)
     out["flagged"] = flags.any(axis=1)
     out["flag_reasons"] = [",".join(r for r, on in zip(flags.columns, row, strict=True) if on)

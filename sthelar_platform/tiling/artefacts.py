@@ -19,14 +19,9 @@ import numpy as np
 import pandas as pd
 
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.stain import luminance_density
 
 MIN_TISSUE_SHARE = 0.1  # a patch with less tissue has no focus of its own (NaN)
-
-
-def luminance_density(rgb: np.ndarray) -> np.ndarray:
-    """Optical density of the luminance: stain amount, whatever its colour."""
-    luma = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    return -np.log10((luma + 1) / 256)
 
 
 def focus_measure(rgb: np.ndarray, tissue_od: float = 0.08) -> float:

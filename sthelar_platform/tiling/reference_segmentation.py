@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from sthelar_platform.core.config import ReferenceSegmentationConfig
 from sthelar_platform.core.errors import InputError, require_readable_parquet
+from sthelar_platform.core.stain import luminance_density
 from sthelar_platform.registration.transform import hematoxylin, hematoxylin_eosin
 from sthelar_platform.tiling.patches import save_npz
 
@@ -47,8 +48,7 @@ def nuclear_signal(rgb: np.ndarray, um_per_px: float, signal: str = "luminance_g
     rgb = np.ascontiguousarray(rgb[..., :3])
     if signal == "hematoxylin":
         return hematoxylin(rgb)
-    luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    density = -np.log10((luma + 1) / 256)
+    density = luminance_density(rgb)
     hed = hematoxylin_eosin(cv2.GaussianBlur(rgb, (0, 0), chroma_sigma_um / um_per_px))
     h, e = np.clip(hed[..., 0], 0, None), np.clip(hed[..., 1], 0, None)
     return density * h / (h + e + 1e-6)

@@ -79,7 +79,7 @@ def test_a_realistic_cohort_has_doublets_and_atlases_that_miss_and_rename_labels
     slide = tmp_path / "slides" / "tiny"
     assert (slide / "truth" / "deformation.json").exists()
     he = next((slide / "he").glob("*.ome.tif"))
-    he_pts, _ = refine_on_level0(he, reg.detect_he_nuclei(he), 0.2738)  # as registration measures them
+    he_pts, _ = refine_on_level0(he, reg.detect_he_nuclei(he), cfg.he_pixel_size_um)  # as registration measures them
     xen = cKDTree(truth.filter(pl.col("has_nucleus")).select("x_um", "y_um").to_numpy())
     t = json.loads((slide / "truth" / "transform.json").read_text())
     affine_um = reg.apply(np.diag([0.2125, 0.2125, 1.0]) @ np.array(t["he_to_morphology"]), he_pts)
