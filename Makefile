@@ -55,6 +55,7 @@ lint: setup-test
 
 test: setup-test browser postgres
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 ui: setup

@@ -65,10 +65,10 @@ def build_resources(home: str | None = None) -> dict:
 
 # Each domain lists its own assets and checks (assets/<stage>); they are assembled here.
 ALL_ASSETS = [*ingest.ASSETS, *registration.ASSETS, *annotation.ASSETS, *tiling.ASSETS]
+SLIDE_SOURCES = annotation.SOURCES
 COHORT_ASSETS = model.COHORT_ASSETS
 PREDICTION_ASSETS = model.PREDICTION_ASSETS
 QC_ASSETS = qc.ASSETS
-ALL_CHECKS = [*registration.CHECKS, *annotation.CHECKS, *tiling.CHECKS, *model.CHECKS, *qc.CHECKS]
 
 slide_pipeline = define_asset_job(
     "slide_pipeline",
@@ -104,8 +104,7 @@ qc_nightly = ScheduleDefinition(
 )
 
 defs = Definitions(
-    assets=annotation.SOURCES + ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
-    asset_checks=ALL_CHECKS,
+    assets=SLIDE_SOURCES + ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
     jobs=[slide_pipeline, training_job, predictions_job, qc_job, observe_references_job],
     schedules=[qc_nightly, reference_watch],
     sensors=[slide_landing_sensor, automation_sensor],

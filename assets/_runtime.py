@@ -6,45 +6,88 @@ return rich metadata.
 """
 
 
-import inspect
 import json
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Generic, TypedDict, TypeVar
 
-from dagster import AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
+from dagster import AssetCheckResult, AssetExecutionContext, DataVersion, MaterializeResult, MetadataValue
 
 from resources import LineageResource, StorageResource
 from sthelar_platform.core.atomic import atomic_dir, recover_interrupted_swap
+from sthelar_platform.core.code_version import code_version
 from sthelar_platform.core.config import config_path, config_version, load_config
-from sthelar_platform.core.errors import InputError, out_of_space
-from sthelar_platform.core.hashing import VERSION_MARKER, sha256_text, sha256_tree
+from sthelar_platform.core.errors import ConfigError, InputError, out_of_space
+from sthelar_platform.core.hashing import VERSION_MARKER, sha256_tree
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.lineage import LineageStore, utcnow
 from sthelar_platform.core.thumbnails import png_data_uri
 
+T = TypeVar("T")
 
-def compute_class(asset_name: str) -> dict[str, Any]:
+
+class ComputeClassArgs(TypedDict):
+    op_tags: dict[str, Any]
+    pool: str | None
+
+
+def compute_class(asset_name: str) -> ComputeClassArgs:
     """``op_tags`` and ``pool`` for an asset from config/deployment.yaml; an asset without a class is refused.
 
     The tags are what the Kubernetes executor reads (``dagster-k8s/config``); locally they are inert.
     """
     cfg = load_config("deployment")
-    name = cfg["assets"].get(asset_name)
+    name = cfg.assets.get(asset_name)
     if name is None:
-        raise InputError(config_path("deployment"), f"asset {asset_name!r} has no compute class",
-                         "add it under `assets:` in config/deployment.yaml (sized from benchmarks/results/xl.json)")
-    cls = cfg["classes"][name]
-    k8s = {k: cls[k] for k in ("container_config", "pod_spec_config") if k in cls}
-    return {"op_tags": {"sthelar/compute": name, "dagster-k8s/config": k8s}, "pool": cls.get("pool")}
+        raise ConfigError(config_path("deployment"), f"assets.{asset_name}", "this asset has no compute class",
+                          "add it under `assets:` in sthelar_platform/config/deployment.yaml "
+                          "(sized from benchmarks/results/xl.json)")
+    cls = cfg.classes[name]
+    k8s = {"container_config": cls.container_config, "pod_spec_config": cls.pod_spec_config}
+    return {"op_tags": {"sthelar/compute": name, "dagster-k8s/config": {k: v for k, v in k8s.items() if v}},
+            "pool": cls.pool}
 
 
-def code_version_of(*objects: Any, configs: tuple[str, ...] = ()) -> str:
-    """Hash of the source of the library modules/functions an asset calls plus its config files."""
-    parts = [inspect.getsource(o) for o in objects] + [config_version(c) for c in configs]
-    return sha256_text("\n".join(parts))[:12]
+# code version -> (library entry modules, config names): what each version was computed from, so a test
+# can recompute every asset's version over an edited copy of the library
+CODE_VERSION_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def code_version_of(*entries: ModuleType | Callable[..., Any], configs: tuple[str, ...] = ()) -> str:
+    """An asset's code version: the library modules its entry points reach through their imports, and its
+    config files (``sthelar_platform.core.code_version``). Pass the library modules (or functions) it calls.
+    """
+    modules = tuple(sorted({e.__name__ if isinstance(e, ModuleType) else e.__module__ for e in entries}))
+    version = code_version(modules, [config_version(c) for c in configs])
+    CODE_VERSION_INPUTS[version] = (modules, configs)
+    return version
+
+
+@dataclass(frozen=True)
+class StageOutput(Generic[T]):
+    """What a stage's compute returns: the materialization's metadata and the library's typed result."""
+
+    metadata: dict[str, Any]
+    value: T
+
+
+@dataclass(frozen=True)
+class StageRun(Generic[T]):
+    """A published stage output: where it is, its data version, and the typed result of the library call."""
+
+    value: T
+    output: Path
+    data_version: str
+    metadata: dict[str, Any] = field(repr=False)
+
+    def result(self, checks: Sequence[AssetCheckResult] = ()) -> MaterializeResult:
+        """The materialization, with the checks that ran in the asset's step on what it just wrote."""
+        return MaterializeResult(metadata=self.metadata, data_version=DataVersion(self.data_version),
+                                 check_results=list(checks))
 
 
 def _input_folder(store: LineageStore, storage: StorageResource, name: str, slide_id: str | None) -> Path | None:
@@ -79,11 +122,11 @@ def run_slide_stage(
     stage: str,
     storage: StorageResource,
     lineage: LineageResource,
-    compute: Callable[[Path], dict[str, Any]],
+    compute: Callable[[Path], StageOutput[T]],
     inputs: tuple[str, ...] = (),
     final: Path | None = None,
-) -> MaterializeResult:
-    """Run ``compute(tmp_dir) -> metadata`` for the current slide partition with atomic output and lineage.
+) -> StageRun[T]:
+    """Run ``compute(tmp_dir)`` for the current slide partition with atomic output and lineage.
 
     ``final`` defaults to ``warehouse/<stage>/<slide_id>``; exports and cohort assets (no
     partition) pass their own folder.
@@ -104,7 +147,8 @@ def run_slide_stage(
             "input_versions": json.dumps(input_versions), "output_uri": final.as_uri(), "started_at": started}
     try:
         with atomic_dir(final, stale_after_s=load_config("pipeline").outputs.stale_tmp_max_age_s) as tmp:
-            metadata = compute(tmp)
+            produced = compute(tmp)
+            metadata = produced.metadata
             _check_inputs_unchanged(store, input_folders, input_versions, slide_id, label)
             data_version = sha256_tree(tmp)
             (tmp / VERSION_MARKER).write_text(json.dumps(
@@ -129,7 +173,7 @@ def run_slide_stage(
     meta = {k: _to_metadata(v) for k, v in metadata.items()}
     meta.update({"dagster/uri": MetadataValue.path(str(final)), "wall_s": round(wall, 3),
                  "input_versions": MetadataValue.json(input_versions)})
-    return MaterializeResult(metadata=meta, data_version=DataVersion(data_version))
+    return StageRun(value=produced.value, output=final, data_version=data_version, metadata=meta)
 
 
 def _check_inputs_unchanged(store: LineageStore, folders: dict[str, Path | None], read: dict[str, Any],

@@ -32,13 +32,13 @@ from sthelar_platform.core.errors import InputError
 from sthelar_platform.ingest import landing
 from sthelar_platform.ingest.manifest import SlideCatalog
 
-AUTOMATION = load_config("pipeline")["automation"]
+AUTOMATION = load_config("pipeline").automation
 
 observe_references_job = define_asset_job("observe_references", selection=AssetSelection.assets(reference_atlas.key),
                                           description="Hash every slide's reference atlas (an observation).")
 
 reference_watch = ScheduleDefinition(
-    name="reference_watch", job=observe_references_job, cron_schedule=AUTOMATION["reference_observe_cron"],
+    name="reference_watch", job=observe_references_job, cron_schedule=AUTOMATION.reference_observe_cron,
     default_status=DefaultScheduleStatus.RUNNING, execution_timezone="UTC",
     description="Observe the reference atlases; a changed file rebuilds its slides through REBUILD_ON_CHANGE.",
 )
@@ -52,17 +52,17 @@ automation_sensor = AutomationConditionSensorDefinition(
 
 @sensor(
     job_name="slide_pipeline",
-    minimum_interval_seconds=int(AUTOMATION["landing_interval_s"]),
+    minimum_interval_seconds=int(AUTOMATION.landing_interval_s),
     default_status=DefaultSensorStatus.RUNNING,
     description="Registers each complete, settled slide folder of the landing area as a partition and runs its "
                 "slide pipeline; half-copied folders wait.",
 )
 def slide_landing_sensor(context: SensorEvaluationContext, storage: StorageResource,
                          catalog: SlideCatalogResource) -> SensorResult | SkipReason:
-    cfg = load_config("pipeline")["automation"]
-    incoming = Path(storage.root) / cfg["landing_dir"]
+    cfg = load_config("pipeline").automation
+    incoming = Path(storage.root) / cfg.landing_dir
     cursor = landing.LandingCursor.parse(context.cursor)
-    ready, waiting, nxt = landing.scan(incoming, cursor, float(cfg["landing_settle_s"]))
+    ready, waiting, nxt = landing.scan(incoming, cursor, float(cfg.landing_settle_s))
     for f in waiting:
         why = f.error or (f"missing {', '.join(f.missing)}" if f.missing else "still changing or not yet settled")
         context.log.info(f"landing/{f.slide_id}: waiting ({why})")
@@ -72,8 +72,10 @@ def slide_landing_sensor(context: SensorEvaluationContext, storage: StorageResou
     slides = SlideCatalog(catalog.path)
     registered, requests = [], []
     for f in ready:
+        if f.spec is None:  # not complete: scan() never calls such a folder ready
+            continue
         try:
-            slides.add([f.spec], replace=bool(cfg["landing_replace_existing"]))
+            slides.add([f.spec], replace=bool(cfg.landing_replace_existing))
         except InputError as exc:
             context.log.error(f"landing/{f.slide_id}: not registered: {exc} (or set automation.landing_replace_existing "
                               "in pipeline.yaml to let landing folders re-point registered slides)")

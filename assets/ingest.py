@@ -5,12 +5,11 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
+from assets._runtime import StageOutput, code_version_of, compute_class, md_image, run_slide_stage
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_config
-from sthelar_platform.ingest import bundle_reader, xenium_bundle
-from sthelar_platform.ingest import generation as generation_lib
+from sthelar_platform.core.warehouse import HEImageFolder, XeniumSlideFolder
 from sthelar_platform.ingest import he_image as he_lib
 from sthelar_platform.ingest import xenium as ingest_lib
 
@@ -18,7 +17,7 @@ from sthelar_platform.ingest import xenium as ingest_lib
 @asset(
     **compute_class("xenium_slide"),
     partitions_def=slides_partitions,
-    code_version=code_version_of(ingest_lib, xenium_bundle, generation_lib, bundle_reader, configs=("pipeline",)),
+    code_version=code_version_of(ingest_lib, configs=("pipeline.ingest",)),
     group_name="ingest",
     kinds={"python", "parquet"},
     description="Xenium bundle (XOA 1.x to 3.x, Xenium Ranger) read with spatialdata-io, or from its own files "
@@ -29,10 +28,10 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
     spec = catalog.get(context.partition_key)
     pipeline = load_config("pipeline")
 
-    def compute(out: Path) -> dict:
+    def compute(out: Path) -> StageOutput[ingest_lib.XeniumIngestSummary]:
         s = ingest_lib.ingest_xenium(spec.xenium_dir, out, pipeline.ingest)
         context.log.info(f"{spec.slide_id}: {s.n_cells} cells, {s.n_transcripts} transcripts, {s.n_genes} genes")
-        return {
+        return StageOutput({
             "dagster/row_count": s.n_cells, "n_cells": s.n_cells, "n_transcripts": s.n_transcripts,
             "n_genes": s.n_genes, "n_nuclei": s.n_nuclei, "n_controls": s.n_controls, "n_unassigned": s.n_unassigned,
             "pixel_size_um": s.pixel_size_um, "analysis_sw_version": s.analysis_sw_version,
@@ -40,18 +39,18 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
             "n_cells_without_nucleus": s.n_cells_without_nucleus, "n_multinucleate_cells": s.n_multinucleate_cells,
             "morphology_levels": s.morphology_levels, "tissue": spec.tissue, "synthetic": spec.synthetic,
             "source": str(spec.xenium_dir),
-            "dapi_thumbnail": md_image(out / "thumbnail_dapi.png", "DAPI"),
-        }
+            "dapi_thumbnail": md_image(XeniumSlideFolder(out).thumbnail, "DAPI"),
+        }, s)
 
-    result = run_slide_stage(context, "xenium_slide", storage, lineage, compute)
-    md = result.metadata
+    run = run_slide_stage(context, "xenium_slide", storage, lineage, compute)
+    s = run.value
     lineage.store().record("slide_ingest", {
-        "run_id": context.run_id, "slide_id": spec.slide_id, "tissue": spec.tissue, "n_cells": md["n_cells"],
-        "n_transcripts": md["n_transcripts"], "n_genes": md["n_genes"], "n_controls": md["n_controls"],
-        "n_unassigned": md["n_unassigned"], "morphology_height": md["morphology_levels"].data[0][0],
-        "morphology_width": md["morphology_levels"].data[0][1], "pixel_size_um": md["pixel_size_um"],
+        "run_id": context.run_id, "slide_id": spec.slide_id, "tissue": spec.tissue, "n_cells": s.n_cells,
+        "n_transcripts": s.n_transcripts, "n_genes": s.n_genes, "n_controls": s.n_controls,
+        "n_unassigned": s.n_unassigned, "morphology_height": s.morphology_levels[0][0],
+        "morphology_width": s.morphology_levels[0][1], "pixel_size_um": s.pixel_size_um,
         "synthetic": spec.synthetic})
-    return result
+    return run.result()
 
 
 @asset(
@@ -69,24 +68,24 @@ def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: 
     spec = catalog.get(context.partition_key)
     pipeline = load_config("pipeline")
 
-    def compute(out: Path) -> dict:
+    def compute(out: Path) -> StageOutput[he_lib.HEImageSummary]:
         s = he_lib.ingest_he(spec.he_image, out, pipeline.he_image.magnification_um_per_px,
                              thumbnail_px=pipeline.ingest.thumbnail_max_px,
                              assumed_um_per_px=pipeline.registration.assumed_he_um_per_px,
                              progress=lambda msg: context.log.info(f"{spec.slide_id}: H&E pyramid {msg}"))
         context.log.info(f"{spec.slide_id}: H&E {s.width}x{s.height} px, {s.pixel_size_um} µm/px ({s.magnification}, "
                          f"from {s.pixel_size_source}); stored as {s.stored_as}")
-        return {
+        return StageOutput({
             "width": s.width, "height": s.height, "n_levels": s.n_levels, "level_shapes": s.level_shapes,
             "pixel_size_um": s.pixel_size_um if s.pixel_size_um is not None else "unknown",
             "pixel_size_source": s.pixel_size_source, "source_axes": s.source_axes,
             "source_levels": s.source_levels, "stored_as": s.stored_as,
             "magnification": s.magnification, "source": str(spec.he_image),
             "alignment_csv": str(spec.alignment_csv) if spec.alignment_csv else "none",
-            "he_thumbnail": md_image(out / "thumbnail_he.png", "H&E"),
-        }
+            "he_thumbnail": md_image(HEImageFolder(out).thumbnail, "H&E"),
+        }, s)
 
-    return run_slide_stage(context, "he_image", storage, lineage, compute)
+    return run_slide_stage(context, "he_image", storage, lineage, compute).result()
 
 
 ASSETS = [xenium_slide, he_image]

@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sthelar_platform.core.paths import StorageLayout
+    from sthelar_platform.ingest.manifest import SlideSpec
 
 
 def peak_rss_mb() -> float:
@@ -19,3 +24,14 @@ def emit(report: dict, out: Path | None) -> int:
     if out:
         out.write_text(text + "\n")
     return 0
+
+
+def bench_slide(home: Path, size: str) -> tuple[StorageLayout, SlideSpec]:
+    """The platform home ``sthelar bench --size SIZE`` ran its assets in, and its (first) slide."""
+    from sthelar_platform.core.paths import StorageLayout
+    from sthelar_platform.ingest.manifest import SlideCatalog
+
+    layout = StorageLayout.at(home / "bench" / size / "home")
+    if not layout.catalog.exists():
+        raise SystemExit(f"no benchmark of size {size} under {home}: run `sthelar --home {home} bench --size {size}`")
+    return layout, SlideCatalog(layout.catalog).list()[0]

@@ -1,6 +1,6 @@
 """Exact against approximate kNN graphs on a slide's PCs: time per size, recall and Leiden agreement.
 
-Usage: python benchmarks/knn_graph.py --home HOME [--cells 110000 510111] [--out FILE.json]
+Usage: python benchmarks/knn_graph.py --home HOME [--size xl] [--cells 110000 510111] [--out FILE.json]
 
 Needs a bench slide's `cell_counts` step (`sthelar bench --size xl --stage ingest --stage annotation`).
 Computes the clustering's PCs once (cells above the Less10 threshold), then builds each graph in a
@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import emit, peak_rss_mb  # noqa: E402
+from benchmarks._report import bench_slide, emit, peak_rss_mb  # noqa: E402
 
 METHODS = {"exact": 10**12, "approximate": 0}  # exact_knn_max_cells that forces each builder
 
@@ -35,10 +35,10 @@ def _build_one(method: str, pcs: Path, n_cells: int, graph_out: Path) -> None:
     from sthelar_platform.annotation.clustering import _knn_transformer
     from sthelar_platform.core.config import load_config
 
-    cfg = load_config("annotation")["clustering"]
+    cfg = load_config("annotation").clustering
     x = np.load(pcs)[:n_cells]
     start = time.perf_counter()
-    graph = _knn_transformer(cfg["n_neighbors"], len(x), METHODS[method], cfg["seed"]).fit_transform(x)
+    graph = _knn_transformer(cfg.n_neighbors, len(x), METHODS[method], cfg.seed).fit_transform(x)
     seconds = time.perf_counter() - start
     sparse.save_npz(graph_out, graph)
     # VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss across fork and exec
@@ -60,7 +60,7 @@ def _leiden_agreement(pcs: np.ndarray, graphs: dict, cfg) -> float:
 
     from sthelar_platform.annotation.clustering import leiden_clusters
 
-    labels = {method: leiden_clusters(ad.AnnData(obsm={"X_pca": pcs}), cfg, _Precomputed(graph, cfg["n_neighbors"]))
+    labels = {method: leiden_clusters(ad.AnnData(obsm={"X_pca": pcs}), cfg, _Precomputed(graph, cfg.n_neighbors))
               for method, graph in graphs.items()}
     return float(adjusted_rand_score(labels["exact"], labels["approximate"]))
 
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     """PCs once, then each graph builder at each size in its own process; recall and Leiden agreement."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--home", type=Path)
+    p.add_argument("--size", default="xl", help="the `sthelar bench` size whose cell counts to use")
     p.add_argument("--cells", type=int, nargs="+", default=[110_000, 510_111])
     p.add_argument("--out", type=Path)
     p.add_argument("--one", nargs=4, metavar=("METHOD", "PCS", "N", "GRAPH"), help=argparse.SUPPRESS)
@@ -96,16 +97,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from sthelar_platform.annotation.clustering import principal_components
     from sthelar_platform.core.config import load_categories, load_config
+    from sthelar_platform.core.warehouse import CellCountsFolder
 
-    cfg = load_config("annotation")["clustering"]
-    counts_path = args.home / "bench" / "annotation_out" / "cell_counts" / "cell.h5ad"
+    cfg = load_config("annotation").clustering
+    layout, spec = bench_slide(args.home, args.size)
+    counts_path = layout.folder(CellCountsFolder, spec.slide_id).cell
     cell = ad.read_h5ad(counts_path)
     cell = cell[cell.obs["n_transcripts"].to_numpy() > load_categories().less10_max_transcripts].copy()
     start = time.perf_counter()
     pcs = np.ascontiguousarray(principal_components(cell, cfg).obsm["X_pca"], dtype=np.float32)
     pca_s = time.perf_counter() - start
     report: dict = {"counts": str(counts_path), "n_cells": len(pcs), "n_genes": cell.n_vars, "n_pcs": pcs.shape[1],
-                    "pca_seconds": round(pca_s, 1), "n_neighbors": cfg["n_neighbors"], "sizes": []}
+                    "pca_seconds": round(pca_s, 1), "n_neighbors": cfg.n_neighbors, "sizes": []}
     del cell
     with tempfile.TemporaryDirectory() as tmp:
         pcs_path = Path(tmp) / "pcs.npy"

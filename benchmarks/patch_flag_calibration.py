@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", type=Path, required=True)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    acfg = load_config("tiling")["agreement"]
-    configured = {k: float(acfg[k]) for k in ("flag_below_jaccard", "flag_focus_ratio_below", "flag_ink_above")}
+    acfg = load_config("tiling").agreement
+    configured = {k: float(getattr(acfg, k)) for k in ("flag_below_jaccard", "flag_focus_ratio_below", "flag_ink_above")}
     frames = []
     for appearance in sorted((args.home / "landing").glob("*/slides/*/truth/he_appearance.json")):
         slide = appearance.parents[1].name

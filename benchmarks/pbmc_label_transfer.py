@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         is_ref[rng.choice(idx, len(idx) // 2, replace=False)] = True
     ref, query = raw[is_ref].copy(), raw[~is_ref].copy()
     genes = list(raw.var_names)
-    cfg = {**load_config("annotation")["tangram"], "device": "cpu"}
+    cfg = load_config("annotation").tangram.model_copy(update={"device": "cpu"})
     scores = raw_scores(query, ref, genes, cfg, "cpu")
     tg = hard_labels(scores, ref.obs["label"].value_counts(normalize=True), cfg)
     cross = centroid_labels(query, reference_centroids(ref, genes))

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import emit, peak_rss_mb  # noqa: E402
 from sthelar_platform.core.config import load_config  # noqa: E402
 from sthelar_platform.core.stain import macenko_vectors  # noqa: E402
-from sthelar_platform.tiling.reference_segmentation import make_segmenter  # noqa: E402
+from sthelar_platform.tiling.reference_segmentation import classical_segmenter  # noqa: E402
 
 UM_PER_PX = 0.25  # the 40x pixel size the real tile is read at, and the demo's 40x patches have
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--figure", type=Path)
     args = p.parse_args(argv)
-    segmenter = make_segmenter(load_config("tiling")["reference_segmentation"])
+    segmenter = classical_segmenter(load_config("tiling").reference_segmentation.classical)
     real = cv2.imread(str(wheel_images() / "histo.jpg"))[..., ::-1].copy()
     real_inst = segmenter.segment(real, UM_PER_PX)
     worlds = {"synthetic": args.home, **({"synthetic_simple": args.simple_home} if args.simple_home else {})}

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["csv", "perturbed_csv", "automatic"])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    cfg = load_config("pipeline")["registration"]
+    cfg = load_config("pipeline").registration
     rows = []
     for spec in load_manifest(args.cohort / "manifest.yaml"):
         truth_dir = spec.xenium_dir.parent / "truth"
@@ -58,7 +58,7 @@ def main() -> None:
             row = {"slide": spec.slide_id, "mode": mode, "n_cells": len(all_he), "deformed": deformation is not None,
                    "median_error_um": round(float(np.median(err)), 3), "p90_error_um": round(float(np.percentile(err, 90)), 3),
                    "median_residual_um": round(qc.median_residual_um, 3), "matched_fraction": round(qc.matched_fraction, 4)}
-            warped = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, cfg["match_radius_um"], cfg["nonrigid"], level0)
+            warped = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, cfg.match_radius_um, cfg.nonrigid, level0)
             warp = reg.warp_of(warped)
             err_w = np.linalg.norm((affine_um if warp is None else warp.forward(affine_um)) - cell_um, axis=1)
             row |= {"nonrigid_kept": warp is not None, "nonrigid_median_error_um": round(float(np.median(err_w)), 3),

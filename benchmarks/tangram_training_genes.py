@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import emit, peak_rss_mb  # noqa: E402
+from benchmarks._report import bench_slide, emit, peak_rss_mb  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,16 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     from sthelar_platform.annotation import references
     from sthelar_platform.annotation import tangram as tt
     from sthelar_platform.core.config import load_categories, load_config
-    from sthelar_platform.ingest.manifest import load_manifest
+    from sthelar_platform.core.warehouse import CellCountsFolder
 
-    bench = args.home / "bench"
-    data = bench / f"data_{args.size}"
-    spec = load_manifest(data / "manifest.yaml")[0]
+    layout, spec = bench_slide(args.home, args.size)
     cfg = load_config("annotation")
-    ref = references.load_reference(references.reference_spec(spec.tissue, data / "references", cfg.references,
+    ref = references.load_reference(references.reference_spec(spec.tissue, layout.references, cfg.references,
                                                               spec.reference), load_categories(), cfg.references)
     to_cat = dict(zip(ref.obs["label"], ref.obs["category"], strict=False))
-    cell = ad.read_h5ad(bench / "annotation_out" / "cell_counts" / "cell.h5ad", backed="r")
+    cell = ad.read_h5ad(layout.folder(CellCountsFolder, spec.slide_id).cell, backed="r")
     pick = np.sort(np.random.default_rng(0).choice(cell.n_obs, min(args.cells, cell.n_obs), replace=False))
     q = cell[pick].to_memory()
     q = q[q.obs["n_transcripts"].to_numpy() > 10].copy()
@@ -59,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for setting in args.grid:
         per_label, epochs = (int(v) for v in setting.split(":"))
-        c = {**cfg.tangram.model_dump(), "bag_size": q.n_obs, "markers_per_label": per_label, "num_epochs": epochs,
-             "device": "cpu"}
+        c = cfg.tangram.model_copy(update={"bag_size": q.n_obs, "markers_per_label": per_label, "num_epochs": epochs,
+                                           "device": "cpu"})
         fit = tt.training_genes(ref, genes, c)
         t0 = time.perf_counter()
         scores = tt.raw_scores(q, ref, fit, c, "cpu")

@@ -45,7 +45,7 @@ def _patch_bytes() -> tuple[bytes, bytes]:
 
 def fabricate_exports(exports: Path, n_slides: int, n_patches: int, groupings: dict[str, tuple[str, ...]]) -> list[str]:
     """slide_export-shaped folders (40x only) for ``n_slides`` slides of ``n_patches`` patches each."""
-    from sthelar_platform.tiling.exports import EXPORT_SUMMARY
+    from sthelar_platform.core.warehouse import SlideExportFolder
 
     png, npz = _patch_bytes()
     rng = np.random.default_rng(0)
@@ -74,7 +74,7 @@ def fabricate_exports(exports: Path, n_slides: int, n_patches: int, groupings: d
             pd.DataFrame({"name": names, "row": row, "col": col, "x0": col * 192, "y0": row * 192,
                           "tissue": TISSUES[i % len(TISSUES)], "downsample": 1, "dice": 0.9, "jaccard": 0.85,
                           "bpq": 0.8}).to_csv(d / "patches.csv", index=False)
-        (root / EXPORT_SUMMARY).write_text(json.dumps({"slide_id": slide, "synthetic": True}))
+        SlideExportFolder(root).summary.write_text(json.dumps({"slide_id": slide, "synthetic": True}))
     return slides
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from sthelar_cli.bench import STAGES as BENCH_STAGES
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.synth.flavours import FLAVOURS, QUIRKS, SIZES
 
@@ -113,15 +114,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     layout = _home(args)
     t0 = time.perf_counter()
     synthetic = load_synthetic()
-    world = args.world or synthetic["sizes"][args.size]["world"]
+    world = args.world or synthetic.sizes[args.size].world
     # each world lands in its own folder, so a home made before the demo turned realistic keeps its slides apart
     landing = layout.landing / (f"synthetic_{args.size}" if world == "simple" else f"synthetic_{args.size}_{world}")
     manifest = landing / "manifest.yaml"
     if not manifest.exists():
         print(f"generating SYNTHETIC {args.size} slides ({world} world) in {landing} ...")
         with tqdm(desc="synthesis", unit="step") as bar:
-            synthesize_cohort(landing, args.size, synthetic, load_categories(), seed=args.seed,
-                              progress=lambda m: (bar.set_postfix_str(m), bar.update()), world=world)
+            def progress(msg: str) -> None:
+                bar.set_postfix_str(msg)
+                bar.update()
+
+            synthesize_cohort(landing, args.size, synthetic, load_categories(), seed=args.seed, progress=progress,
+                              world=world)
     else:
         print(f"reusing SYNTHETIC slides in {landing}")
     specs = _add(layout, str(manifest), None, None, None, replace=True)
@@ -218,19 +223,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """`sthelar bench`: the benchmark harness of the source checkout."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "harness.py").exists():
-        raise InputError(root / "benchmarks", "the benchmark harness is not installed with the package",
-                         "run `sthelar bench` (or `make bench`) from a source checkout")
-    sys.path.insert(0, str(root))
-    from benchmarks.harness import run_benchmarks
+    """`sthelar bench`: each stage's assets on the size's SYNTHETIC slide (sthelar_cli/bench.py)."""
+    from sthelar_cli.bench import run_benchmarks
 
     layout = _home(args)
-    results = run_benchmarks(layout, size=args.size, stages=args.stage, seed=args.seed)
-    for r in results:
+    for r in run_benchmarks(layout, size=args.size, stages=args.stage, seed=args.seed):
         print(f"{r['stage']}: {r['wall_s']:.1f}s, {r['throughput']:.0f} {r['throughput_unit']}, peak RSS {r['peak_rss_mb']:.0f} MB")
-    print(f"JSON in {layout.bench}/")
+    print(f"JSON in {layout.bench / args.size}/")
     return 0
 
 
@@ -288,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmark each stage on the bench slide; JSON under $STHELAR_HOME/bench")
     b.add_argument("--size", choices=list(SIZES), default="bench")
-    b.add_argument("--stage", action="append", help="only these stages")
+    b.add_argument("--stage", action="append", choices=list(BENCH_STAGES), help="only these stages (repeatable)")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=cmd_bench)
     return p

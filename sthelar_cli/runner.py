@@ -76,7 +76,7 @@ def materialize_slide(slide_id: str, selection: list[str] | None = None, job_nam
         run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
         result = execute_job(job, instance=instance, tags={"dagster/partition": slide_id}, asset_selection=keys,
                              run_config=run_config)
-        failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        failed = [e.step_key or "" for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         return RunOutcome(slide_id=slide_id, run_id=result.run_id, success=result.success, failed_steps=failed)
 
 
@@ -90,5 +90,5 @@ def materialize_cohort(job_name: str = "training_job") -> RunOutcome:
     with DagsterInstance.get() as instance:
         result = execute_job(reconstructable(factory), instance=instance,
                              run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
-        failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        failed = [e.step_key or "" for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         return RunOutcome(slide_id="(cohort)", run_id=result.run_id, success=result.success, failed_steps=failed)

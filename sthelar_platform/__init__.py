@@ -9,5 +9,5 @@
 - ``qc``: dbt plumbing and the QC dashboard
 - ``synth``: SYNTHETIC slides, atlases and truth
 
-Configuration is read at the edge (assets, CLI) with ``core.load_settings`` and passed in as arguments.
+Configuration is read at the edge (assets, CLI) with ``core.config.load_config`` and passed in as arguments.
 """

@@ -2,17 +2,8 @@
 atlases they read (an observable source that rebuilds a slide's labels when its atlas changes).
 """
 
-from assets.annotation.labels import (
-    annotation_quality,
-    cell_counts,
-    cell_types,
-    clusters,
-    counts_valid,
-    nucleus_counts,
-    tangram_labels,
-)
+from assets.annotation.labels import cell_counts, cell_types, clusters, nucleus_counts, tangram_labels
 from assets.annotation.reference_atlas import reference_atlas
 
 ASSETS = [nucleus_counts, cell_counts, tangram_labels, clusters, cell_types]
-CHECKS = [counts_valid, annotation_quality]
 SOURCES = [reference_atlas]

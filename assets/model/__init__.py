@@ -3,10 +3,9 @@
 """
 
 from assets.model.dataset import training_dataset
-from assets.model.evaluation import model_evaluation, model_targets
+from assets.model.evaluation import model_evaluation
 from assets.model.predictions import slide_predictions
 from assets.model.training import cellvit_detailed, cellvit_grouped
 
 COHORT_ASSETS = [training_dataset, cellvit_detailed, cellvit_grouped, model_evaluation]
 PREDICTION_ASSETS = [slide_predictions]
-CHECKS = [model_targets]

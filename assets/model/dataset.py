@@ -4,10 +4,11 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets._runtime import code_version_of, compute_class, run_slide_stage
+from assets._runtime import StageOutput, code_version_of, compute_class, run_slide_stage
 from assets.tiling.exports import slide_export
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_categories, load_config
+from sthelar_platform.core.warehouse import SlideExportFolder
 from sthelar_platform.model import dataset as dataset_lib
 from sthelar_platform.model import layouts as layouts_lib
 
@@ -45,20 +46,23 @@ def _layouts_table(card: dict, root: Path) -> str:
 def training_dataset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                      catalog: SlideCatalogResource) -> MaterializeResult:
     exports = storage.layout.exports
-    slides, skipped, patients = [], [], {}
+    slides: list[str] = []
+    skipped: list[str] = []
+    patients: dict[str, str | None] = {}
     for spec in catalog.list():
-        (slides if (exports / spec.slide_id / "cellvit").is_dir() else skipped).append(spec.slide_id)
+        (slides if SlideExportFolder(exports / spec.slide_id).cellvit.is_dir() else skipped).append(spec.slide_id)
         patients[spec.slide_id] = spec.patient_id
     if skipped:
         context.log.warning(f"no export yet (left out of the dataset): {', '.join(skipped)}")
 
-    def compute(out: Path) -> dict:
+    def compute(out: Path) -> StageOutput[None]:
         card = dataset_lib.write_training_dataset(exports, slides, out, load_config("training"),
                                                   load_categories(), lambda step: context.log.info(f"writing {step}"),
                                                   patients=patients)
-        return {"slides": slides, "slides_without_export": skipped, "split": card["split"],
-                "dagster/row_count": sum(card["groupings"][next(iter(card["groupings"]))]["patches"].values()),
-                "dataset_card": MetadataValue.md(_card_table(card)),
-                "layouts": MetadataValue.md(_layouts_table(card, exports / "dataset")), "card": card}
+        return StageOutput({
+            "slides": slides, "slides_without_export": skipped, "split": card["split"],
+            "dagster/row_count": sum(card["groupings"][next(iter(card["groupings"]))]["patches"].values()),
+            "dataset_card": MetadataValue.md(_card_table(card)),
+            "layouts": MetadataValue.md(_layouts_table(card, storage.layout.dataset)), "card": card}, None)
 
-    return run_slide_stage(context, "training_dataset", storage, lineage, compute, final=exports / "dataset")
+    return run_slide_stage(context, "training_dataset", storage, lineage, compute, final=storage.layout.dataset).result()

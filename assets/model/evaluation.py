@@ -6,18 +6,19 @@ from pathlib import Path
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
-from assets._runtime import code_version_of, compute_class, run_slide_stage
+from assets._runtime import StageOutput, code_version_of, compute_class, run_slide_stage
 from assets.model.training import GROUPINGS, cellvit_detailed, cellvit_grouped
 from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import require_stage_output
+from sthelar_platform.core.warehouse import EvaluationFolder, ModelFolder
 from sthelar_platform.model import evaluation as evaluation_lib
 from sthelar_platform.model.cellvit import evaluation, inference
 
@@ -25,6 +26,10 @@ from sthelar_platform.model.cellvit import evaluation, inference
 @asset(
     **compute_class("model_evaluation"),
     deps=[cellvit_detailed, cellvit_grouped],
+    check_specs=[AssetCheckSpec(
+        "model_targets", asset="model_evaluation",
+        description="Held-out bPQ and detection F1 against evaluation.targets in training.yaml. A warning: a short "
+                    "CPU schedule is expected to miss them.")],
     code_version=code_version_of(evaluation_lib, evaluation, inference, configs=("training",)),
     group_name="training",
     kinds={"python", "pytorch", "duckdb"},
@@ -36,23 +41,23 @@ def model_evaluation(context: AssetExecutionContext, storage: StorageResource, l
     cfg = load_config("training")
     device = compute.resolve()
     layout = storage.layout
-    rows: list[dict] = []
 
-    def compute_fn(out: Path) -> dict:
+    def compute_fn(out: Path) -> StageOutput[tuple[dict[str, dict], list[dict]]]:
         meta: dict = {}
         summary: dict = {}
+        rows: list[dict] = []
         for grouping in GROUPINGS:
-            mdir = layout.models / f"cellvit_{grouping}"
-            ckpt = require_stage_output(mdir / "best.pt", f"cellvit_{grouping}")
-            card = json.loads(require_stage_output(mdir / "model.json", f"cellvit_{grouping}").read_text())
-            result = evaluation_lib.evaluate_model(ckpt, layout.exports / "dataset", cfg, device)
+            model = ModelFolder(layout.models / f"cellvit_{grouping}")
+            ckpt = require_stage_output(model.best, f"cellvit_{grouping}")
+            card = json.loads(require_stage_output(model.card, f"cellvit_{grouping}").read_text())
+            result = evaluation_lib.evaluate_model(ckpt, layout.dataset, cfg, device)
             o = result["overall"]
             class_f1 = evaluation_lib.mean_class_f1(o)
             context.log.info(f"{result['model_id']} on {result['n_patches']} {result['split']} patches: detection F1 "
                              f"{o['detection_f1']:.3f}, bPQ {o['bpq']:.3f}, mPQ {o['mpq']:.3f}, mean class F1 {class_f1:.3f} "
                              f"({result['patches_per_s']:.1f} patches/s on {device})")
             rows.extend(evaluation_lib.evaluation_rows(result))
-            (out / f"{grouping}.json").write_text(json.dumps(result, indent=2, default=float))
+            EvaluationFolder(out).grouping(grouping).write_text(json.dumps(result, indent=2, default=float))
             summary[grouping] = {"model_id": result["model_id"], "detection_f1": o["detection_f1"], "bpq": o["bpq"],
                                  "mpq": o["mpq"], "mean_class_f1": class_f1, "n_patches": result["n_patches"]}
             meta[f"model_card_{grouping}"] = MetadataValue.md(evaluation_lib.model_card_md(card, result))
@@ -60,38 +65,20 @@ def model_evaluation(context: AssetExecutionContext, storage: StorageResource, l
             meta[f"detection_f1_{grouping}"] = o["detection_f1"]
             meta[f"mpq_{grouping}"] = o["mpq"]
             meta[f"mean_class_f1_{grouping}"] = class_f1
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        EvaluationFolder(out).summary.write_text(json.dumps(summary, indent=2))
         meta["summary"] = summary
         meta["dagster/row_count"] = len(rows)
-        return meta
+        return StageOutput(meta, (summary, rows))
 
-    result = run_slide_stage(context, "model_evaluation", storage, lineage, compute_fn,
-                             inputs=("cellvit_detailed", "cellvit_grouped"), final=layout.models / "evaluation")
+    run = run_slide_stage(context, "model_evaluation", storage, lineage, compute_fn,
+                          inputs=("cellvit_detailed", "cellvit_grouped"), final=layout.models / "evaluation")
+    summary, rows = run.value
     lineage.store().record_many("model_eval", [{**r, "run_id": context.run_id} for r in rows])
-    return result
+    return run.result([model_targets(summary, cfg.evaluation.targets)])
 
 
-def target_failures(summary: dict, targets: dict) -> list[str]:
-    """Models below the configured targets (evaluation.targets in config/training.yaml), as sentences."""
-    out = []
-    for grouping, s in sorted(summary.items()):
-        for metric, floor in sorted(targets.items()):
-            v = s.get(metric)
-            if v is None or not v == v or v < float(floor):
-                out.append(f"{grouping}: {metric} {v if v is None else round(v, 3)} < {floor}")
-    return out
-
-
-@asset_check(
-    asset=model_evaluation,
-    description="Held-out bPQ and detection F1 against evaluation.targets in config/training.yaml. A warning: a "
-                "short CPU schedule is expected to miss them.",
-)
-def model_targets(storage: StorageResource) -> AssetCheckResult:
-    path = require_stage_output(storage.layout.models / "evaluation" / "summary.json", "model_evaluation")
-    summary = json.loads(path.read_text())
-    targets = load_config("training")["evaluation"]["targets"]
-    failures = target_failures(summary, targets)
-    return AssetCheckResult(passed=not failures, severity=AssetCheckSeverity.WARN,
+def model_targets(summary: dict[str, dict], targets: dict[str, float]) -> AssetCheckResult:
+    failures = evaluation_lib.target_failures(summary, targets)
+    return AssetCheckResult(check_name="model_targets", passed=not failures, severity=AssetCheckSeverity.WARN,
                             description="; ".join(failures) or "all models meet the targets",
                             metadata={"targets": MetadataValue.json(targets), "summary": MetadataValue.json(summary)})

@@ -4,11 +4,12 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from assets._runtime import code_version_of, compute_class, md_image, run_slide_stage
+from assets._runtime import StageOutput, code_version_of, compute_class, md_image, run_slide_stage
 from assets.model.dataset import training_dataset
 from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.warehouse import ModelFolder
 from sthelar_platform.model import training as training_lib
 from sthelar_platform.model.cellvit import data, losses, model, postprocess, targets, training
 
@@ -44,7 +45,7 @@ def _cellvit_asset(grouping: str):
         store = lineage.store()
         dataset_version = store.latest_data_version("training_dataset", None)
         if not dataset_version:
-            raise InputError(layout.exports / "dataset", "no successful training_dataset materialization recorded",
+            raise InputError(layout.dataset, "no successful training_dataset materialization recorded",
                              "materialize training_dataset first")
         size, _ = training_lib.schedule_for(cfg, device)
 
@@ -57,20 +58,20 @@ def _cellvit_asset(grouping: str):
                 "patches_per_s": row["patches_per_s"], "device": device, "size": size,
                 "dataset_version": dataset_version})
 
-        def compute_fn(out: Path) -> dict:
+        def compute_fn(out: Path) -> StageOutput[None]:
             context.log.info(f"{name}: training CellViT-{size} on {device} (dataset version {dataset_version[:12]})")
-            card, history = training_lib.train_cellvit(layout.exports / "dataset", grouping, cfg, device,
+            card, history = training_lib.train_cellvit(layout.dataset, grouping, cfg, device,
                                               layout.root / "work" / "training", out, dataset_version, CODE_VERSION,
                                               layout.root, on_epoch)
-            return {"model_card": card, "device": device, "size": size, "best_val_loss": card["best_val_loss"],
+            return StageOutput({"model_card": card, "device": device, "size": size, "best_val_loss": card["best_val_loss"],
                     "best_epoch": card["best_epoch"], "epochs_run": card["epochs_run"],
                     "resumed_from_epoch": card["resumed_from_epoch"], "n_parameters": card["n_parameters"],
                     "train_patches_per_s": round(card["train_patches_per_s"], 2),
-                    "loss_curve": md_image(out / "loss_curve.png", "loss curves", 500),
-                    "history": MetadataValue.md(_history_md(history)), "dagster/row_count": len(history)}
+                    "loss_curve": md_image(ModelFolder(out).loss_curve, "loss curves", 500),
+                    "history": MetadataValue.md(_history_md(history)), "dagster/row_count": len(history)}, None)
 
         return run_slide_stage(context, name, storage, lineage, compute_fn, inputs=("training_dataset",),
-                               final=layout.models / name)
+                               final=layout.models / name).result()
 
     return _asset
 

@@ -6,7 +6,7 @@ only a model that fails to build fails the step.
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from sthelar_platform.qc import dbt_project as qc_lib
 
 
 class QcTranslator(DagsterDbtTranslator):
-    def get_group_name(self, dbt_resource_props: dict[str, Any]) -> str | None:
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return "qc"
 
 

@@ -2,10 +2,9 @@
 its blocking check, and the per-slide exports.
 """
 
-from assets.tiling.agreement import patch_quality, segmentation_agreement
+from assets.tiling.agreement import segmentation_agreement
 from assets.tiling.exports import slide_export
 from assets.tiling.patches import patches_20x, patches_40x
 from assets.tiling.reference_segmentation import reference_segmentation
 
 ASSETS = [patches_40x, patches_20x, reference_segmentation, segmentation_agreement, slide_export]
-CHECKS = [patch_quality]

@@ -8,7 +8,9 @@ variance without centring, PCA centres implicitly, and marker scores come from p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -16,7 +18,9 @@ import pandas as pd
 import scanpy as sc
 from scipy import sparse
 
-from sthelar_platform.core.config import ClusteringConfig, MarkersConfig
+from sthelar_platform.core.config.annotation import AnnotationConfig, ClusteringConfig, MarkersConfig
+from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.warehouse import CellCountsFolder, ClustersFolder
 
 
 @dataclass
@@ -92,28 +96,28 @@ def group_means(x, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def principal_components(counts: ad.AnnData, cfg: ClusteringConfig) -> ad.AnnData:
     """Log-normalised cells (kept in ``.raw``) with their PCs in ``.obsm["X_pca"]``, sparse throughout."""
-    a = lognorm(counts, cfg["target_sum"])
+    a = lognorm(counts, cfg.target_sum)
     a.raw = a
-    if a.n_vars > cfg["hvg_above_genes"]:
-        sc.pp.highly_variable_genes(a, n_top_genes=int(min(cfg["n_top_hvg"], a.n_vars)), flavor="seurat")
+    if a.n_vars > cfg.hvg_above_genes:
+        sc.pp.highly_variable_genes(a, n_top_genes=int(min(cfg.n_top_hvg, a.n_vars)), flavor="seurat")
         a = a[:, a.var["highly_variable"].to_numpy()].copy()
-    sc.pp.scale(a, zero_center=False, max_value=cfg["scale_max"])  # sparse in, sparse out
-    n_pcs = int(min(cfg["n_pcs"], a.n_vars - 1, a.n_obs - 1))
-    sc.pp.pca(a, n_comps=n_pcs, zero_center=True, random_state=cfg["seed"])  # implicit centring on sparse X
+    sc.pp.scale(a, zero_center=False, max_value=cfg.scale_max)  # sparse in, sparse out
+    n_pcs = int(min(cfg.n_pcs, a.n_vars - 1, a.n_obs - 1))
+    sc.pp.pca(a, n_comps=n_pcs, zero_center=True, random_state=cfg.seed)  # implicit centring on sparse X
     return a
 
 
 def cluster_cells(counts: ad.AnnData, cfg: ClusteringConfig) -> tuple[ad.AnnData, pd.Series]:
     """Leiden clusters of the cells (log-normalized data kept in the returned AnnData)."""
     a = principal_components(counts, cfg)
-    knn = _knn_transformer(min(cfg["n_neighbors"], a.n_obs - 1), a.n_obs, cfg["exact_knn_max_cells"], cfg["seed"])
+    knn = _knn_transformer(min(cfg.n_neighbors, a.n_obs - 1), a.n_obs, cfg.exact_knn_max_cells, cfg.seed)
     return a, leiden_clusters(a, cfg, knn)
 
 
 def leiden_clusters(a: ad.AnnData, cfg: ClusteringConfig, knn) -> pd.Series:
     """Leiden clusters of the cells on the kNN graph that ``knn`` (a transformer scanpy calls) builds on the PCs."""
-    sc.pp.neighbors(a, n_pcs=a.obsm["X_pca"].shape[1], random_state=cfg["seed"], transformer=knn)
-    sc.tl.leiden(a, resolution=cfg["resolution"], random_state=cfg["seed"], flavor="igraph", n_iterations=2,
+    sc.pp.neighbors(a, n_pcs=a.obsm["X_pca"].shape[1], random_state=cfg.seed, transformer=knn)
+    sc.tl.leiden(a, resolution=cfg.resolution, random_state=cfg.seed, flavor="igraph", n_iterations=2,
                  directed=False)
     return a.obs["leiden"].astype(str)
 
@@ -175,7 +179,36 @@ def score_markers(a: ad.AnnData, clusters: pd.Series, markers: dict[str, list[st
 def run_clustering(counts: ad.AnnData, cfg: ClusteringConfig, markers_cfg: MarkersConfig) -> Clustering:
     """Leiden clusters, their marker genes and marker-based labels on the slide's own expression."""
     a, clusters = cluster_cells(counts, cfg)
-    markers = wilcoxon_markers(a, cfg["n_marker_genes"], cfg["wilcoxon_max_cells_per_cluster"], cfg["seed"])
-    scores, label = score_markers(a, clusters, markers_cfg["genes"], markers_cfg["min_score"])
+    markers = wilcoxon_markers(a, cfg.n_marker_genes, cfg.wilcoxon_max_cells_per_cluster, cfg.seed)
+    scores, label = score_markers(a, clusters, markers_cfg.genes, markers_cfg.min_score)
     return Clustering(clusters=clusters, markers=markers, marker_scores=scores, marker_label=label,
                       embedding=np.asarray(a.obsm["X_pca"][:, :2]))
+
+
+@dataclass(frozen=True)
+class ClustersSummary:
+    n_cells: int
+    n_clusters: int
+    marker_labels: dict[str, str]      # cluster -> the category its marker scores point to
+
+
+def write_clusters(cell_dir: Path, out: Path, cfg: AnnotationConfig, less10_max: int) -> ClustersSummary:
+    """Leiden clusters of the cells above the Less10 threshold, Wilcoxon markers and marker scores."""
+    counts_in, folder = CellCountsFolder(cell_dir), ClustersFolder(out)
+    cell = ad.read_h5ad(require_stage_output(counts_in.cell, counts_in.stage))
+    keep = cell.obs["n_transcripts"].to_numpy() > less10_max
+    if keep.sum() < 3:
+        raise InputError(counts_in.cell, f"only {int(keep.sum())} cells have more than {less10_max} transcripts",
+                         "nothing to cluster: check the slide's transcripts")
+    res = run_clustering(cell[keep], cfg.clustering, cfg.markers)
+    pd.DataFrame({"cell_id": res.clusters.index, "cluster": res.clusters.values, "pc1": res.embedding[:, 0],
+                  "pc2": res.embedding[:, 1]}).to_parquet(folder.clusters)
+    res.markers.to_parquet(folder.markers)
+    ms = res.marker_scores.copy()
+    ms.insert(0, "marker_label", res.marker_label)
+    ms.index.name = "cluster"
+    ms.reset_index().to_parquet(folder.marker_scores)
+    summary = ClustersSummary(n_cells=int(keep.sum()), n_clusters=int(res.clusters.nunique()),
+                              marker_labels={str(k): str(v) for k, v in res.marker_label.items()})
+    folder.summary.write_text(json.dumps(asdict(summary), indent=2))
+    return summary

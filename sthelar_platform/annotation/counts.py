@@ -10,6 +10,9 @@ each one belongs; any other segmentation is given as label rasters and looked up
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -19,6 +22,7 @@ import polars as pl
 from scipy import sparse
 
 from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
+from sthelar_platform.core.warehouse import CellCountsFolder, NucleusCountsFolder, StageFolder, XeniumSlideFolder
 
 COMPARTMENTS = {"cell": "cell_boundaries", "nucleus": "nucleus_boundaries", "cytoplasm": "cell_boundaries"}
 FIX_TX = "re-run xenium_slide for this slide (its transcripts.parquet is incomplete)"
@@ -105,9 +109,40 @@ def _table(x: sparse.csr_matrix, cell_ids: list[str], genes: list[str], compartm
 
 def slide_count_tables(xenium_dir: str | Path, qv_min: float) -> dict[str, ad.AnnData]:
     """Count tables of an ingested slide (``xenium_slide`` output), Xenium segmentation."""
-    xenium_dir = Path(xenium_dir)
-    for name in ("transcripts.parquet", "cells.parquet", "expression.h5ad"):
-        require_stage_output(xenium_dir / name, "xenium_slide")
-    cell_ids = pl.read_parquet(xenium_dir / "cells.parquet", columns=["cell_id"])["cell_id"].to_list()
-    genes = list(ad.read_h5ad(xenium_dir / "expression.h5ad", backed="r").var_names)
-    return count_tables(assigned_transcripts(xenium_dir / "transcripts.parquet", qv_min), cell_ids, genes)
+    xen = XeniumSlideFolder(xenium_dir)
+    for path in (xen.transcripts, xen.cells, xen.expression):
+        require_stage_output(path, xen.stage)
+    cell_ids = pl.read_parquet(xen.cells, columns=["cell_id"])["cell_id"].to_list()
+    genes = list(ad.read_h5ad(xen.expression, backed="r").var_names)
+    return count_tables(assigned_transcripts(xen.transcripts, qv_min), cell_ids, genes)
+
+
+@dataclass(frozen=True)
+class CountTableSummary:
+    n_cells: int
+    n_genes: int
+    n_transcripts: int
+    cells_with_counts: int
+    median_transcripts: float
+
+
+# each counts stage's tables, and the file each is written to
+COUNT_TABLES: dict[str, dict[str, Callable[[Path], Path]]] = {
+    NucleusCountsFolder.stage: {"nucleus": lambda d: NucleusCountsFolder(d).nucleus},
+    CellCountsFolder.stage: {"cell": lambda d: CellCountsFolder(d).cell, "cytoplasm": lambda d: CellCountsFolder(d).cytoplasm},
+}
+
+
+def write_counts(stage: str, xenium_dir: Path, out: Path, qv_min: float) -> dict[str, CountTableSummary]:
+    """``nucleus_counts`` -> nucleus.h5ad; ``cell_counts`` -> cell.h5ad + cytoplasm.h5ad (and summary.json)."""
+    tables = slide_count_tables(xenium_dir, qv_min)
+    summary = {}
+    for name, path_of in COUNT_TABLES[stage].items():
+        t = tables[name]
+        t.write_h5ad(path_of(out), compression="gzip")
+        summary[name] = CountTableSummary(
+            n_cells=int(t.n_obs), n_genes=int(t.n_vars), n_transcripts=int(t.X.sum()),
+            cells_with_counts=int((t.obs["n_transcripts"] > 0).sum()),
+            median_transcripts=float(np.median(t.obs["n_transcripts"])))
+    StageFolder(out).summary.write_text(json.dumps({k: asdict(v) for k, v in summary.items()}, indent=2))
+    return summary

@@ -16,8 +16,8 @@ import numpy as np
 from scipy import sparse
 
 from sthelar_platform.core.categories import CategorySystem
-from sthelar_platform.core.config import ReferencesConfig
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.config.annotation import ReferencesConfig
+from sthelar_platform.core.errors import ConfigError, InputError
 from sthelar_platform.core.hashing import sha256_file
 
 FIX_REF = "provide an .h5ad atlas with raw integer counts in X and the label column named in config/annotation.yaml"
@@ -31,23 +31,31 @@ class ReferenceSpec:
 
 
 def reference_spec(tissue: str, references_dir: str | Path, cfg: ReferencesConfig,
-                   override: str | Path | None = None) -> ReferenceSpec:
-    """The configured atlas of ``tissue`` (a slide's own ``reference`` wins)."""
-    entry = {**cfg["default"], **(cfg["tissues"].get(tissue) or {})}
+                   override: str | Path | None = None, config_file: str | Path = "annotation.yaml") -> ReferenceSpec:
+    """The configured atlas of ``tissue`` (a slide's own ``reference`` wins); ``config_file`` names the config
+    file in errors.
+    """
+    own = cfg.tissues.get(tissue)
+    file = own.file if own is not None and own.file else cfg.default.file
+    label_column = (own.label_column if own is not None else None) or cfg.default.label_column
+    if label_column is None:
+        raise ConfigError(config_file, f"references.tissues.{tissue}.label_column",
+                          f"no label column configured for tissue {tissue!r}",
+                          "set references.default.label_column (or the tissue's own) in annotation.yaml")
     if override is not None:
         path = Path(override)
-    elif "file" in entry:
-        path = Path(entry["file"])
+    elif file:
+        path = Path(file)
         path = path if path.is_absolute() else Path(references_dir) / path
     else:
-        raise InputError(None, f"no reference atlas configured for tissue {tissue!r}",
-                         "add it under references.tissues in config/annotation.yaml or give the slide a `reference:`")
-    return ReferenceSpec(tissue=tissue, path=path, label_column=entry["label_column"])
+        raise ConfigError(config_file, f"references.tissues.{tissue}", f"no reference atlas configured for tissue {tissue!r}",
+                          "add it under references.tissues in annotation.yaml or give the slide a `reference:`")
+    return ReferenceSpec(tissue=tissue, path=path, label_column=label_column)
 
 
 def label_map(categories: CategorySystem, cfg: ReferencesConfig) -> dict[str, str]:
     """Reference label -> category: categories.yaml's map plus the annotation config's additions."""
-    return {**categories.label_map, **(cfg.get("extra_label_map") or {})}
+    return {**categories.label_map, **cfg.extra_label_map}
 
 
 def _label_key(label: str) -> str:
@@ -96,7 +104,7 @@ def load_reference(spec: ReferenceSpec, categories: CategorySystem, cfg: Referen
     if bad:
         raise InputError(None, f"label_map points to unknown categories {bad}", "fix config/annotation.yaml")
     small = labels.value_counts()
-    small = small[small < cfg["min_cells_per_label"]]
+    small = small[small < cfg.min_cells_per_label]
     ref = ref[~labels.isin(small.index)].copy()
     ref.obs["label"] = ref.obs[spec.label_column].astype(str).values
     ref.obs["category"] = [mapping[lb] for lb in ref.obs["label"]]

@@ -12,8 +12,6 @@ _EXPORTS = {
     "recover_interrupted_swap": "atomic",
     "CategorySystem": "categories",
     "Grouping": "categories",
-    "Settings": "config",
-    "load_settings": "config",
     "load_config": "config",
     "load_categories": "config",
     "load_synthetic": "config",

@@ -38,8 +38,9 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
 
     One count query decides whether anything is missing: a merge runs on every record.
     """
-    have = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name IN "
-                       f"({', '.join('?' for _ in SCHEMA)})", list(SCHEMA)).fetchone()[0]
+    counted = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name IN "
+                          f"({', '.join('?' for _ in SCHEMA)})", list(SCHEMA)).fetchone()
+    have = counted[0] if counted else 0
     if have == sum(len(cols) for cols in SCHEMA.values()):
         return
     for table, cols in SCHEMA.items():
@@ -88,7 +89,7 @@ class DuckDBBackend:
                 create_tables(con)
                 while payloads:
                     con.execute("BEGIN TRANSACTION")
-                    current = None
+                    current: Path | None = None
                     try:
                         for current, payload in payloads.items():
                             rows = payload["rows"] if "rows" in payload else [payload["row"]]
@@ -100,6 +101,8 @@ class DuckDBBackend:
                         return []
                     except duckdb.Error as exc:  # one file's values were refused: set it aside, merge the rest
                         con.execute("ROLLBACK")
+                        if current is None:  # the transaction itself failed, before any file: retry later
+                            return []
                         quarantine(current, f"{type(exc).__name__}: {exc}")
                         payloads.pop(current)
             finally:

@@ -100,15 +100,15 @@ def fit_field(q_um: np.ndarray, target_um: np.ndarray, spacing_um: float, min_pa
         if n >= min_pairs:
             med[:, c] = np.median(offsets[order[s:s + n]], axis=0)
             weight[c] = 1.0
-    med, weight = med.reshape(2, ny, nx), weight.reshape(ny, nx)
-    if not weight.any():
+    med_grid, weight_grid = med.reshape(2, ny, nx), weight.reshape(ny, nx)
+    if not weight_grid.any():
         return DisplacementField(origin, spacing_um, np.zeros((ny, nx)), np.zeros((ny, nx)))
-    filled = np.empty_like(med)
+    filled = np.empty_like(med_grid)
     sigma = max(smoothing_cells, 1.0)
-    w = ndimage.gaussian_filter(weight, sigma, mode="nearest")
+    w = ndimage.gaussian_filter(weight_grid, sigma, mode="nearest")
     for k in range(2):  # normalised convolution: empty cells take their neighbours' weighted mean
-        spread = ndimage.gaussian_filter(med[k] * weight, sigma, mode="nearest") / np.maximum(w, 1e-9)
-        filled[k] = np.where(weight > 0, med[k], spread)
+        spread = ndimage.gaussian_filter(med_grid[k] * weight_grid, sigma, mode="nearest") / np.maximum(w, 1e-9)
+        filled[k] = np.where(weight_grid > 0, med_grid[k], spread)
         if smoothing_cells > 0:
             filled[k] = ndimage.gaussian_filter(filled[k], smoothing_cells, mode="nearest")
     far = w < 1e-6  # no pair anywhere near: no correction rather than an extrapolated one

@@ -21,6 +21,15 @@ class InputError(ValueError):
         super().__init__(f"{where}{self.problem}. Fix: {self.fix}")
 
 
+class ConfigError(InputError):
+    """A config file that is wrong: names the file and the dotted key (``registration.match_radius_um``)."""
+
+    def __init__(self, file: str | Path, key: str | None, problem: str, fix: str) -> None:
+        self.key = key
+        named = key is None or f"`{key}`" in problem
+        super().__init__(file, problem if named else f"`{key}`: {problem}", fix)
+
+
 def require_stage_output(path: Path, stage: str) -> Path:
     """``path`` if it exists; otherwise the error every stage gives for a missing upstream output."""
     if not path.exists():
@@ -49,9 +58,9 @@ def out_of_space(exc: BaseException, output: Path) -> InputError | None:
     import errno
     import os
 
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, OSError) and errno.errorcode.get(seen.errno or 0) in _NO_SPACE:
+        if isinstance(seen, OSError) and seen.errno is not None and errno.errorcode.get(seen.errno) in _NO_SPACE:
             return InputError(output, f"no space to write this output ({os.strerror(seen.errno)}); the earlier output "
                               "is kept and the partial one removed",
                               "free space (or raise the quota) on the volume holding STHELAR_HOME, then re-run")

@@ -6,6 +6,7 @@ in memory; readers go through tifffile's zarr view so level 0 is never loaded wh
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -111,7 +112,7 @@ def write_averaged_pyramid(slide: WholeSlide, dst: Path, pixel_size_um: float, w
     ``dst`` (removed at the end), so the source's level 0 is decoded twice in all, region by region.
     """
     shapes = pyramid_shapes(slide.height, slide.width)
-    readers: list[Callable[[int, int, int, int], np.ndarray]] = [lambda y, x, h, w: slide.read_region(0, y, x, h, w)]
+    readers: list[Callable[[int, int, int, int], np.ndarray]] = [functools.partial(slide.read_region, 0)]
     temps: list[WholeSlide] = []
     scratch = dst.with_name(dst.name + ".levels")
     scratch.mkdir(exist_ok=True)
@@ -120,7 +121,7 @@ def write_averaged_pyramid(slide: WholeSlide, dst: Path, pixel_size_um: float, w
             path = scratch / f"level{k}.tif"
             write_tiled_tiff(path, shapes[k], _halve(readers[k - 1], shapes[k - 1]), workers=workers)
             temps.append(WholeSlide(path))
-            readers.append(lambda y, x, h, w, s=temps[-1]: s.read_region(0, y, x, h, w))
+            readers.append(functools.partial(temps[-1].read_region, 0))
             if progress:
                 progress(f"level {k} of {len(shapes) - 1} averaged")
         write_pyramidal_ome_tiff(dst, shapes[0], lambda level, y, x, h, w: readers[level](y, x, h, w),
@@ -176,7 +177,7 @@ def read_level(path: str | Path, level: int) -> np.ndarray:
         return slide.read_level(level)
 
 
-def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """A preview of an image's first plane (e.g. the DAPI channel) at most ~``max_px`` per side, without
     reading full resolution: the smallest pyramid level that is large enough, read with a stride.
 
@@ -198,7 +199,7 @@ def first_plane_thumbnail(path: str | Path, max_px: int) -> tuple[np.ndarray, li
     step = max(1, sizes[level] // max_px)
     store = tifffile.imread(path, aszarr=True, level=level, is_ome=False)
     try:
-        arr = zarr.open(store, mode="r")
+        arr = zarr.open_array(store, mode="r")
         index = tuple(slice(None, None, step) if i in yx else 0 for i in range(arr.ndim))
         preview = np.asarray(arr[index])
     except Exception as exc:  # noqa: BLE001 - codecs raise their own types for damaged tiles

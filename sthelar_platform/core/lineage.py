@@ -14,12 +14,23 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sthelar_platform.core._lineage_schema import SCHEMA
 from sthelar_platform.core.atomic import write_text_atomic
+
+
+class LineageBackend(Protocol):
+    """Where the tables live (DuckDB file or Postgres); the spool in front of it is the store's own."""
+
+    def merge(self, payloads: dict[Path, dict[str, Any]], quarantine: Callable[[Path, str], None]) -> list[Path]: ...
+
+    def query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]: ...
+
+    def snapshot(self, dest: Path) -> None: ...
 
 __all__ = ["SCHEMA", "LineageStore", "utcnow"]
 
@@ -58,6 +69,7 @@ class LineageStore:
         self.lock_timeout_s = lock_timeout_s
         self.url = url or None
         self.spool.mkdir(parents=True, exist_ok=True)
+        self.backend: LineageBackend
         if self.url is None:
             from sthelar_platform.core._lineage_duckdb import DuckDBBackend
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sthelar_platform.core.ids import validate_slide_id
+from sthelar_platform.core.warehouse import StageFolder
+
+F = TypeVar("F", bound=StageFolder)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,11 @@ class StorageLayout:
     @property
     def exports(self) -> Path:
         return self.root / "exports"
+
+    @property
+    def dataset(self) -> Path:
+        """The cross-slide training dataset (``exports/dataset``)."""
+        return self.exports / "dataset"
 
     @property
     def models(self) -> Path:
@@ -69,3 +78,7 @@ class StorageLayout:
         if not stage.isidentifier():
             raise ValueError(f"invalid stage name {stage!r}")
         return self.warehouse / stage / validate_slide_id(slide_id)
+
+    def folder(self, kind: type[F], slide_id: str, stage: str | None = None) -> F:
+        """A slide's output folder of one stage, its files named (``stage`` for per-magnification stages)."""
+        return kind(self.stage_dir(stage or kind.stage, slide_id))

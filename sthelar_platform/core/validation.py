@@ -41,7 +41,8 @@ def validate_frame(df: pd.DataFrame, expectations: list) -> ValidationOutcome:
         if not r.success:
             cfg = r.expectation_config
             unexpected = (r.result or {}).get("unexpected_count")
-            failures.append(f"{cfg.type}({cfg.kwargs.get('column', '')})"
+            name = f"{cfg.type}({cfg.kwargs.get('column', '')})" if cfg is not None else "expectation"
+            failures.append(name
                             + (f": {unexpected} unexpected values" if unexpected is not None else ""))
     return ValidationOutcome(success=bool(result.success), n_expectations=len(result.results), failures=failures)
 

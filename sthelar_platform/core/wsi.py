@@ -90,7 +90,15 @@ def _plausible(value: float | None) -> float | None:
     return value if value is not None and PLAUSIBLE_MPP[0] <= value <= PLAUSIBLE_MPP[1] else None
 
 
-def level_downsample(shape0: tuple[int, int], shape: tuple[int, int]) -> float:
+def _page(page: tifffile.TiffPage | tifffile.TiffFrame | None, path: Path) -> tifffile.TiffPage:
+    """A level's first page with its tags (tifffile may hand back a frame that has none)."""
+    key = page if isinstance(page, tifffile.TiffPage) or page is None else page.keyframe
+    if key is None:
+        raise InputError(path, "a pyramid level has no pages", FIX_FORMAT)
+    return key
+
+
+def level_downsample(shape0: tuple[int, ...], shape: tuple[int, ...]) -> float:
     """Level-0 pixels per pixel of a level of shape ``shape``.
 
     A level made by halving k times is 2**k, whether the halving rounded odd sizes up or down: its
@@ -121,8 +129,9 @@ class WholeSlide:
             self.axes = series.axes
             self._level_shapes = [tuple(lv.shape) for lv in series.levels]
             self.dtype = str(series.dtype)
-            self.tiled = bool(series.pages[0].is_tiled)
-            self.compression = str(series.pages[0].compression.name)
+            first = _page(series.pages[0], self.path)
+            self.tiled = bool(first.is_tiled)
+            self.compression = str(getattr(first.compression, "name", first.compression))
         except (tifffile.TiffFileError, ValueError, IndexError, OSError, KeyError) as exc:
             raise InputError(self.path, f"not a readable TIFF-family whole-slide image ({exc})", FIX_FORMAT) from exc
         try:
@@ -155,8 +164,9 @@ class WholeSlide:
         page = self._tf.pages.first
         for source, value in (("OME PhysicalSizeX", _ome_mpp(self._tf)), ("TIFF resolution tags", _tag_mpp(page)),
                               ("Aperio description", _aperio_mpp(page)), ("NDPI magnification", _ndpi_mpp(self._tf))):
-            if _plausible(value) is not None:
-                return float(value), source
+            plausible = _plausible(value)
+            if plausible is not None:
+                return float(plausible), source
         return None, "none"
 
     # -- geometry ------------------------------------------------------------------
@@ -181,7 +191,7 @@ class WholeSlide:
 
     @property
     def all_levels_tiled(self) -> bool:
-        return all(lv.pages[0].is_tiled for lv in self._tf.series[0].levels)
+        return all(_page(lv.pages[0], self.path).is_tiled for lv in self._tf.series[0].levels)
 
     @property
     def is_rgb(self) -> bool:
@@ -192,7 +202,7 @@ class WholeSlide:
         """One window of one level as ``(h, w, 3)`` (or ``(h, w)`` for a grayscale image); only touched tiles decode."""
         store = self._tf.series[0].aszarr(level=level)
         try:
-            arr = zarr.open(store, mode="r")
+            arr = zarr.open_array(store, mode="r")
             index: list[slice | int] = [slice(None)] * arr.ndim
             index[self._y], index[self._x] = slice(y0, y0 + h), slice(x0, x0 + w)
             for i, v in self._fixed.items():
@@ -204,7 +214,7 @@ class WholeSlide:
         finally:
             store.close()
         kept = [i for i in range(len(self.axes)) if i not in self._fixed]
-        order = [kept.index(self._y), kept.index(self._x)] + ([kept.index(self._channel)] if self.is_rgb else [])
+        order = [kept.index(self._y), kept.index(self._x)] + ([kept.index(self._channel)] if self._channel is not None else [])
         block = block.transpose(order)
         return block[..., :3] if self.is_rgb else block
 

@@ -19,6 +19,7 @@ from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.imaging import open_pyramid, read_level, thumbnail_level, write_averaged_pyramid
 from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.core.warehouse import HEImageFolder
 from sthelar_platform.core.wsi import WholeSlide
 
 FIX_IMAGE = "export the H&E as an RGB whole-slide image (SVS, NDPI or tiled OME-TIFF; see the README's scanners table)"
@@ -91,7 +92,8 @@ def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str
     """
     path, out_dir = Path(path), Path(out_dir)
     slide = validate_he(path)
-    dst = out_dir / "he_image.ome.tif"
+    folder = HEImageFolder(out_dir)
+    dst = folder.image
     try:
         if is_platform_pyramid(slide):
             stored = link_or_copy(path, dst)
@@ -102,10 +104,10 @@ def ingest_he(path: str | Path, out_dir: str | Path, magnifications: Mapping[str
         slide.close()
     own = open_pyramid(dst)
     levels = [list(shape) for shape in own.level_shapes]
-    save_png(read_level(dst, thumbnail_level(own, thumbnail_px)), out_dir / "thumbnail_he.png", max_px=thumbnail_px)
+    save_png(read_level(dst, thumbnail_level(own, thumbnail_px)), folder.thumbnail, max_px=thumbnail_px)
     summary = HEImageSummary(width=slide.width, height=slide.height, n_levels=len(levels), level_shapes=levels,
                              pixel_size_um=slide.mpp, magnification=magnification_of(slide.mpp, magnifications),
                              dtype=slide.dtype, pixel_size_source=slide.mpp_source, source_axes=slide.axes,
                              source_levels=[[lv.height, lv.width] for lv in slide.levels], stored_as=stored)
-    (out_dir / "summary.json").write_text(summary.to_json())
+    folder.summary.write_text(summary.to_json())
     return summary

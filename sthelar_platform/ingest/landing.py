@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -99,14 +99,14 @@ def inspect_folder(folder: Path) -> LandingFolder:
     stats = [(str(p.relative_to(folder)), p.stat()) for p in _files(folder)]
     signature = sha256_text(json.dumps([(n, s.st_size, s.st_mtime_ns) for n, s in stats]))[:16]
     newest = max((s.st_mtime for _, s in stats), default=0.0)
-    base = {"slide_id": slide_id, "folder": folder, "signature": signature, "newest_change": newest}
+    base = LandingFolder(slide_id=slide_id, folder=folder, signature=signature, newest_change=newest)
     try:
         validate_slide_id(slide_id, str(folder))
     except InputError as exc:
-        return LandingFolder(**base, error=str(exc))
+        return replace(base, error=str(exc))
     entry = folder / SLIDE_FILE
     if not entry.exists():
-        return LandingFolder(**base, missing=(SLIDE_FILE,))
+        return replace(base, missing=(SLIDE_FILE,))
     try:
         row = yaml.safe_load(entry.read_text()) or {}
         if not isinstance(row, dict):
@@ -117,12 +117,12 @@ def inspect_folder(folder: Path) -> LandingFolder:
             row["he_image"] = str(found.relative_to(folder)) if found else "he_image.ome.tif"
         spec = parse_slide(row, folder, entry, check_files=False)
     except (InputError, yaml.YAMLError) as exc:
-        return LandingFolder(**base, error=str(exc))
+        return replace(base, error=str(exc))
     if spec.slide_id != slide_id:
-        return LandingFolder(**base, error=f"slide.yaml names slide {spec.slide_id!r} inside folder {slide_id!r}")
+        return replace(base, error=f"slide.yaml names slide {spec.slide_id!r} inside folder {slide_id!r}")
     outside = confinement_problems(folder, spec)
     if outside:
-        return LandingFolder(**base, error=str(InputError(
+        return replace(base, error=str(InputError(
             entry, f"uploads must stay inside their folder, but {'; '.join(outside[:3])}",
             "copy the files into the slide folder (or register the slide with `sthelar slides add`, "
             "where an operator's manifest may name any path)")))
@@ -132,14 +132,15 @@ def inspect_folder(folder: Path) -> LandingFolder:
     for name, path in (("he_image", spec.he_image), ("alignment_csv", spec.alignment_csv), ("reference", spec.reference)):
         if path is not None and not path.is_file():
             missing.append(f"{name}: {path.name}")
-    return LandingFolder(**base, missing=tuple(missing), spec=spec)
+    return replace(base, missing=tuple(missing), spec=spec)
 
 
 def scan(incoming: Path, cursor: LandingCursor, settle_s: float, now: float | None = None,
          ) -> tuple[list[LandingFolder], list[LandingFolder], LandingCursor]:
     """(ready uploads, waiting folders, next cursor). Ready = complete and unchanged since the last look."""
     now = time.time() if now is None else now
-    ready, waiting = [], []
+    ready: list[LandingFolder] = []
+    waiting: list[LandingFolder] = []
     nxt = LandingCursor(seen={}, done=dict(cursor.done))
     if not incoming.is_dir():
         return ready, waiting, nxt

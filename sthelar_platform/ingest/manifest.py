@@ -7,6 +7,7 @@ Everything is validated on load, before any path is used.
 
 from __future__ import annotations
 
+import builtins
 import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,13 @@ def _resolve(base: Path, value: str | None) -> Path | None:
     return (p if p.is_absolute() else base / p).resolve()
 
 
+def _required(base: Path, row: dict, field: str, source: Path) -> Path:
+    path = _resolve(base, row[field])
+    if path is None:
+        raise InputError(source, f"slide {row.get('slide_id')}: `{field}` is empty", f"give the slide's {field} path")
+    return path
+
+
 def parse_slide(row: dict, base: Path, source: Path, check_files: bool = True) -> SlideSpec:
     """One validated manifest entry, its paths resolved against ``base``."""
     if not isinstance(row, dict):
@@ -77,7 +85,7 @@ def parse_slide(row: dict, base: Path, source: Path, check_files: bool = True) -
         raise InputError(source, f"slide {slide_id}: invalid patient_id {patient!r}", "use letters, digits, '_' or '-'")
     spec = SlideSpec(
         slide_id=slide_id, tissue=tissue.lower(), patient_id=None if patient is None else str(patient),
-        xenium_dir=_resolve(base, row["xenium_dir"]), he_image=_resolve(base, row["he_image"]),
+        xenium_dir=_required(base, row, "xenium_dir", source), he_image=_required(base, row, "he_image", source),
         alignment_csv=_resolve(base, row.get("alignment_csv")), reference=_resolve(base, row.get("reference")),
         synthetic=str(row.get("synthetic", False)).lower() in ("true", "1", "yes"),
     )
@@ -160,7 +168,8 @@ class SlideCatalog:
                 return s
         raise InputError(self.path, f"slide {slide_id!r} is not registered", "run `sthelar slides add` first")
 
-    def add(self, specs: list[SlideSpec], replace: bool = False, lock_timeout_s: float = 60.0) -> list[SlideSpec]:
+    def add(self, specs: builtins.list[SlideSpec], replace: bool = False,
+            lock_timeout_s: float = 60.0) -> builtins.list[SlideSpec]:
         """Register ``specs`` (read, merge, rewrite under a file lock: two ``slides add`` at once both land)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self.path.with_name(self.path.name + ".lock"), lock_timeout_s) as got:

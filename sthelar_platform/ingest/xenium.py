@@ -31,6 +31,7 @@ from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import mask_ints
 from sthelar_platform.core.imaging import first_plane_thumbnail
 from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.core.warehouse import XeniumSlideFolder
 from sthelar_platform.core.wsi import check_tile_data_present
 from sthelar_platform.ingest.bundle_reader import BundleTables, read_bundle
 from sthelar_platform.ingest.generation import Generation, detect_generation
@@ -114,7 +115,8 @@ def read_tables(bundle: Path, generation: Generation) -> tuple[BundleTables, str
         return tables, f"bundle files (spatialdata-io failed: {exc.problem})"
 
 
-def stream_transcripts(src: Path, dst: Path, extent_um: tuple[float, float] | None = None) -> dict[str, int]:
+def stream_transcripts(src: Path, dst: Path, extent_um: tuple[float, float] | None = None,
+                       row_group_rows: int = 1_000_000) -> dict[str, int]:
     """Typed copy of the transcripts with an ``is_control`` flag, streamed (constant memory).
 
     With ``extent_um`` (the morphology image's width and height in µm), transcripts must lie on it:
@@ -127,7 +129,8 @@ def stream_transcripts(src: Path, dst: Path, extent_um: tuple[float, float] | No
     for p in CONTROL_PREFIXES[1:]:
         is_control = is_control | pl.col("feature_name").str.starts_with(p)
     try:
-        lf.select(cols).with_columns(is_control.alias("is_control")).sink_parquet(dst, compression="zstd", row_group_size=1_000_000)
+        lf.select(cols).with_columns(is_control.alias("is_control")).sink_parquet(dst, compression="zstd",
+                                                                             row_group_size=row_group_rows)
         stats = (pl.scan_parquet(dst).select(
             pl.len().alias("n"), pl.col("is_control").sum().alias("controls"),
             (pl.col("cell_id") == "UNASSIGNED").sum().alias("unassigned"),
@@ -169,6 +172,7 @@ def _check_cells(cells: pl.DataFrame, source: Path) -> None:
 def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) -> XeniumIngestSummary:
     """Validate, read and persist a Xenium bundle into ``out_dir`` (which the caller makes atomic)."""
     bundle, out_dir = Path(bundle), Path(out_dir)
+    dst = XeniumSlideFolder(out_dir)
     info = validate_bundle(bundle, cfg)
     thumbnail_px = cfg.thumbnail_max_px
     generation = detect_generation(bundle, info.specs)
@@ -183,7 +187,7 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     _check_cells(cells, bundle / "cells.parquet")
     mask_id, mask_scheme = mask_ints(cells["cell_id"].to_numpy())
     cells = cells.with_columns(pl.Series("mask_id", mask_id))
-    cells.write_parquet(out_dir / "cells.parquet")
+    cells.write_parquet(dst.cells)
     out = table.copy()
     out.obs = out.obs.drop(columns=["region"], errors="ignore")
     out.uns.pop("spatialdata_attrs", None)
@@ -191,16 +195,16 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
         x = tables.protein.X
         out.obsm["protein"] = pd.DataFrame(x.toarray() if sparse.issparse(x) else np.asarray(x), index=out.obs_names,
                                            columns=tables.protein.var_names.astype(str))
-    out.write_h5ad(out_dir / "expression.h5ad")
+    out.write_h5ad(dst.expression)
     nuclei = tables.nuclei
-    nuclei.write_parquet(out_dir / "nucleus_boundaries.parquet")
-    tables.cells.write_parquet(out_dir / "cell_boundaries.parquet")
+    nuclei.write_parquet(dst.nucleus_boundaries)
+    tables.cells.write_parquet(dst.cell_boundaries)
     # the DAPI stays in the bundle (a reference, not a copy); its preview comes from a pyramid level
     check_tile_data_present(info.morphology_image)
     preview, morph_levels = first_plane_thumbnail(info.morphology_image, thumbnail_px)
     extent_um = (morph_levels[0][1] * info.pixel_size_um, morph_levels[0][0] * info.pixel_size_um)
-    tx = stream_transcripts(bundle / "transcripts.parquet", out_dir / "transcripts.parquet", extent_um)
-    save_png(preview, out_dir / "thumbnail_dapi.png", max_px=thumbnail_px)
+    tx = stream_transcripts(bundle / "transcripts.parquet", dst.transcripts, extent_um, cfg.transcript_row_group_rows)
+    save_png(preview, dst.thumbnail, max_px=thumbnail_px)
     stat = info.morphology_image.stat()
     summary = XeniumIngestSummary(
         n_cells=int(table.n_obs), n_genes=int(table.n_vars), n_transcripts=tx["n"], n_controls=tx["controls"],
@@ -214,5 +218,5 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
         n_multinucleate_cells=int((nuclei.group_by("cell_id").agg(pl.col("label_id").n_unique()).get_column("label_id") > 1).sum()),
         layout=generation.to_dict(), mask_id_scheme=mask_scheme,
     )
-    (out_dir / "summary.json").write_text(summary.to_json())
+    dst.summary.write_text(summary.to_json())
     return summary

@@ -79,12 +79,12 @@ def validate_bundle(bundle: str | Path, cfg: IngestConfig) -> BundleInfo:
     if not 0.05 < pixel_size < 5:
         raise InputError(spec_path, f"implausible pixel_size {pixel_size} µm", "Xenium morphology images use 0.2125 µm")
     cols, n_tx = _parquet_columns(bundle / "transcripts.parquet")
-    _require_columns(bundle / "transcripts.parquet", cols, cfg["required_transcript_columns"])
+    _require_columns(bundle / "transcripts.parquet", cols, cfg.required_transcript_columns)
     cols, n_cells = _parquet_columns(bundle / "cells.parquet")
-    _require_columns(bundle / "cells.parquet", cols, cfg["required_cell_columns"])
+    _require_columns(bundle / "cells.parquet", cols, cfg.required_cell_columns)
     for name in ("nucleus_boundaries.parquet", "cell_boundaries.parquet"):
         cols, _ = _parquet_columns(bundle / name)
-        _require_columns(bundle / name, cols, cfg["required_boundary_columns"])
+        _require_columns(bundle / name, cols, cfg.required_boundary_columns)
     if not zipfile.is_zipfile(bundle / "cells.zarr.zip"):
         raise InputError(bundle / "cells.zarr.zip", "not a zip archive", FIX_EXPORT)
     try:

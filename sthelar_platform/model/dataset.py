@@ -18,7 +18,10 @@ import pandas as pd
 
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import DatasetConfig, TrainingConfig
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import ConfigError, InputError, require_stage_output
+from sthelar_platform.core.warehouse import CellViTLayoutFolder, SlideExportFolder
+
+DATASET_CARD = "dataset_card.json"
 from sthelar_platform.model import layouts
 from sthelar_platform.model.layouts import LayoutInput
 from sthelar_platform.tiling.exports import link_patch_file, skipped_magnification
@@ -26,7 +29,7 @@ from sthelar_platform.tiling.exports import link_patch_file, skipped_magnificati
 SPLITS = ("train", "val", "test")
 
 
-def assign_units(counts: pd.DataFrame, fractions: dict[str, float], seed: int = 0,
+def assign_units(counts: pd.DataFrame, fractions: Mapping[str, float], seed: int = 0,
                  fixed: dict[str, str] | None = None) -> dict[str, str]:
     """Assign each unit (row: per-class nucleus counts) to a split, stratified by class.
 
@@ -41,10 +44,10 @@ def assign_units(counts: pd.DataFrame, fractions: dict[str, float], seed: int = 
     have = np.zeros((len(SPLITS), counts.shape[1]))
     n_units = np.zeros(len(SPLITS))
     out: dict[str, str] = {}
-    for unit, split in fixed.items():
-        have[SPLITS.index(split)] += counts.loc[unit].to_numpy()
-        n_units[SPLITS.index(split)] += 1
-        out[unit] = split
+    for unit, fixed_split in fixed.items():
+        have[SPLITS.index(fixed_split)] += counts.loc[unit].to_numpy()
+        n_units[SPLITS.index(fixed_split)] += 1
+        out[unit] = fixed_split
     rng = np.random.default_rng(seed)
     rest = [u for u in counts.index if u not in fixed]
     rarity = totals / max(totals.sum(), 1)
@@ -53,6 +56,7 @@ def assign_units(counts: pd.DataFrame, fractions: dict[str, float], seed: int = 
     target_units = frac * len(counts)
     for unit in order:
         c = counts.loc[unit].to_numpy(float)
+        split: int
         if c.sum() == 0:
             split = int(np.argmax(target_units - n_units))
         else:
@@ -83,7 +87,7 @@ def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetC
     ``patients`` maps slide ids to patient ids for ``split: patient`` (a slide without one is its own patient).
     """
     frame = patches.copy()
-    mode = cfg["split"]
+    mode = cfg.split
     if mode in ("slide", "patient"):
         if mode == "patient":
             owner = {s: (patients or {}).get(s) or f"slide:{s}" for s in frame["slide_id"].unique()}
@@ -93,19 +97,19 @@ def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetC
         if frame["unit"].nunique() < 3:
             raise InputError(None, f"split: {mode} needs at least 3 {mode}s, got {frame['unit'].nunique()}",
                              "add slides, or set dataset.split to block in config/training.yaml")
-        test_units = frame.loc[frame["slide_id"].isin(cfg.get("test_slides") or []), "unit"].unique()
+        test_units = frame.loc[frame["slide_id"].isin(cfg.test_slides), "unit"].unique()
         fixed = {u: "test" for u in test_units}
     elif mode == "block":
-        b = int(cfg["block_px"])
+        b = int(cfg.block_px)
         frame["unit"] = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy(), frame["y0"].to_numpy(), b)
         fixed = {}
     else:
         raise InputError(None, f"unknown split {mode!r}", "set dataset.split to slide, patient or block in config/training.yaml")
     unit_counts = frame.groupby("unit")[list(classes)].sum()
-    assignment = assign_units(unit_counts, cfg["fractions"], int(cfg.get("seed", 0)), fixed)
+    assignment = assign_units(unit_counts, cfg.fractions, cfg.seed, fixed)
     frame["split"] = frame["unit"].map(assignment)
     if mode == "block":
-        b = int(cfg["block_px"])
+        b = int(cfg.block_px)
         extent = frame["extent"].to_numpy() if "extent" in frame else np.full(len(frame), size)
         for fx, fy in ((0, 0), (1, 0), (0, 1), (1, 1)):  # the footprint's four corners
             other = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy() + fx * (extent - 1),
@@ -128,12 +132,13 @@ def gather_patches(exports: Path, slide_ids: list[str], magnification: str, grou
     need = ["name", "row", "col", "x0", "y0", "tissue", "downsample", "dice", "jaccard", "bpq"]
     frames = []
     for slide in slide_ids:
-        d = exports / slide / "cellvit" / magnification / grouping
-        cc = pd.read_csv(require_stage_output(d / "cell_count.csv", "slide_export"))
-        qc = pd.read_csv(require_stage_output(d / "patches.csv", "slide_export"))
+        d = SlideExportFolder(exports / slide).cellvit / magnification / grouping
+        folder = CellViTLayoutFolder(d)
+        cc = pd.read_csv(require_stage_output(folder.cell_count, folder.stage))
+        qc = pd.read_csv(require_stage_output(folder.patches, folder.stage))
         missing = sorted(set(need) - set(qc.columns))
         if missing:
-            raise InputError(d / "patches.csv", f"lacks columns {missing} (written by an older version)",
+            raise InputError(folder.patches, f"lacks columns {missing} (written by an older version)",
                              f"materialize slide_export for slide {slide} again")
         cc["name"] = cc["Image"].str.removesuffix(".png")
         frames.append(cc.merge(qc[need], on="name").assign(slide_id=slide, magnification=magnification, source=str(d)))
@@ -146,12 +151,12 @@ def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: 
     """Split every slide's exported patches once, then write ``<mag>/<grouping>/`` CellViT folders with
     splits.csv and each configured layout (``<layout>/<mag>/<grouping>/``, see ``layouts``).
     """
-    dcfg = cfg["dataset"]
-    mag, mags = dcfg["magnification"], list(dcfg.get("magnifications") or [dcfg["magnification"]])
+    dcfg = cfg.dataset
+    mag, mags = dcfg.magnification, list(dcfg.magnifications or [dcfg.magnification])
     if mag not in mags:
-        raise InputError(None, f"dataset.magnification {mag} is not among dataset.magnifications {mags}",
-                         "add it to dataset.magnifications in config/training.yaml")
-    card: dict = {"magnification": mag, "magnifications": mags, "split": dcfg["split"], "slides": slide_ids,
+        raise ConfigError("training.yaml", "dataset.magnification", f"{mag} is not among dataset.magnifications {mags}",
+                          "add it to dataset.magnifications in training.yaml")
+    card: dict = {"magnification": mag, "magnifications": mags, "split": dcfg.split, "slides": slide_ids,
                   "groupings": {}, "by_magnification": {}, "layouts": {}}
     if not slide_ids:
         raise InputError(exports, "no exported slides", "materialize slide_export for at least one slide")
@@ -162,7 +167,7 @@ def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: 
                          f"{skipped_magnification(exports / slide_ids[0], mag)})",
                          "train at a magnification the scans have: set dataset.magnification (e.g. 20x) in training.yaml")
     mags = [m for m in mags if having[m]]
-    for grouping in dcfg["groupings"]:
+    for grouping in dcfg.groupings:
         classes = categories.groupings[grouping].classes
         patches = pd.concat([gather_patches(exports, having[m], m, grouping) for m in mags], ignore_index=True)
         placed = patches.assign(x0=patches["x0"] * patches["downsample"], y0=patches["y0"] * patches["downsample"],
@@ -178,31 +183,32 @@ def write_training_dataset(exports: Path, slide_ids: list[str], out: Path, cfg: 
             if m == mag:
                 card["groupings"][grouping] = entry
             layout = LayoutInput(kept, classes, m, grouping)
-            for name in dcfg.get("layouts") or []:
+            for name in dcfg.layouts:
                 if progress:
                     progress(f"{name} {m} {grouping}")
                 target = out / name / m / grouping
                 written = {"sthelar": layouts.write_sthelar_layout, "cellvit_folds": layouts.write_cellvit_folds,
-                           "hf": layouts.write_hf_layout}[name](layout, target, dcfg["hf"])
+                           "hf": layouts.write_hf_layout}[name](layout, target, dcfg.hf)
                 card["layouts"].setdefault(name, {})[f"{m}/{grouping}"] = written
-    (out / "dataset_card.json").write_text(json.dumps(card, indent=2, default=int))
+    (out / DATASET_CARD).write_text(json.dumps(card, indent=2, default=int))
     return card
 
 
 def _write_own_folder(kept: pd.DataFrame, classes: tuple[str, ...], target: Path) -> dict:
     """Our CellViT-style folder (what the platform trains on): hard links, counts, types, splits, weights."""
-    (target / "images").mkdir(parents=True)
-    (target / "labels").mkdir()
+    dst = CellViTLayoutFolder(target)
+    dst.images.mkdir(parents=True)
+    dst.labels.mkdir()
     for row in kept.itertuples(index=False):
-        link_patch_file(Path(row.source) / "images" / f"{row.name}.png", target / "images" / f"{row.name}.png")
-        link_patch_file(Path(row.source) / "labels" / f"{row.name}.npz", target / "labels" / f"{row.name}.npz")
-    kept[["Image", *classes]].to_csv(target / "cell_count.csv", index=False)
-    pd.DataFrame({"img": kept["Image"], "type": kept["tissue"]}).to_csv(target / "types.csv", index=False)
-    kept[["Image", "split", "slide_id", "unit"]].rename(columns={"Image": "img"}).to_csv(target / "splits.csv",
-                                                                                      index=False)
+        src = CellViTLayoutFolder(row.source)
+        link_patch_file(src.image(row.name), dst.image(row.name))
+        link_patch_file(src.label(row.name), dst.label(row.name))
+    kept[["Image", *classes]].to_csv(dst.cell_count, index=False)
+    pd.DataFrame({"img": kept["Image"], "type": kept["tissue"]}).to_csv(dst.types, index=False)
+    kept[["Image", "split", "slide_id", "unit"]].rename(columns={"Image": "img"}).to_csv(dst.splits, index=False)
     per_split = kept.groupby("split")[list(classes)].sum().reindex(list(SPLITS)).fillna(0).astype(int)
     weights = class_weights(per_split.loc["train"].to_numpy())
-    (target / "class_weights.json").write_text(json.dumps(
+    dst.class_weights.write_text(json.dumps(
         {"classes": ["background", *classes], "weights": [round(float(w), 6) for w in weights]}, indent=2))
     return {
         "patches": {s: int((kept["split"] == s).sum()) for s in SPLITS},

@@ -11,22 +11,16 @@ import numpy as np
 
 from sthelar_platform.core.config import TrainingConfig
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.hashing import sha256_file
 from sthelar_platform.model.cellvit.evaluation import EvaluationTotals
-from sthelar_platform.model.cellvit.inference import load_model
+from sthelar_platform.model.cellvit.inference import load_model, model_id
 from sthelar_platform.model.training import dataset_classes, grouping_dir, split_records
 from sthelar_platform.tiling.patches import load_labels
-
-
-def model_id(checkpoint: Path) -> str:
-    """``<folder>:<first 12 hex of the checkpoint's sha256>``: names exactly one set of weights."""
-    return f"{checkpoint.parent.name}:{sha256_file(checkpoint)[:12]}"
 
 
 def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device: str = "cpu",
                    progress: Callable[[int, int], None] | None = None) -> dict:
     """Evaluate on ``evaluation.split`` of the dataset the model was trained for."""
-    model = load_model(checkpoint, device, cfg.get("postprocess"))
+    model = load_model(checkpoint, device, cfg.postprocess)
     grouping = model.meta.get("grouping")
     if not grouping:
         raise InputError(checkpoint, "checkpoint does not say which class grouping it was trained on",
@@ -37,13 +31,13 @@ def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device:
         raise InputError(checkpoint, f"model classes {list(model.classes)} differ from the dataset's {classes}",
                          "retrain the model on the current training dataset")
     tissues = list(model.meta.get("tissues") or ["unknown"])
-    split = cfg["evaluation"]["split"]
+    split = cfg.evaluation.split
     records = split_records(gdir, split, tissues)
-    radius = float(cfg["evaluation"]["detection_radius_px"][model.meta.get("magnification") or "40x"])
+    radius = float(cfg.evaluation.detection_radius_px[model.meta.get("magnification") or "40x"])
     overall = EvaluationTotals(len(classes), radius)
     per_tissue = {t: EvaluationTotals(len(classes), radius) for t in tissues}
     tissue_hits = 0
-    bs = int(cfg["inference"]["batch_size"])
+    bs = int(cfg.inference.batch_size)
     t0 = time.perf_counter()
     for start in range(0, len(records), bs):
         batch = records[start:start + bs]
@@ -63,7 +57,7 @@ def evaluate_model(checkpoint: Path, dataset: Path, cfg: TrainingConfig, device:
             progress(min(start + bs, len(records)), len(records))
     wall = time.perf_counter() - t0
     return {"model_id": model_id(checkpoint), "grouping": grouping, "split": split, "classes": classes,
-            "split_by": cfg["dataset"]["split"], "detection_radius_px": radius,
+            "split_by": cfg.dataset.split, "detection_radius_px": radius,
             "n_patches": len(records), "overall": overall.result(tuple(classes)),
             "per_tissue": {t: v.result(tuple(classes)) for t, v in per_tissue.items() if v.bpq or v.tp + v.fn},
             "tissue_accuracy": tissue_hits / len(records), "patches_per_s": len(records) / max(wall, 1e-9),
@@ -106,7 +100,7 @@ def model_card_md(card: dict, result: dict) -> str:
              f"{card.get('magnification')} patches, grouping **{result['grouping']}**, trained on "
              f"{card.get('n_train_patches')} patches ({card.get('epochs_run')} epochs on {card.get('device')}, "
              f"best epoch {card.get('best_epoch')}), dataset version `{str(card.get('dataset_version'))[:12]}`.",
-             "", f"**{result['split']}** split ({HELD_OUT.get(result.get('split_by'), 'held-out patches')}), "
+             "", f"**{result['split']}** split ({HELD_OUT.get(str(result.get('split_by')), 'held-out patches')}), "
              f"{result['n_patches']} patches: detection F1 "
              f"**{o['detection_f1']:.3f}**, bPQ **{o['bpq']:.3f}**, mPQ **{o['mpq']:.3f}**, mean class F1 "
              f"**{mean_class_f1(o):.3f}**, tissue accuracy "
@@ -117,3 +111,14 @@ def model_card_md(card: dict, result: dict) -> str:
         lines += [f"| {t} | {r['detection_f1']:.3f} | {r['bpq']:.3f} | {r['mpq']:.3f} |"
                   for t, r in result["per_tissue"].items()]
     return "\n".join(lines)
+
+
+def target_failures(summary: dict[str, dict], targets: dict[str, float]) -> list[str]:
+    """Models below the configured targets (evaluation.targets in training.yaml), as sentences."""
+    out = []
+    for grouping, s in sorted(summary.items()):
+        for metric, floor in sorted(targets.items()):
+            v = s.get(metric)
+            if v is None or not v == v or v < float(floor):
+                out.append(f"{grouping}: {metric} {v if v is None else round(v, 3)} < {floor}")
+    return out

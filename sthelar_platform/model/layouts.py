@@ -28,6 +28,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,9 +37,10 @@ import pyarrow.parquet as pq
 import yaml
 from scipy import sparse
 
-from sthelar_platform.core.config import HFLayoutConfig
+from sthelar_platform.core.config.training import HFLayoutConfig
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.ids import encode_cell_ids, mask_ints
+from sthelar_platform.core.warehouse import CellViTLayoutFolder
 from sthelar_platform.tiling.exports import link_patch_file
 from sthelar_platform.tiling.patches import load_labels
 
@@ -110,7 +112,7 @@ def csr_parts(prefix: str, arr: np.ndarray) -> dict[str, np.ndarray]:
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """A compressed ``.npz`` in memory (one patch's worth)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, allow_pickle=False, **arrays)
     return buf.getvalue()
 
 
@@ -121,13 +123,11 @@ def sparse_npz_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _rows(layout: LayoutInput) -> Iterator[tuple[object, dict[str, np.ndarray], bytes]]:
-    """Each patch row with its label arrays and PNG bytes, read one at a time."""
+def _rows(layout: LayoutInput) -> Iterator[tuple[Any, dict[str, np.ndarray], bytes]]:
+    """Each patch row (a pandas named tuple) with its label arrays and PNG bytes, read one at a time."""
     for row in layout.patches.itertuples(index=False):
-        src = Path(row.source)
-        labels = load_labels(src / "labels" / f"{row.name}.npz")
-        png = (src / "images" / f"{row.name}.png").read_bytes()
-        yield row, labels, png
+        src = CellViTLayoutFolder(row.source)
+        yield row, load_labels(src.label(row.name)), src.image(row.name).read_bytes()
 
 
 def _dataset_config(layout: LayoutInput, tissues: list[str], extra: dict | None = None) -> str:
@@ -191,11 +191,11 @@ def write_cellvit_folds(layout: LayoutInput, out: Path, hf_cfg: HFLayoutConfig) 
         sel = (p["split"] == split).to_numpy()
         part = LayoutInput(p[sel], layout.classes, layout.magnification, layout.grouping)
         for row, lab, _png in _rows(part):
-            link_patch_file(Path(row.source) / "images" / f"{row.name}.png", fold / "images" / f"{row.name}.png")
+            link_patch_file(CellViTLayoutFolder(row.source).image(row.name), fold / "images" / f"{row.name}.png")
             # the trainer's format: np.load(allow_pickle=True)[()] -> {"inst_map", "type_map"}
-            np.save(fold / "labels" / f"{row.name}.npy", {"inst_map": lab["inst_map"].astype(np.int32),
-                                                          "type_map": lab["type_map"].astype(np.int32)},
-                    allow_pickle=True)
+            trainer_labels = np.array({"inst_map": lab["inst_map"].astype(np.int32),
+                                       "type_map": lab["type_map"].astype(np.int32)}, dtype=object)
+            np.save(fold / "labels" / f"{row.name}.npy", trainer_labels, allow_pickle=True)
         images = p.loc[sel, "Image"]
         _counts(p[sel], images, layout.classes).to_csv(fold / "cell_count.csv", index=False)
         pd.DataFrame({"img": images, "type": tissue[sel]}).to_csv(fold / "types.csv", index=False)
@@ -281,7 +281,7 @@ def write_hf_layout(layout: LayoutInput, out: Path, cfg: HFLayoutConfig) -> dict
                 for start in range(0, max(len(chunk), 1), cfg.row_group_rows):
                     group = chunk.iloc[start:start + cfg.row_group_rows]
                     gl = LayoutInput(group, layout.classes, layout.magnification, layout.grouping)
-                    cols: dict[str, list] = {f.name: [] for f in schema}
+                    cols: dict[str, Any] = {f.name: [] for f in schema}
                     for (row, lab, png), name in zip(_rows(gl), names.loc[group.index], strict=True):
                         cols["file_name"].append(name)
                         cols["image"].append({"bytes": png, "path": name})

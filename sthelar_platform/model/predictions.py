@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from sthelar_platform.core.config import TilingConfig, TrainingConfig
 from sthelar_platform.core.displacement import DisplacementField
 from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, read_level_region
+from sthelar_platform.core.warehouse import PredictionsFolder
 from sthelar_platform.model.cellvit.inference import LoadedModel
 from sthelar_platform.tiling.masks import load_nucleus_polygons, rasterize_region
 from sthelar_platform.tiling.patches import (
@@ -94,15 +95,17 @@ def agreement_by_category(cells: pd.DataFrame, classes: tuple[str, ...]) -> pd.D
 
 def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: Path, he_px_to_um: np.ndarray,
                   level0_um: float, model: LoadedModel, model_id: str, out: Path, tiling_cfg: TilingConfig, cfg: TrainingConfig,
-                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None,
+                  categories: CategorySystem, magnifications: Mapping[str, tuple[float, float]],
+                  progress: Callable[[int, int], None] | None = None,
                   warp: DisplacementField | None = None) -> tuple[dict, pd.DataFrame]:
     """Write ``predicted_cells.parquet``, ``agreement.csv``, ``confusion.csv`` and ``summary.json``.
 
-    ``warp``: the registration's non-rigid correction (Xenium µm = affine + warp).
+    ``magnifications``: each magnification's µm/px range (pipeline.yaml ``he_image``); ``warp``: the
+    registration's non-rigid correction (Xenium µm = affine + warp).
 
     Returns the summary and the per-class agreement table.
     """
-    icfg = cfg["inference"]
+    icfg = cfg.inference
     grouping = model.meta.get("grouping")
     mag = model.meta.get("magnification")
     if not grouping or not mag:
@@ -113,24 +116,24 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
     if tuple(grouping_classes) != classes:
         raise InputError(None, f"model classes {list(classes)} differ from grouping {grouping!r} in categories.yaml",
                          "retrain the model after changing config/categories.yaml")
-    size, overlap = int(tiling_cfg["patches"]["size_px"]), int(tiling_cfg["patches"]["overlap_px"])
+    size, overlap = int(tiling_cfg.patches.size_px), int(tiling_cfg.patches.overlap_px)
     stride = size - overlap
     info = open_pyramid(he_path)
-    lv = choose_level(info, level0_um, mag, tiling_cfg["magnifications"])
+    lv = choose_level(info, level0_um, mag, magnifications)
     h, w = info.level_shapes[lv.level][:2]
     grid = patch_grid(h, w, size, overlap)
-    mask, mask_down = tissue_mask(he_path, info, tiling_cfg["patches"]["tissue"])
+    mask, mask_down = tissue_mask(he_path, info, tiling_cfg.patches.tissue)
     grid["tissue_fraction"] = tissue_fractions(grid, mask, mask_down, lv.downsample, size)
-    tiles = grid[grid["tissue_fraction"] >= float(icfg["min_tissue_fraction"])]
+    tiles = grid[grid["tissue_fraction"] >= float(icfg.min_tissue_fraction)]
     existing = set(zip(tiles["x0"].tolist(), tiles["y0"].tolist(), strict=True))
     labels = pd.read_parquet(require_readable_parquet(labels_path, "cell_types"), columns=["cell_id", "category"])
     polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample),
                                   warp)
     xen_class = cell_class_tables(polys.cell_ids, labels, categories)[grouping]
-    bs, min_iou = int(icfg["batch_size"]), float(icfg["link_min_iou"])
+    bs, min_iou = int(icfg.batch_size), float(icfg.link_min_iou)
     parts: list[dict[str, np.ndarray]] = []
     seen_xenium = np.zeros(len(polys.cell_ids), bool)
-    regions = list(iter_regions(tiles, size, int(icfg["region_tiles"])))
+    regions = list(iter_regions(tiles, size, int(icfg.region_tiles)))
     t0 = time.perf_counter()
     for i, (block, bx0, by0, bh, bw) in enumerate(regions):
         rgb = read_level_region(he_path, lv.level, by0, bx0, bh, bw)[..., :3]
@@ -179,13 +182,14 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
                                  dtype="string"),
         "link_iou": table["link_iou"],
     })
-    out_cells.to_parquet(out / "predicted_cells.parquet", index=False)
+    folder = PredictionsFolder(out)
+    out_cells.to_parquet(folder.cells, index=False)
     agreement = agreement_by_category(out_cells, classes)
-    agreement.to_csv(out / "agreement.csv", index=False)
+    agreement.to_csv(folder.agreement, index=False)
     linked = out_cells[out_cells["xenium_cell_id"].notna()]
     confusion = pd.crosstab(linked["xenium_class"], linked["predicted_class"]).reindex(
         index=list(classes), columns=list(classes), fill_value=0)
-    confusion.to_csv(out / "confusion.csv")
+    confusion.to_csv(folder.confusion)
     linked_cells = np.unique(cell_index[cell_index >= 0])
     summary = {
         "slide_id": slide_id, "model_id": model_id, "grouping": grouping, "magnification": mag,
@@ -197,7 +201,7 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
         "macro_f1": float(agreement["f1"].dropna().mean()) if agreement["f1"].notna().any() else float("nan"),
         "tiles_per_s": len(tiles) / max(wall, 1e-9), "wall_s": wall,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    folder.summary.write_text(json.dumps(summary, indent=2))
     return summary, agreement
 
 

@@ -6,7 +6,8 @@ from sthelar_platform.core._lazy import lazy_exports
 
 _EXPORTS = {
     "register_slide": "slide",
-    "SlideRegistration": "slide",
+    "SlideRegistration": "record",
+    "passed_registration": "record",
     "quality_failures": "slide",
     "read_alignment_csv": "transform",
     "register": "transform",

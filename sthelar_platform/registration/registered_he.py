@@ -19,12 +19,13 @@ import polars as pl
 from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.errors import require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, pyramid_shapes
+from sthelar_platform.core.warehouse import HEImageFolder, RegisteredHEFolder
 
 ELEMENT = "he"
 SHAPES = "nucleus_boundaries"
-IMAGE_FILE = "he_image.ome.tif"
-IMAGE_META = "he_image.json"
-SDATA = "sdata.zarr"
+IMAGE_FILE = HEImageFolder.image.name          # the hard link keeps the ingested pyramid's name
+IMAGE_META = RegisteredHEFolder.image_meta.name
+SDATA = RegisteredHEFolder.sdata.name
 
 
 def nucleus_shapes(boundaries: str | Path, morph_um: float):

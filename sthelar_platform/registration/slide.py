@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -22,62 +21,11 @@ from sthelar_platform.core.displacement import DisplacementField
 from sthelar_platform.core.errors import InputError, require_stage_output
 from sthelar_platform.core.imaging import open_pyramid, read_level, read_level_region, thumbnail_level
 from sthelar_platform.core.thumbnails import save_png
+from sthelar_platform.core.warehouse import HEImageFolder, RegistrationFolder, XeniumSlideFolder
 from sthelar_platform.ingest.he_image import magnification_of
 from sthelar_platform.registration import transform as reg
 from sthelar_platform.registration._level0 import refine_on_level0
-
-XENIUM_FILES = ("nucleus_boundaries.parquet", "summary.json")
-HE_FILES = ("he_image.ome.tif", "summary.json")
-
-
-@dataclass(frozen=True)
-class SlideRegistration:
-    """What the stage decided and measured; written as ``registration.json``."""
-
-    qc: reg.RegistrationQC
-    he_pixel_size_um: float
-    he_pixel_size_source: str  # metadata / assumed
-    implied_he_pixel_size_um: float  # from the fitted scale: what the H&E pixel size must be
-    magnification: str
-    morphology_pixel_size_um: float
-    csv_given: bool
-    csv_median_residual_um: float | None  # the CSV as given, before refinement
-    csv_matched_fraction: float | None
-    notes: list[str] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)  # empty = within thresholds
-    n_level0_centroids: int = 0  # detected H&E nuclei whose centroid was re-measured on level 0
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    @property
-    def he_px_to_um(self) -> np.ndarray:
-        """3x3 affine from level-0 H&E pixels to Xenium µm (the stored transform ends in morphology px)."""
-        um = self.morphology_pixel_size_um
-        return np.diag([um, um, 1.0]) @ np.asarray(self.qc.transform, float)
-
-    @property
-    def warp(self) -> DisplacementField | None:
-        """The kept non-rigid correction in Xenium µm (after ``he_px_to_um``), or None."""
-        return reg.warp_of(self.qc)
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d["passed"] = self.passed
-        return json.dumps(d, indent=2)
-
-    @classmethod
-    def read(cls, path: str | Path) -> SlideRegistration:
-        try:
-            d = json.loads(Path(path).read_text())
-            d.pop("passed", None)
-            d["qc"] = reg.RegistrationQC(**d["qc"])
-            reg.warp_of(d["qc"])  # a damaged non-rigid field fails here, not in a later stage
-            return cls(**d)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise InputError(path, f"not a readable registration record ({type(exc).__name__}: {exc})",
-                             "materialize he_registration for this slide again") from exc
+from sthelar_platform.registration.record import SlideRegistration
 
 
 def nucleus_centroids_um(boundaries: str | Path) -> np.ndarray:
@@ -119,31 +67,31 @@ def quality_failures(qc: reg.RegistrationQC, implied_px: float, he_px: float, he
     """
     out = []
     matched, median, p90 = reg.final_residuals(qc)
-    if matched < cfg["min_matched_fraction"]:
+    if matched < cfg.min_matched_fraction:
         out.append(f"only {matched:.1%} of Xenium nuclei matched an H&E nucleus (minimum "
-                   f"{cfg['min_matched_fraction']:.0%}): the H&E may belong to another slide, not cover the tissue, "
+                   f"{cfg.min_matched_fraction:.0%}): the H&E may belong to another slide, not cover the tissue, "
                    "or have another magnification than its pixel size says")
-    if not median <= cfg["max_median_residual_um"]:
-        out.append(f"median residual {median:.2f} µm exceeds {cfg['max_median_residual_um']} µm")
-    if not p90 <= cfg["max_p90_residual_um"]:
-        out.append(f"90th-percentile residual {p90:.2f} µm exceeds {cfg['max_p90_residual_um']} µm "
+    if not median <= cfg.max_median_residual_um:
+        out.append(f"median residual {median:.2f} µm exceeds {cfg.max_median_residual_um} µm")
+    if not p90 <= cfg.max_p90_residual_um:
+        out.append(f"90th-percentile residual {p90:.2f} µm exceeds {cfg.max_p90_residual_um} µm "
                    "(local misalignment: see the residual map)")
-    if he_px_source == "metadata" and abs(implied_px / he_px - 1) > cfg["pixel_size_tolerance"]:
+    if he_px_source == "metadata" and abs(implied_px / he_px - 1) > cfg.pixel_size_tolerance:
         out.append(f"the fitted transform implies {implied_px:.3f} µm/px ({magnification_of(implied_px, magnifications)}) but the H&E "
                    f"metadata says {he_px:.3f} µm/px ({magnification_of(he_px, magnifications)})")
     return out
 
 
-def _implied_pixel_size(m: np.ndarray, morph_um: float) -> float:
+def _implied_pixel_size(m: np.ndarray | list[list[float]], morph_um: float) -> float:
     return float(np.sqrt(abs(np.linalg.det(np.asarray(m)[:2, :2]))) * morph_um)
 
 
 def detect_nuclei(he_path: Path, cfg: RegistrationConfig, pixel_size_um: float) -> tuple[np.ndarray, np.ndarray | None]:
     """Detected H&E nuclei (level-0 px) and which of them were re-measured on level 0 (None: not asked)."""
-    pts = reg.detect_he_nuclei(he_path, cfg["detection_um_per_px"], cfg["detection_sigma_um"],
-                               cfg["detection_min_distance_um"], pixel_size_um=pixel_size_um)
-    if len(pts) < cfg["min_he_nuclei"]:
-        raise InputError(he_path, f"only {len(pts)} nuclei detected in the H&E (need {cfg['min_he_nuclei']})",
+    pts = reg.detect_he_nuclei(he_path, cfg.detection_um_per_px, cfg.detection_sigma_um,
+                               cfg.detection_min_distance_um, pixel_size_um=pixel_size_um)
+    if len(pts) < cfg.min_he_nuclei:
+        raise InputError(he_path, f"only {len(pts)} nuclei detected in the H&E (need {cfg.min_he_nuclei})",
                          "check that the H&E shows this slide's tissue and is not blank or out of focus")
     if not cfg.level0_window_um:
         return pts, None
@@ -184,16 +132,16 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     morphology px), ``he_nuclei.parquet``, ``overlay.png`` (whole slide), ``overlay_zoom.png``
     (full resolution) and ``residual_map.png``.
     """
-    xenium_dir, he_dir, out_dir = Path(xenium_dir), Path(he_dir), Path(out_dir)
-    for folder, names, stage in ((xenium_dir, XENIUM_FILES, "xenium_slide"), (he_dir, HE_FILES, "he_image")):
-        for name in names:
-            require_stage_output(folder / name, stage)
-    morph_um = float(json.loads((xenium_dir / "summary.json").read_text())["pixel_size_um"])
-    he_path = he_dir / "he_image.ome.tif"
-    he_meta_px = json.loads((he_dir / "summary.json").read_text()).get("pixel_size_um")
-    he_px, px_source = (float(he_meta_px), "metadata") if he_meta_px else (float(cfg["assumed_he_um_per_px"]), "assumed")
+    xen, he, out = XeniumSlideFolder(xenium_dir), HEImageFolder(he_dir), RegistrationFolder(out_dir)
+    for path, stage in ((xen.nucleus_boundaries, xen.stage), (xen.summary, xen.stage), (he.image, he.stage),
+                        (he.summary, he.stage)):
+        require_stage_output(path, stage)
+    morph_um = float(json.loads(xen.summary.read_text())["pixel_size_um"])
+    he_path = he.image
+    he_meta_px = json.loads(he.summary.read_text()).get("pixel_size_um")
+    he_px, px_source = (float(he_meta_px), "metadata") if he_meta_px else (float(cfg.assumed_he_um_per_px), "assumed")
 
-    xen_um = nucleus_centroids_um(xenium_dir / "nucleus_boundaries.parquet")
+    xen_um = nucleus_centroids_um(xen.nucleus_boundaries)
     notes: list[str] = []
     if px_source == "assumed":  # no pixel size: try each usual scanner size with a wider scale search
         he_px, (he_pts, level0) = _guess_pixel_size(he_path, xen_um, morph_um, cfg, notes)
@@ -203,16 +151,16 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     csv_matrix, csv_q = None, None
     if alignment_csv is not None:
         expected = he_px / morph_um if px_source == "metadata" else None
-        csv_matrix = reg.read_alignment_csv(alignment_csv, expected_scale=expected, tolerance=cfg["scale_tolerance"])
-        csv_q = reg.measure(csv_matrix, he_pts, xen_um / morph_um, morph_um, cfg["match_radius_um"], "csv")
+        csv_matrix = reg.read_alignment_csv(alignment_csv, expected_scale=expected, tolerance=cfg.scale_tolerance)
+        csv_q = reg.measure(csv_matrix, he_pts, xen_um / morph_um, morph_um, cfg.match_radius_um, "csv")
     search = _widened(cfg) if px_source == "assumed" else cfg
     def fitted(start: np.ndarray | None) -> reg.RegistrationQC:  # the affine, then a kept non-rigid field if any
         qc = reg.register(he_pts, he_px, xen_um, morph_um, search, csv_matrix=start, level0=level0)
-        return reg.refine_nonrigid(qc, he_pts, xen_um, morph_um, cfg["match_radius_um"], cfg["nonrigid"], level0)
+        return reg.refine_nonrigid(qc, he_pts, xen_um, morph_um, cfg.match_radius_um, cfg.nonrigid, level0)
 
     qc = fitted(csv_matrix)
     failures = quality_failures(qc, _implied_pixel_size(qc.transform, morph_um), he_px, px_source, cfg, magnifications)
-    if csv_matrix is not None and failures and cfg["fallback_to_automatic"]:
+    if alignment_csv is not None and csv_matrix is not None and failures and cfg.fallback_to_automatic:
         auto = fitted(None)
         auto_failures = quality_failures(auto, _implied_pixel_size(auto.transform, morph_um), he_px, px_source, cfg, magnifications)
         if not auto_failures:
@@ -233,12 +181,12 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
         csv_matched_fraction=None if csv_q is None else csv_q.matched_fraction, notes=notes, failures=failures,
         n_level0_centroids=0 if level0 is None else int(level0.sum()))
     m = np.array(qc.transform)
-    np.savetxt(out_dir / "transform.csv", m, delimiter=",", fmt="%.10g")
+    np.savetxt(out.transform_csv, m, delimiter=",", fmt="%.10g")
     pl.DataFrame({"x_px": he_pts[:, 0], "y_px": he_pts[:, 1],
-                  "level0": np.zeros(len(he_pts), bool) if level0 is None else level0}).write_parquet(out_dir / "he_nuclei.parquet")
-    draw_overlays(he_path, m, xenium_dir / "nucleus_boundaries.parquet", morph_um, out_dir, overlay_px, result.warp)
-    draw_residual_map(qc.residual_grid_um, cfg["max_median_residual_um"], out_dir / "residual_map.png")
-    (out_dir / "registration.json").write_text(result.to_json())
+                  "level0": np.zeros(len(he_pts), bool) if level0 is None else level0}).write_parquet(out.he_nuclei)
+    draw_overlays(he_path, m, xen.nucleus_boundaries, morph_um, out, overlay_px, result.warp)
+    draw_residual_map(qc.residual_grid_um, cfg.max_median_residual_um, out.residual_map)
+    out.registration.write_text(result.to_json())
     return result
 
 
@@ -256,7 +204,7 @@ def _outlines_in_he_px(boundaries: Path, m: np.ndarray, morph_um: float,
     return np.split(xy, starts[1:])
 
 
-def draw_overlays(he_path: Path, m: np.ndarray, boundaries: Path, morph_um: float, out_dir: Path, max_px: int,
+def draw_overlays(he_path: Path, m: np.ndarray, boundaries: Path, morph_um: float, out: RegistrationFolder, max_px: int,
                   warp: DisplacementField | None = None) -> None:
     """Whole-slide thumbnail and a full-resolution crop, both with the Xenium nucleus outlines in green."""
     info = open_pyramid(he_path)
@@ -265,7 +213,7 @@ def draw_overlays(he_path: Path, m: np.ndarray, boundaries: Path, morph_um: floa
     f = thumb.shape[0] / info.height
     polys = _outlines_in_he_px(boundaries, m, morph_um, warp)
     cv2.polylines(thumb, [np.round(p * f).astype(np.int32) for p in polys], True, (0, 160, 0), 1, cv2.LINE_AA)
-    save_png(thumb, out_dir / "overlay.png", max_px=max_px)
+    save_png(thumb, out.overlay, max_px=max_px)
     # full-resolution crop around the centre of the Xenium nuclei, where alignment is visible nucleus by nucleus
     centres = np.array([p.mean(0) for p in polys]) if polys else np.array([[info.width / 2, info.height / 2]])
     cx, cy = np.median(centres, axis=0)
@@ -276,7 +224,7 @@ def draw_overlays(he_path: Path, m: np.ndarray, boundaries: Path, morph_um: floa
     near = [np.round(p - [x0, y0]).astype(np.int32) for p in polys
             if x0 - 50 <= p[0, 0] < x0 + size + 50 and y0 - 50 <= p[0, 1] < y0 + size + 50]
     cv2.polylines(crop, near, True, (0, 200, 0), 1, cv2.LINE_AA)
-    save_png(crop, out_dir / "overlay_zoom.png", max_px=max_px)
+    save_png(crop, out.overlay_zoom, max_px=max_px)
 
 
 def draw_residual_map(grid: list[list[float | None]], limit_um: float, path: Path, cell_px: int = 64) -> None:

@@ -230,7 +230,8 @@ def coarse_search(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um
     center = (lo + hi) / 2
     mean_he = (he_pts * he_um).mean(0)
     he_c = he_pts * he_um - mean_he
-    best_score, best = -np.inf, None
+    best: tuple[np.ndarray, np.ndarray] | None = None
+    best_score = -np.inf
     for lin in candidates:
         spec = density.smoothed_spectrum(density.histogram(he_c @ lin.T + center, origin, shape, bin_um), transfer)
         cc = density.cross_correlation(ref_spec, spec, shape)
@@ -241,6 +242,8 @@ def coarse_search(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um
             dy = dy - shape[0] if dy > shape[0] // 2 else dy
             dx = dx - shape[1] if dx > shape[1] // 2 else dx
             best_score, best = score, (lin, center + np.array([dx, dy]) * bin_um)
+    if best is None:
+        raise ValueError("coarse_search needs at least one candidate transform")
     lin, shifted_center = best
     # Xenium µm = lin @ (H&E px * he_um - mean_he) + shifted_center, expressed as H&E px -> morphology px
     m = np.eye(3)
@@ -258,10 +261,10 @@ def finer_search(m0: np.ndarray, he_pts: np.ndarray, he_um: float, xen_um: np.nd
     off after refinement.
     """
     lin_um = m0[:2, :2] * morph_um / he_um
-    rot_step, scale_step = float(cfg["coarse_rotations_deg"][2]), float(cfg["coarse_scales"][2])
+    rot_step, scale_step = float(cfg.coarse_rotations_deg[2]), float(cfg.coarse_scales[2])
     candidates = local_candidates(lin_um, max_deg=rot_step / 2, step_deg=rot_step / 8,
                                   max_scale=scale_step / 2, step_scale=scale_step / 8)
-    return coarse_search(he_pts, he_um, xen_um, morph_um, cfg["coarse_bin_um"] / 2, candidates)
+    return coarse_search(he_pts, he_um, xen_um, morph_um, cfg.coarse_bin_um / 2, candidates)
 
 
 def measure(m: np.ndarray, he_pts: np.ndarray, xen_px: np.ndarray, morph_um: float, radius_um: float, source: str,
@@ -314,22 +317,22 @@ def register(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: flo
         candidates = local_candidates(csv_matrix[:2, :2] * morph_um / he_um)
         source = "refined"
     else:
-        candidates = automatic_candidates(tuple(cfg["coarse_rotations_deg"]), tuple(cfg["coarse_scales"]))
+        candidates = automatic_candidates(_floats3(cfg.coarse_rotations_deg), _floats3(cfg.coarse_scales))
         source = "automatic"
-    m0 = coarse_search(he_pts, he_um, xen_um, morph_um, cfg["coarse_bin_um"], candidates)
-    radii = cfg["coarse_radii_um"] + list(cfg["icp_radii_um"])
+    m0 = coarse_search(he_pts, he_um, xen_um, morph_um, cfg.coarse_bin_um, candidates)
+    radii = cfg.coarse_radii_um + list(cfg.icp_radii_um)
     if csv_matrix is None:
         m0 = finer_search(m0, he_pts, he_um, xen_um, morph_um, cfg)
-        m = refine(m0, he_pts, xen_px, morph_um, radii, cfg["ransac_iterations"])
+        m = refine(m0, he_pts, xen_px, morph_um, radii, cfg.ransac_iterations)
     else:
         # Both starts are refined and the better match kept: before refinement, a CSV 20 µm off and a
         # coarse estimate ~6 µm off both match only ~5-12 % of nuclei within 3 µm, too few to rank them.
-        fits = [refine(start, he_pts, xen_px, morph_um, radii, cfg["ransac_iterations"]) for start in (csv_matrix, m0)]
-        m = max(fits, key=lambda f: measure(f, he_pts, xen_px, morph_um, cfg["match_radius_um"], source).matched_fraction)
+        fits = [refine(start, he_pts, xen_px, morph_um, radii, cfg.ransac_iterations) for start in (csv_matrix, m0)]
+        m = max(fits, key=lambda f: measure(f, he_pts, xen_px, morph_um, cfg.match_radius_um, source).matched_fraction)
     n_level0 = 0
     if level0 is not None:
-        m, n_level0 = final_fit(m, he_pts, level0, xen_px, morph_um, cfg["icp_radii_um"][-1])
-    return replace(measure(m, he_pts, xen_px, morph_um, cfg["match_radius_um"], source), n_level0_pairs=n_level0)
+        m, n_level0 = final_fit(m, he_pts, level0, xen_px, morph_um, cfg.icp_radii_um[-1])
+    return replace(measure(m, he_pts, xen_px, morph_um, cfg.match_radius_um, source), n_level0_pairs=n_level0)
 
 
 def _residuals_um(moved_um: np.ndarray, xen_um: np.ndarray, radius_um: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -346,18 +349,18 @@ def refine_nonrigid(qc: RegistrationQC, he_pts: np.ndarray, xen_um: np.ndarray, 
     residual falls by at least ``min_improvement`` without fewer matches, so an affine-exact slide
     stays affine. Only level-0 centroids are used when there are enough of them.
     """
-    if cfg["method"] == "none":
+    if cfg.method == "none":
         return qc
     pts = he_pts[level0] if level0 is not None and level0.sum() >= 50 else he_pts
     q = apply(np.asarray(qc.transform, float), pts) * morph_um
     _, _, before = _residuals_um(q, xen_um, match_radius_um)
-    i, j, _ = _residuals_um(q, xen_um, cfg["search_radius_um"])
-    if len(i) < cfg["min_pairs"]:
-        return replace(qc, nonrigid_note=f"not fitted: {len(i)} pairs within {cfg['search_radius_um']} µm")
-    field = fit_field(q[i], xen_um[j], cfg["spacing_um"], cfg["min_pairs"], cfg["smoothing_cells"])
+    i, j, _ = _residuals_um(q, xen_um, cfg.search_radius_um)
+    if len(i) < cfg.min_pairs:
+        return replace(qc, nonrigid_note=f"not fitted: {len(i)} pairs within {cfg.search_radius_um} µm")
+    field = fit_field(q[i], xen_um[j], cfg.spacing_um, cfg.min_pairs, cfg.smoothing_cells)
     i, j, _ = _residuals_um(field.forward(q), xen_um, match_radius_um)
-    if len(i) >= cfg["min_pairs"]:
-        field = fit_field(q[i], xen_um[j], cfg["spacing_um"], cfg["min_pairs"], cfg["smoothing_cells"])
+    if len(i) >= cfg.min_pairs:
+        field = fit_field(q[i], xen_um[j], cfg.spacing_um, cfg.min_pairs, cfg.smoothing_cells)
     _, _, after = _residuals_um(field.forward(q), xen_um, match_radius_um)
     # reported like ``measure`` reports the affine: over every detected H&E nucleus
     _, _, after_all = _residuals_um(field.forward(apply(np.asarray(qc.transform, float), he_pts) * morph_um), xen_um,
@@ -365,9 +368,9 @@ def refine_nonrigid(qc: RegistrationQC, he_pts: np.ndarray, xen_um: np.ndarray, 
     med_before = float(np.median(before)) if len(before) else float("inf")
     med_after = float(np.median(after)) if len(after) else float("inf")
     largest = float(field.magnitude_um().max())
-    kept = med_after <= (1 - cfg["min_improvement"]) * med_before and len(after) >= len(before)
+    kept = med_after <= (1 - cfg.min_improvement) * med_before and len(after) >= len(before)
     note = (f"kept: median residual {med_before:.2f} -> {med_after:.2f} µm, displacement up to {largest:.1f} µm" if kept
-            else f"not kept: median residual {med_before:.2f} -> {med_after:.2f} µm (needs a {cfg['min_improvement']:.0%} drop)")
+            else f"not kept: median residual {med_before:.2f} -> {med_after:.2f} µm (needs a {cfg.min_improvement:.0%} drop)")
     return replace(qc, nonrigid_field=field.to_dict() if kept else None,
                    nonrigid_median_residual_um=float(np.median(after_all)) if len(after_all) else float("inf"),
                    nonrigid_p90_residual_um=float(np.percentile(after_all, 90)) if len(after_all) else float("inf"),
@@ -377,9 +380,14 @@ def refine_nonrigid(qc: RegistrationQC, he_pts: np.ndarray, xen_um: np.ndarray, 
 
 def final_residuals(qc: RegistrationQC) -> tuple[float, float, float]:
     """Matched fraction, median and p90 residual (µm) of the mapping later stages use (with a kept field)."""
-    if qc.nonrigid_field:
+    if (qc.nonrigid_field and qc.nonrigid_matched_fraction is not None and qc.nonrigid_median_residual_um is not None
+            and qc.nonrigid_p90_residual_um is not None):
         return qc.nonrigid_matched_fraction, qc.nonrigid_median_residual_um, qc.nonrigid_p90_residual_um
     return qc.matched_fraction, qc.median_residual_um, qc.p90_residual_um
+
+
+def _floats3(values: tuple[float, float, float]) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])
 
 
 def warp_of(qc: RegistrationQC) -> DisplacementField | None:

@@ -13,7 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from sthelar_platform.core.config import SyntheticConfig, WorldExpression
+from sthelar_platform.core.config.synthetic import SyntheticConfig, WorldExpression
+from sthelar_platform.core.errors import ConfigError
 
 BIOLOGY_SEED = 20260101
 CELL_BLOCK = 20000  # cells per block of counts: the only dense (block x panel) array in memory
@@ -43,12 +44,15 @@ def _filler_genes(synth_cfg: SyntheticConfig, n: int, n_labels: int) -> tuple[li
     and a share of genes raised in a few labels, as whole-transcriptome-like panels have. Drawn from their
     own seed, so marker-only panels are unchanged.
     """
-    f = synth_cfg["filler_genes"]
+    f = synth_cfg.filler_genes
+    if f is None:
+        raise ConfigError("synthetic.yaml", "filler_genes", "a size asks for panel_genes but no filler genes are described",
+                          "add filler_genes (prefix, median_expression, log_sd, label_specific_fraction)")
     rng = np.random.default_rng(BIOLOGY_SEED + 1)
-    names = [f"{f['prefix']}{i:05d}" for i in range(1, n + 1)]
-    base = rng.lognormal(np.log(f["median_expression"]), f["log_sd"], n)
+    names = [f"{f.prefix}{i:05d}" for i in range(1, n + 1)]
+    base = rng.lognormal(np.log(f.median_expression), f.log_sd, n)
     mean = np.tile(base, (n_labels, 1)) * rng.lognormal(0, 0.25, (n_labels, n))
-    specific = np.flatnonzero(rng.random(n) < f["label_specific_fraction"])
+    specific = np.flatnonzero(rng.random(n) < f.label_specific_fraction)
     for g in specific:
         up = rng.choice(n_labels, int(rng.integers(1, 4)), replace=False)
         mean[up, g] *= rng.uniform(4, 12, len(up))
@@ -57,19 +61,19 @@ def _filler_genes(synth_cfg: SyntheticConfig, n: int, n_labels: int) -> tuple[li
 
 def build_programs(synth_cfg: SyntheticConfig, panel_genes: int | None = None) -> Programs:
     """The cohort's biology; ``panel_genes`` pads the marker panel with filler genes to that size."""
-    markers: dict[str, list[str]] = synth_cfg["category_markers"]
-    fine_markers: dict[str, list[str]] = synth_cfg["fine_markers"]
-    shared: dict[str, list[str]] = synth_cfg["shared_markers"]
+    markers: dict[str, list[str]] = synth_cfg.category_markers
+    fine_markers: dict[str, list[str]] = synth_cfg.fine_markers
+    shared: dict[str, list[str]] = synth_cfg.shared_markers
     panel = sorted({g for gs in markers.values() for g in gs} | {g for gs in fine_markers.values() for g in gs} | set(shared))
     extra = HOUSEKEEPING + [f"SYNG{i:04d}" for i in range(N_EXTRA_GENES - len(HOUSEKEEPING))]
     genes = tuple(panel + extra)
     gidx = {g: i for i, g in enumerate(genes)}
     label_category = {}
-    for cat, per_tissue in synth_cfg["fine_labels"].items():
-        for labels in per_tissue.values():
-            for lab in labels:
+    for cat, per_tissue in synth_cfg.fine_labels.items():
+        for tissue_labels in per_tissue.values():
+            for lab in tissue_labels:
                 label_category[lab] = cat
-    labels = tuple(sorted(label_category))
+    labels: tuple[str, ...] = tuple(sorted(label_category))
     rng = np.random.default_rng(BIOLOGY_SEED)
     base = rng.lognormal(np.log(0.05), 0.7, len(genes))
     base[len(panel):len(panel) + len(HOUSEKEEPING)] = rng.uniform(2, 8, len(HOUSEKEEPING))

@@ -114,14 +114,28 @@ def _rewrite_zarr_zip(path: Path, change) -> None:
     tmp.replace(path)
 
 
+def _array(group: zarr.Group, path: str) -> zarr.Array:
+    node = group[path]
+    if not isinstance(node, zarr.Array):
+        raise ValueError(f"cells.zarr.zip: {path} is not an array")
+    return node
+
+
+def _column_names(group: zarr.Group) -> list:
+    names = _array(group, "cell_summary").attrs["column_names"]
+    if not isinstance(names, list):
+        raise ValueError("cells.zarr.zip: cell_summary has no column_names list")
+    return names
+
+
 def _to_1x(bundle: Path, spec: dict) -> None:
     def to_seg_mask_value(root: Path) -> None:
         group = zarr.open_group(zarr.storage.LocalStore(root), mode="r+", zarr_format=2)
-        n = group["cell_id"].shape[0]
+        n = _array(group, "cell_id").shape[0]
         # 1.x: cell i's label in both masks is seg_mask_value[i] (nuclei by expansion: one nucleus per cell)
         group.create_array("seg_mask_value", data=np.arange(1, n + 1, dtype=np.uint32))
-        summary = group["cell_summary"][:]
-        names = list(group["cell_summary"].attrs["column_names"])
+        summary = np.asarray(_array(group, "cell_summary")[:])
+        names = [str(c) for c in _column_names(group)]
         keep = [i for i, c in enumerate(names) if c != "nucleus_count"]
         del group["cell_summary"]
         cs = group.create_array("cell_summary", data=summary[:, keep])
@@ -347,13 +361,17 @@ def _multinucleate(bundle: Path, rng: np.random.Generator, fraction: float = 0.0
 
     def add_owners(root: Path) -> None:
         group = zarr.open_group(zarr.storage.LocalStore(root), mode="r+", zarr_format=2)
-        index = group["polygon_sets/0/cell_index"][:]
+        index = np.asarray(_array(group, "polygon_sets/0/cell_index")[:])
         del group["polygon_sets/0/cell_index"]
-        group["polygon_sets/0"].create_array("cell_index", data=np.r_[index, [row[c] for c, _ in added]].astype(np.uint32))
-        summary = group["cell_summary"][:]
-        names = list(group["cell_summary"].attrs["column_names"])
+        polygons = group["polygon_sets/0"]
+        if not isinstance(polygons, zarr.Group):
+            raise ValueError("cells.zarr.zip: polygon_sets/0 is not a group")
+        polygons.create_array("cell_index", data=np.r_[index, [row[c] for c, _ in added]].astype(np.uint32))
+        cells_summary = _array(group, "cell_summary")
+        summary = np.asarray(cells_summary[:])
+        names = [str(c) for c in _column_names(group)]
         summary[:, names.index("nucleus_count")] = count
-        group["cell_summary"][:] = summary
+        cells_summary[:] = summary
 
     _rewrite_zarr_zip(bundle / "cells.zarr.zip", add_owners)
 

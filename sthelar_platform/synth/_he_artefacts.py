@@ -152,4 +152,7 @@ def jpeg(rgb: np.ndarray, quality: int | None) -> np.ndarray:
     ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError("OpenCV could not JPEG-encode a synthetic tile")
-    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise RuntimeError("OpenCV could not decode the JPEG it just encoded")
+    return np.ascontiguousarray(decoded[..., ::-1])

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from sthelar_platform.core.config import SyntheticConfig
+from sthelar_platform.core.config.synthetic import SyntheticConfig, TissueSpec
 
 REGIONS = ("background", "stroma", "epithelium", "vessel", "lumen", "aggregate", "special", "tumor", "band")
 REGION_CODE = {name: i for i, name in enumerate(REGIONS)}
@@ -81,7 +81,7 @@ def _tissue_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return rr <= wobble
 
 
-def build_layout(tissue_cfg: dict, extent_um: tuple[float, float], rng: np.random.Generator) -> TissueLayout:
+def build_layout(tissue_cfg: TissueSpec, extent_um: tuple[float, float], rng: np.random.Generator) -> TissueLayout:
     """Paint regions (stroma, glands, nests, vessels, aggregates, bands) inside a tissue outline."""
     w, h = extent_um
     gx, gy = int(np.ceil(w / GRID_UM)), int(np.ceil(h / GRID_UM))
@@ -95,21 +95,21 @@ def build_layout(tissue_cfg: dict, extent_um: tuple[float, float], rng: np.rando
     inside = np.argwhere(tissue)
     # Large zones first, vessels last so they sit on top.
     order = {"band": 0, "nest": 1, "gland": 2, "vessel": 3}
-    for spec in sorted(tissue_cfg["structures"], key=lambda s: order[s["kind"]]):
-        kind = spec["kind"]
+    for spec in sorted(tissue_cfg.structures, key=lambda s: order[s.kind]):
+        kind = spec.kind
         if kind == "band":
             depth = ndimage.distance_transform_edt(tissue) * GRID_UM
-            width = rng.uniform(*spec["width_um"])
+            width = rng.uniform(*spec.given(spec.width_um))
             upper = ys_um < h * 0.5
             sel = tissue & upper & (depth <= width)
-            region[sel] = REGION_CODE[spec.get("region", "band")]
+            region[sel] = REGION_CODE[spec.region or "band"]
             band_depth[sel] = depth[sel]  # distance from the surface; the basal layer is deepest
             continue
-        n = max(1, int(rng.poisson(spec["per_mm2"] * tissue_area_mm2)))
+        n = max(1, int(rng.poisson(spec.per_mm2 * tissue_area_mm2)))
         for _ in range(n):
             iy, ix = inside[rng.integers(len(inside))]
             cx, cy = xs_um[iy, ix], ys_um[iy, ix]
-            r = rng.uniform(*spec["radius_um"])
+            r = rng.uniform(*spec.given(spec.radius_um))
             pad = int(np.ceil(r / GRID_UM)) + 2
             y0, y1, x0, x1 = max(iy - pad, 0), min(iy + pad + 1, gy), max(ix - pad, 0), min(ix + pad + 1, gx)
             dx, dy = xs_um[y0:y1, x0:x1] - cx, ys_um[y0:y1, x0:x1] - cy
@@ -121,9 +121,9 @@ def build_layout(tissue_cfg: dict, extent_um: tuple[float, float], rng: np.rando
             win_tissue = tissue[y0:y1, x0:x1]
             win = region[y0:y1, x0:x1]
             if kind == "nest":
-                win[(d <= r) & win_tissue] = REGION_CODE[spec["region"]]
+                win[(d <= r) & win_tissue] = REGION_CODE[spec.given(spec.region)]
             elif kind in ("gland", "vessel"):
-                wall = spec["wall_um"]
+                wall = spec.given(spec.wall_um)
                 wall_code = REGION_CODE["epithelium" if kind == "gland" else "vessel"]
                 win[(d <= r) & (d > r - wall) & win_tissue] = wall_code
                 win[(d <= r - wall) & win_tissue] = REGION_CODE["lumen"]
@@ -147,9 +147,9 @@ def _radial_profile(n: int, a: np.ndarray, b: np.ndarray, phi: np.ndarray, irreg
 def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: SyntheticConfig, rng: np.random.Generator,
                 density_scale: float = 1.0) -> Cells:
     """Sample cells by regional density and composition, with non-overlapping nuclei."""
-    tissue_cfg = synth_cfg["tissues"][tissue_name]
-    density = synth_cfg["density"]
-    shapes = synth_cfg["shapes"]
+    tissue_cfg = synth_cfg.tissues[tissue_name]
+    density = synth_cfg.density
+    shapes = synth_cfg.shapes
     w, h = layout.extent_um
     rho = np.zeros(len(REGIONS))
     for name, d in density.items():
@@ -163,17 +163,17 @@ def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: SyntheticConf
     x, y, reg, iy, ix = x[keep], y[keep], reg[keep], iy[keep], ix[keep]
 
     category = np.empty(len(x), dtype=object)
-    composition = tissue_cfg["composition"]
+    composition = tissue_cfg.composition
     for code, name in enumerate(REGIONS):
         sel = np.flatnonzero(reg == code)
         if len(sel) == 0:
             continue
-        comp = composition.get(name) or composition.get("stroma")
         if name in ("background", "lumen"):
             category[sel] = None
             continue
+        comp = composition.get(name) or composition["stroma"]
         cats = list(comp)
-        p = np.array([comp[c] for c in cats], float)
+        p = np.array([float(comp[c]) for c in cats])
         category[sel] = np.array(cats, dtype=object)[rng.choice(len(cats), len(sel), p=p / p.sum())]
     # Melanocytes live in the basal layer of an epidermis-like band only.
     depth = layout.band_depth[iy, ix]
@@ -198,14 +198,14 @@ def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: SyntheticConf
         if k == 0:
             continue
         scale = rng.lognormal(0, 0.1, k)
-        a[sel] = spec["axes"][0] * scale
-        b[sel] = spec["axes"][1] * scale * rng.lognormal(0, 0.05, k)
-        irr[sel] = spec["irregularity"]
-        dark[sel] = spec["darkness"] * rng.lognormal(0, 0.08, k)
-        expansion[sel] = spec["expansion"]
-        if spec.get("oriented") == "flow":
+        a[sel] = spec.axes[0] * scale
+        b[sel] = spec.axes[1] * scale * rng.lognormal(0, 0.05, k)
+        irr[sel] = spec.irregularity
+        dark[sel] = spec.darkness * rng.lognormal(0, 0.08, k)
+        expansion[sel] = spec.expansion
+        if spec.oriented == "flow":
             phi[sel] = layout.flow[iy[sel], ix[sel]] + rng.normal(0, 0.15, k)
-        elif spec.get("oriented") == "vessel":
+        elif spec.oriented == "vessel":
             phi[sel] = layout.vessel_angle[iy[sel], ix[sel]] + rng.normal(0, 0.1, k)
     nuc = _radial_profile(n, a, b, phi, irr, rng)
     rc = nuc.max(1)
@@ -239,12 +239,12 @@ def place_cells(layout: TissueLayout, tissue_name: str, synth_cfg: SyntheticConf
     cell = np.minimum(nuc + expansion[:, None] * rng.uniform(0.8, 1.2, (n, 1)), cap[:, None] * 0.98)
     cell = np.maximum(cell, nuc)
 
-    has_nucleus = rng.random(n) >= synth_cfg["no_nucleus_fraction"]
+    has_nucleus = rng.random(n) >= synth_cfg.no_nucleus_fraction
     nuc = np.where(has_nucleus[:, None], nuc, 0.0)
 
     fine = np.empty(n, dtype=object)
     for cat in np.unique(category):
-        labels = synth_cfg["fine_labels"][cat].get(tissue_name, synth_cfg["fine_labels"][cat]["default"])
+        labels = synth_cfg.fine_labels[cat].get(tissue_name, synth_cfg.fine_labels[cat]["default"])
         sel = np.flatnonzero(category == cat)
         fine[sel] = np.array(labels, dtype=object)[rng.integers(len(labels), size=len(sel))]
     # Spatial order (rows of ~100 µm), like Xenium's FOV-ordered ids.

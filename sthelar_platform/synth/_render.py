@@ -69,7 +69,7 @@ class PolygonIndex:
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    n = rng.standard_normal(shape, dtype=np.float32)
+    n: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
     if sigma > 0:
         n = cv2.GaussianBlur(n, (0, 0), sigma)
         n /= max(float(n.std()), 1e-6)
@@ -166,7 +166,7 @@ class HERenderer:
             return self._flat(level, y0, x0, h, w)
         pad = max(PAD >> level, 2)
         rng = _tile_rng(self.seed, 2, level, y0, x0)
-        rgb = self._realistic(rng, level, y0 - pad, x0 - pad, h + 2 * pad, w + 2 * pad)[pad:pad + h, pad:pad + w]
+        rgb = self._realistic(self.look, rng, level, y0 - pad, x0 - pad, h + 2 * pad, w + 2 * pad)[pad:pad + h, pad:pad + w]
         return jpeg(np.ascontiguousarray(rgb), self.look.artefacts.jpeg_quality)
 
     def _flat(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
@@ -194,16 +194,17 @@ class HERenderer:
     def _texture(self, kind: int, y0: int, x0: int, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
         return seamless_noise(self.seed, kind, y0, x0, shape, sigma_px)
 
-    def _realistic(self, rng: np.random.Generator, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    def _realistic(self, look: HEAppearance, rng: np.random.Generator, level: int, y0: int, x0: int, h: int,
+                   w: int) -> np.ndarray:
         s = 2**level
         um_px = self.um_per_px * s
         gx, gy, tx, ty = self._coords(s, y0, x0, h, w)
         base = self._eosin_at(tx, ty)
         window = (x0 * s - 40, y0 * s - 40, (x0 + w) * s + 40, (y0 + h) * s + 40)
-        eos = self._eosin_layer(base, window, s, um_px, y0, x0)
-        hem = self._hematoxylin_layer(window, s, um_px, y0, x0, (h, w))
+        eos = self._eosin_layer(look, base, window, s, um_px, y0, x0)
+        hem = self._hematoxylin_layer(look, window, s, um_px, y0, x0, (h, w))
         hem += np.where(base > 0.02, 0.04, 0.0).astype(np.float32)
-        stain, art = self.look.stain, self.look.artefacts
+        stain, art = look.stain, look.artefacts
         od = (stain.h_scale * hem[..., None] * stain.hematoxylin
               + stain.e_scale * np.clip(eos, 0, None)[..., None] * stain.eosin)
         apply_fold(od, gx, gy, art.fold)
@@ -218,10 +219,10 @@ class HERenderer:
         rgb = blur_regions(rgb, gx, gy, art.blur, um_px)
         return np.clip(rgb, 0, 255).astype(np.uint8)
 
-    def _eosin_layer(self, base: np.ndarray, window: tuple, s: int, um_px: float,
+    def _eosin_layer(self, look: HEAppearance, base: np.ndarray, window: tuple, s: int, um_px: float,
                      y0: int, x0: int) -> np.ndarray:
         """Ground substance, granular cytoplasm, faint membranes, collagen fibres and red cells."""
-        cel = self.look.spec.cells
+        cel = look.spec.cells
         shape = base.shape
         cyto, membrane, fibres, red = (np.zeros(shape, np.float32) for _ in range(4))
         idx = self.cell_index.query(*window)
@@ -237,10 +238,10 @@ class HERenderer:
         fibres = cv2.GaussianBlur(fibres, (0, 0), 0.6 / um_px) * np.clip(base / 0.1, 0, 1)  # soft, and only on tissue
         return (base + cyto + membrane + fibres) * (1 + 0.12 * self._texture(2, y0, x0, shape, 2.0 / um_px)) + red
 
-    def _hematoxylin_layer(self, window: tuple, s: int, um_px: float, y0: int, x0: int,
+    def _hematoxylin_layer(self, look: HEAppearance, window: tuple, s: int, um_px: float, y0: int, x0: int,
                            shape: tuple[int, int]) -> np.ndarray:
         """Nuclei with clumped chromatin, a darker rim and a nucleolus; crowded ones overlap and add up."""
-        nuc, detail = self.look.spec.nuclei, self.look.detail
+        nuc, detail = look.spec.nuclei, look.detail
         layers = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))  # alternate nuclei: overlaps add
         rim, nucleoli = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         idx = self.nuc_index.query(*window)

@@ -37,8 +37,8 @@ def write_experiment(bundle: Path, cfg: SyntheticConfig, slide_id: str, extent_u
         "transcripts_per_100um": None, "cassette_name": "SYNTHETIC", "slide_id": "SYNTHETIC-0000000",
         "panel_design_id": "synthetic", "panel_name": "STHELAR synthetic marker panel",
         "panel_organism": "Human", "panel_num_targets_predesigned": len(panel), "panel_num_targets_custom": 0,
-        "pixel_size": cfg["morphology_pixel_size_um"], "instrument_sn": "SYNTHETIC",
-        "instrument_sw_version": "3.0.0.0", "analysis_sw_version": cfg["analysis_sw_version"],
+        "pixel_size": cfg.morphology_pixel_size_um, "instrument_sn": "SYNTHETIC",
+        "instrument_sw_version": "3.0.0.0", "analysis_sw_version": cfg.analysis_sw_version,
         "experiment_uuid": f"synthetic-{slide_id}", "images": {"morphology_focus_filepath": "morphology_focus/morphology_focus_0000.ome.tif"},
         "synthetic": True, "extent_um": list(extent_um),
     }
@@ -113,15 +113,15 @@ def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarra
             cell_rows = np.repeat(rows[cr], reps)
             genes = np.repeat(gi, reps)
             # low-quality duplicates (qv < 20): present in transcripts, absent from the matrix
-            n_low = rng.binomial(len(cell_rows), cfg["low_qv_fraction"])
+            n_low = rng.binomial(len(cell_rows), cfg.low_qv_fraction)
             low_pick = rng.integers(0, max(len(cell_rows), 1), n_low) if len(cell_rows) else np.zeros(0, np.int64)
-            n_ctrl = rng.binomial(len(cell_rows), cfg["negative_control_fraction"])
+            n_ctrl = rng.binomial(len(cell_rows), cfg.negative_control_fraction)
             ctrl_cells = rows[rng.integers(0, len(rows), n_ctrl)]
             ctrl_feat = rng.choice(fidx_controls, n_ctrl)
             all_cells = np.concatenate([cell_rows, cell_rows[low_pick], ctrl_cells])
             all_genes = np.concatenate([genes, genes[low_pick], ctrl_feat])
             qv = np.concatenate([rng.uniform(20, 40, len(cell_rows)), rng.uniform(5, 19.9, n_low), rng.uniform(20, 40, n_ctrl)])
-            nuclear_pref = rng.random(len(all_cells)) < cfg["nuclear_fraction"]
+            nuclear_pref = rng.random(len(all_cells)) < cfg.nuclear_fraction
             x, y, nuclear = _sample_positions(cells, all_cells, nuclear_pref, rng)
             np.add.at(control_counts, (ctrl_cells, ctrl_feat - len(panel)), 1)
             m = len(all_cells)
@@ -143,7 +143,7 @@ def write_transcripts_and_matrix(bundle: Path, cells: Cells, cell_ids: np.ndarra
             stats["controls"] += n_ctrl
             stats["low_qv"] += n_low
         # unassigned transcripts scattered over the tissue, outside any cell assignment
-        n_un = int(cfg["unassigned_fraction"] * counts.sum())
+        n_un = int(cfg.unassigned_fraction * counts.sum())
         tx, ty = tissue_xy
         for s in range(0, n_un, 1_000_000):
             m = min(1_000_000, n_un - s)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -36,7 +37,7 @@ from sthelar_platform.synth._expression import (
 )
 from sthelar_platform.synth._flavours import apply_flavour
 from sthelar_platform.synth._he_realism import draw_appearance
-from sthelar_platform.synth._layout import GRID_UM, REGION_CODE, build_layout, place_cells
+from sthelar_platform.synth._layout import GRID_UM, REGION_CODE, Cells, build_layout, place_cells
 from sthelar_platform.synth._render import DapiRenderer, HERenderer
 from sthelar_platform.synth.transform import TransformSpec, he_to_morphology_matrix, write_alignment_csv
 
@@ -94,30 +95,30 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
     """
     cfg = config
     validate_slide_id(slide_id)
-    if size not in cfg["sizes"]:
-        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg['sizes'])}")
-    if tissue not in cfg["tissues"]:
-        raise InputError(None, f"unknown synthetic tissue {tissue!r}", f"use one of {', '.join(cfg['tissues'])}")
-    size_cfg = cfg["sizes"][size]
+    if size not in cfg.sizes:
+        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg.sizes)}")
+    if tissue not in cfg.tissues:
+        raise InputError(None, f"unknown synthetic tissue {tissue!r}", f"use one of {', '.join(cfg.tissues)}")
+    size_cfg = cfg.sizes[size]
     world_name = _world_name(cfg, size, world)
-    extent = tuple(float(v) for v in size_cfg["extent_um"])
+    extent = (float(size_cfg.extent_um[0]), float(size_cfg.extent_um[1]))
     rng = np.random.default_rng([seed, sum(map(ord, slide_id))])
-    morph_um, he_um = cfg["morphology_pixel_size_um"], cfg["he_pixel_size_um"]
+    morph_um, he_um = cfg.morphology_pixel_size_um, cfg.he_pixel_size_um
     transform = transform or default_transform(rng)
-    programs = build_programs(cfg, size_cfg.get("panel_genes"))
+    programs = build_programs(cfg, size_cfg.panel_genes)
     cats = categories
 
     progress(f"{slide_id}: laying out {tissue} tissue")
-    layout = build_layout(cfg["tissues"][tissue], extent, rng)
-    cells = place_cells(layout, tissue, cfg, rng, density_scale=float(size_cfg.get("density_scale", 1.0)))
+    layout = build_layout(cfg.tissues[tissue], extent, rng)
+    cells = place_cells(layout, tissue, cfg, rng, density_scale=float(size_cfg.density_scale))
     n = len(cells)
     if n == 0:
         raise InputError(None, "synthetic layout produced no cells", "use a larger size or another seed")
-    less10 = rng.random(n) < cfg["less10_fraction"]
+    less10 = rng.random(n) < cfg.less10_fraction
     # the mixing draws from its own generator, so the simple world's slides stay what they were
-    mixing = slide_mixing(cfg["worlds"][world_name]["expression"], cells.x, cells.y, programs.n_panel,
+    mixing = slide_mixing(cfg.worlds[world_name].expression, cells.x, cells.y, programs.n_panel,
                           np.random.default_rng([seed, 11, sum(map(ord, slide_id))]))
-    counts = sample_panel_counts(programs, cells.fine_label, size_cfg["transcripts_per_cell"], less10, rng, mixing)
+    counts = sample_panel_counts(programs, cells.fine_label, size_cfg.transcripts_per_cell, less10, rng, mixing)
     prefixes, cell_ids = xw.make_cell_ids(n, rng)
     morph_shape = (int(np.ceil(extent[1] / morph_um)), int(np.ceil(extent[0] / morph_um)))
     he_to_morph, he_shape = he_to_morphology_matrix(transform, he_um, morph_um, extent)
@@ -143,12 +144,12 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
         progress(f"{slide_id}: rendering H&E {he_shape[1]}x{he_shape[0]} px")
         he_to_um = np.diag([morph_um, morph_um, 1.0]) @ he_to_morph
         he_name = f"{slide_id}_he_image.ome.tif"
-        deformation = section_deformation(cfg["worlds"][world_name]["he_deformation"], extent,
+        deformation = section_deformation(cfg.worlds[world_name].he_deformation, extent,
                                           np.random.default_rng([seed, 13, sum(map(ord, slide_id))]))
         # the appearance draws from its own generator too
-        appearance = draw_appearance(cfg["worlds"][world_name]["he"], cells, layout,
+        appearance = draw_appearance(cfg.worlds[world_name].he, cells, layout,
                                      np.random.default_rng([seed, 17, sum(map(ord, slide_id))]))
-        render = HERenderer(cells, layout, he_to_um, cfg["eosin"], seed, deformation, appearance)
+        render = HERenderer(cells, layout, he_to_um, cfg.eosin, seed, deformation, appearance)
         _write_scanner_pyramid(he_dir / he_name, he_shape, render, he_um)
         write_alignment_csv(he_dir / f"{slide_id}_he_imagealignment.csv", he_to_morph)
         if xoa is not None or quirks:
@@ -172,10 +173,10 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
 def section_deformation(spec: WorldDeformation, extent_um: tuple[float, float],
                         rng: np.random.Generator) -> DisplacementField | None:
     """The H&E section's smooth non-rigid displacement against the DAPI (a realistic world), or None."""
-    if not spec["amplitude_um"]:
+    if not spec.amplitude_um:
         return None
-    return random_field(np.zeros(2), np.asarray(extent_um, float), float(spec["amplitude_um"]), float(spec["edge_gain"]),
-                        float(spec["correlation_um"]), rng)
+    return random_field(np.zeros(2), np.asarray(extent_um, float), float(spec.amplitude_um), float(spec.edge_gain),
+                        float(spec.correlation_um), rng)
 
 
 def true_he_to_um(truth_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -194,13 +195,14 @@ def true_he_to_um(truth_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _world_name(cfg: SyntheticConfig, size: str, world: str | None) -> str:
-    name = world or cfg["sizes"][size]["world"]
-    if name not in cfg["worlds"]:
-        raise InputError(None, f"unknown synthetic world {name!r}", f"use one of {', '.join(cfg['worlds'])}")
+    name = world or cfg.sizes[size].world
+    if name not in cfg.worlds:
+        raise InputError(None, f"unknown synthetic world {name!r}", f"use one of {', '.join(cfg.worlds)}")
     return name
 
 
-def _write_truth(truth: Path, cells, cell_ids, counts, cats, programs: Programs, he_to_morph, transform, cfg, tissue,
+def _write_truth(truth: Path, cells: Cells, cell_ids: np.ndarray, counts: Any, cats: CategorySystem, programs: Programs,
+                 he_to_morph: np.ndarray, transform: TransformSpec, cfg: SyntheticConfig, tissue: str,
                  doublet: np.ndarray, world: str) -> None:
     total = np.asarray(counts.sum(1)).ravel()
     expected = np.where(total <= cats.less10_max_transcripts, "Less10", cells.category)
@@ -213,10 +215,10 @@ def _write_truth(truth: Path, cells, cell_ids, counts, cats, programs: Programs,
         "has_nucleus": cells.has_nucleus, "x_um": cells.x, "y_um": cells.y, "doublet": doublet,
     }).write_parquet(truth / "cells.parquet")
     (truth / "transform.json").write_text(json.dumps({
-        "he_to_morphology": he_to_morph.tolist(), "morphology_pixel_size_um": cfg["morphology_pixel_size_um"],
-        "he_pixel_size_um_nominal": cfg["he_pixel_size_um"], "spec": asdict(transform), "tissue": tissue,
+        "he_to_morphology": he_to_morph.tolist(), "morphology_pixel_size_um": cfg.morphology_pixel_size_um,
+        "he_pixel_size_um_nominal": cfg.he_pixel_size_um, "spec": asdict(transform), "tissue": tissue,
         "synthetic": True}, indent=2))
-    (truth / "world.json").write_text(json.dumps({"world": world, **cfg["worlds"][world].model_dump()}, indent=2))
+    (truth / "world.json").write_text(json.dumps({"world": world, **cfg.worlds[world].model_dump()}, indent=2))
 
 
 def synthesize_reference(path: str | Path, tissue: str, n_cells: int, seed: int, config: SyntheticConfig,
@@ -228,19 +230,19 @@ def synthesize_reference(path: str | Path, tissue: str, n_cells: int, seed: int,
     labels as public atlases do (Cell Ontology names).
     """
     cfg = config
-    atlas = cfg["worlds"][world]["atlas"]
+    atlas = cfg.worlds[world].atlas
     programs = build_programs(cfg, panel_genes)
     rng = np.random.default_rng([seed, 7, sum(map(ord, tissue))])
-    comp = cfg["tissues"][tissue]["composition"]
-    missing = set(atlas["missing_categories"].get(tissue, []))
+    comp = cfg.tissues[tissue].composition
+    missing = set(atlas.missing_categories.get(tissue, []))
     present = sorted({c for region in comp.values() for c in region} - missing)
-    labels = [lab for c in present for lab in cfg["fine_labels"][c].get(tissue, cfg["fine_labels"][c]["default"])]
+    labels = [lab for c in present for lab in cfg.fine_labels[c].get(tissue, cfg.fine_labels[c]["default"])]
     weights = np.sqrt(np.array([max(sum(r.get(programs.label_category[lab], 0) for r in comp.values()), 0.02) for lab in labels]))
     per_label = np.maximum(40, np.round(n_cells * weights / weights.sum())).astype(int)
     fine = np.repeat(np.array(labels), per_label)
     rng.shuffle(fine)
     counts = sample_reference_counts(programs, fine, target_total=900, rng=rng)
-    names = atlas["label_names"]
+    names = atlas.label_names
     fine = np.array([names.get(lab, lab) for lab in fine])
     adata = ad.AnnData(X=sp.csr_matrix(counts), obs={"cell_type": fine, "sample": np.full(len(fine), "synthetic_atlas")},
                        var={"gene_symbol": list(programs.genes)})
@@ -261,17 +263,17 @@ def synthesize_cohort(out: str | Path, size: str, config: SyntheticConfig, categ
                       world: str | None = None) -> Path:
     """All slides of a size, their tissues' reference atlases, and a manifest; returns the manifest path."""
     cfg = config
-    if size not in cfg["sizes"]:
-        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg['sizes'])}")
+    if size not in cfg.sizes:
+        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg.sizes)}")
     world = _world_name(cfg, size, world)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
-    for i, (slide_id, tissue) in enumerate(cfg["sizes"][size]["slides"]):
+    for i, (slide_id, tissue) in enumerate(cfg.sizes[size].slides):
         ref = out / "references" / f"{tissue}.h5ad"
         if not ref.exists():
             progress(f"reference atlas for {tissue}")
-            synthesize_reference(ref, tissue, cfg["reference_cells"][size], seed, cfg, cfg["sizes"][size].get("panel_genes"),
+            synthesize_reference(ref, tissue, cfg.reference_cells[size], seed, cfg, cfg.sizes[size].panel_genes,
                                  world)
         slide = synthesize_slide(out / "slides", slide_id, tissue, size, seed + i, cfg, categories, progress=progress,
                                  xoa=xoa, quirks=quirks, world=world)

@@ -10,12 +10,14 @@ _EXPORTS = {
     "save_npz": "patches",
     "load_nucleus_polygons": "masks",
     "rasterize_region": "masks",
-    "make_segmenter": "reference_segmentation",
+    "classical_segmenter": "reference_segmentation",
     "segment_patches": "reference_segmentation",
     "ClassicalSegmenter": "reference_segmentation",
     "patch_agreement": "agreement",
     "slide_agreement": "agreement",
     "distribution_summary": "agreement",
+    "write_slide_agreement": "agreement",
+    "patch_quality_failures": "agreement",
     "write_slide_export": "exports",
 }
 __all__ = sorted(_EXPORTS)

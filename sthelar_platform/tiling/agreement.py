@@ -11,17 +11,21 @@ All overlaps come from one ``bincount`` over the pixel pairs; no per-instance lo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from sthelar_platform.core.errors import require_readable_parquet, require_stage_output
+from sthelar_platform.core.config.tiling import AgreementConfig
+from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
+from sthelar_platform.core.imaging import open_pyramid
+from sthelar_platform.core.warehouse import AgreementFolder, PatchesFolder, ReferenceSegmentationFolder
 from sthelar_platform.tiling import artefacts
-from sthelar_platform.tiling.patches import load_labels
+from sthelar_platform.tiling.patches import PatchLevel, draw_patch_overview, load_labels
 
 METRICS = ("dice", "jaccard", "bpq", "dq", "sq", "det_f1")
 FLAG_REASONS = ("low_jaccard", "out_of_focus", "ink")
@@ -100,12 +104,13 @@ def slide_agreement(patches_dir: Path, ref_dir: Path, radius_px: float, match_io
     being out of focus or carrying marker ink (``artefacts``, measured on ``patches_dir/images``).
     ``flag_reasons`` names every reason that applies.
     """
-    table = pd.read_parquet(require_readable_parquet(patches_dir / "patches.parquet", "patches"),
+    patches = PatchesFolder(patches_dir)
+    table = pd.read_parquet(require_readable_parquet(patches.patches, patches_dir.name),
                             columns=["slide_id", "magnification", "patch_id", "name", "x0", "y0", "n_nuclei", "tissue"])
-    require_stage_output(ref_dir / "counts.parquet", "reference_segmentation")
+    require_stage_output(ref_dir / ReferenceSegmentationFolder.COUNTS, ReferenceSegmentationFolder.stage)
 
     def one(name: str) -> dict[str, float]:
-        truth = load_labels(patches_dir / "labels" / f"{name}.npz")["inst_map"]
+        truth = load_labels(patches.labels / f"{name}.npz")["inst_map"]
         pred = load_labels(ref_dir / f"{name}.npz")["inst_map"]
         return patch_agreement(truth, pred, radius_px, match_iou)
 
@@ -119,7 +124,7 @@ def slide_agreement(patches_dir: Path, ref_dir: Path, radius_px: float, match_io
     out = pd.concat([table, metrics.rename(columns={"n_pred": "n_ref_nuclei"}).drop(columns="n_truth")], axis=1)
     reasons = {"low_jaccard": out["jaccard"] < flag_below_jaccard}  # NaN (undefined) is never flagged
     if focus_ratio_below is not None and ink_above is not None:
-        measured = artefacts.measure_patches(patches_dir / "images", out["name"], workers)
+        measured = artefacts.measure_patches(patches.images, out["name"], workers)
         found = artefacts.flag_artefacts(measured.set_axis(out.index), focus_ratio_below, ink_above)
         out[["focus", "focus_ratio", "ink_fraction"]] = found[["focus", "focus_ratio", "ink_fraction"]]
         reasons |= {"out_of_focus": found["out_of_focus"], "ink": found["ink"]}
@@ -163,6 +168,68 @@ def histogram_png(frame: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Write ``obj`` as indented JSON."""
-    path.write_text(json.dumps(obj, indent=2))
+QC_COLUMNS = ["slide_id", "magnification", "patch_id", "x0", "y0", "n_nuclei", "dice", "jaccard", "bpq", "det_f1",
+              "flagged", "focus_ratio", "ink_fraction", "flag_reasons"]   # the lineage table patch_qc
+
+
+@dataclass(frozen=True)
+class SlideAgreement:
+    """``segmentation_agreement`` of one slide: every patch of both magnifications, and per magnification
+    the distribution summary (or why it was skipped) that ``summary.json`` holds.
+    """
+
+    table: pd.DataFrame
+    summary: dict[str, dict]            # "agreement_<mag>" -> distribution_summary (or n_patches 0 and "skipped")
+
+    def qc_rows(self) -> pd.DataFrame:
+        return self.table[QC_COLUMNS]
+
+
+def write_slide_agreement(slide_id: str, patch_dirs: Mapping[str, Path], reference_dir: Path, he_path: Path, out: Path,
+                          cfg: AgreementConfig, workers: int,
+                          log: Callable[[str], None] = lambda _msg: None) -> SlideAgreement:
+    """Agreement per patch at every magnification, with histograms and a quality map per magnification."""
+    folder = AgreementFolder(out)
+    frames: list[pd.DataFrame] = []
+    summary: dict[str, dict] = {}
+    for mag, pdir in patch_dirs.items():
+        ps = json.loads(require_stage_output(PatchesFolder(pdir).summary, pdir.name).read_text())
+        if "skipped" in ps:  # e.g. no 40x level on a 20x-only scan: nothing to compare, not a failure
+            log(f"{slide_id} {mag}: skipped ({ps['skipped']})")
+            summary[f"agreement_{mag}"] = {"n_patches": 0, "n_flagged": 0, "frac_flagged": 0.0, "skipped": ps["skipped"]}
+            continue
+        frame = slide_agreement(pdir, ReferenceSegmentationFolder(reference_dir).magnification(mag),
+                                cfg.detection_radius_px[mag], cfg.match_iou, cfg.flag_below_jaccard, workers,
+                                focus_ratio_below=cfg.flag_focus_ratio_below, ink_above=cfg.flag_ink_above)
+        frames.append(frame)
+        dist = distribution_summary(frame)
+        histogram_png(frame, folder.distributions(mag), f"{slide_id} {mag}")
+        lv = PatchLevel(mag, ps["level"], ps["downsample"], ps["um_per_px"])
+        draw_patch_overview(he_path, open_pyramid(he_path), frame, lv, ps["size_px"], folder.quality_map(mag),
+                            values=frame["jaccard"].to_numpy())
+        by_reason = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in dist["n_flagged_by_reason"].items())
+        log(f"{slide_id} {mag}: {dist['n_flagged']}/{dist['n_patches']} patches flagged ({by_reason}); "
+            f"median Jaccard {dist['jaccard'].get('median', float('nan'))}")
+        summary[f"agreement_{mag}"] = dist
+    if not frames:
+        raise InputError(next(iter(patch_dirs.values())), "no magnification has patches "
+                         "(all skipped: the scan is coarser than 20x)", "scan the slide at 20x or 40x")
+    table = pd.concat(frames, ignore_index=True)
+    table.to_parquet(folder.agreement)
+    folder.summary.write_text(json.dumps(summary, indent=2))
+    return SlideAgreement(table, summary)
+
+
+def patch_quality_failures(summary: Mapping[str, dict], max_frac_flagged: float) -> list[str]:
+    """Magnifications whose fraction of flagged patches exceeds the threshold, as sentences."""
+    out = []
+    for key, dist in sorted(summary.items()):
+        mag = key.removeprefix("agreement_")
+        if "skipped" in dist:
+            continue
+        if dist["n_patches"] == 0:
+            out.append(f"{mag}: no patches to assess")
+        elif dist["frac_flagged"] > max_frac_flagged:
+            out.append(f"{mag}: {dist['frac_flagged']:.1%} of {dist['n_patches']} patches flagged "
+                       f"(> {max_frac_flagged:.0%})")
+    return out

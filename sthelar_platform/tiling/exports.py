@@ -28,6 +28,15 @@ from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import TilingConfig
 from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
+from sthelar_platform.core.warehouse import (
+    AgreementFolder,
+    CellCountsFolder,
+    CellTypesFolder,
+    CellViTLayoutFolder,
+    PatchesFolder,
+    SlideExportFolder,
+    XeniumSlideFolder,
+)
 from sthelar_platform.tiling.patches import load_labels, save_npz
 
 CELL_LABEL_COLUMNS = ["cell_id", "category", "detailed_class", "grouped_class", "confidence", "tangram_label",
@@ -44,23 +53,22 @@ def link_patch_file(src: Path, dst: Path) -> None:
 def export_cellvit(patches_dir: Path, qc: pd.DataFrame, grouping: str, classes: tuple[str, ...], out: Path,
                    compresslevel: int = 1) -> int:
     """CellViT-style folder for one magnification and grouping; returns the number of patches."""
-    (out / "images").mkdir(parents=True)
-    (out / "labels").mkdir()
+    src, dst = PatchesFolder(patches_dir), CellViTLayoutFolder(out)
+    dst.images.mkdir(parents=True)
+    dst.labels.mkdir()
     counts = []
     for row in qc.itertuples(index=False):
-        link_patch_file(patches_dir / "images" / f"{row.name}.png", out / "images" / f"{row.name}.png")
-        lab = load_labels(patches_dir / "labels" / f"{row.name}.npz")
-        save_npz(out / "labels" / f"{row.name}.npz", {"inst_map": lab["inst_map"],
-                                                       "type_map": lab[f"type_map_{grouping}"],
-                                                       "cell_id_map": lab["cell_id_map"]}, compresslevel)
+        link_patch_file(src.images / f"{row.name}.png", dst.image(row.name))
+        lab = load_labels(src.labels / f"{row.name}.npz")
+        save_npz(dst.label(row.name), {"inst_map": lab["inst_map"], "type_map": lab[f"type_map_{grouping}"],
+                                       "cell_id_map": lab["cell_id_map"]}, compresslevel)
         counts.append(np.bincount(_instance_classes(lab["inst_map"], lab[f"type_map_{grouping}"]),
                                   minlength=len(classes) + 1)[1:])
     cc = pd.DataFrame(np.asarray(counts, int).reshape(-1, len(classes)), columns=list(classes))
     cc.insert(0, "Image", [f"{n}.png" for n in qc["name"]])
-    cc.to_csv(out / "cell_count.csv", index=False)
-    pd.DataFrame({"img": [f"{n}.png" for n in qc["name"]], "type": qc["tissue"].to_numpy()}).to_csv(
-        out / "types.csv", index=False)
-    qc.to_csv(out / "patches.csv", index=False)
+    cc.to_csv(dst.cell_count, index=False)
+    pd.DataFrame({"img": [f"{n}.png" for n in qc["name"]], "type": qc["tissue"].to_numpy()}).to_csv(dst.types, index=False)
+    qc.to_csv(dst.patches, index=False)
     return len(qc)
 
 
@@ -83,18 +91,22 @@ def export_pannuke(patches_dir: Path, qc: pd.DataFrame, grouping: str, n_classes
                    images_from: Path | None = None) -> None:
     """PanNuke arrays, streamed into memory-mapped .npy files (never the whole stack in RAM)."""
     out.mkdir(parents=True)
-    dtype = mask_dtype(dtype, int(qc["n_nuclei"].max()) if len(qc) else 0)
+    mask_type = mask_dtype(dtype, int(qc["n_nuclei"].max()) if len(qc) else 0)
     n, size = len(qc), 256
     if images_from is not None:
         link_patch_file(images_from, out / "images.npy")
     else:
         images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    masks = np.lib.format.open_memmap(out / "masks.npy", mode="w+", dtype=dtype,
+    masks = np.lib.format.open_memmap(out / "masks.npy", mode="w+", dtype=mask_type,
                                       shape=(n, size, size, n_classes + 1))
     for i, row in enumerate(qc.itertuples(index=False)):
         if images_from is None:
-            images[i] = cv2.imread(str(patches_dir / "images" / f"{row.name}.png"))[..., ::-1]
-        lab = load_labels(patches_dir / "labels" / f"{row.name}.npz")
+            path = PatchesFolder(patches_dir).images / f"{row.name}.png"
+            bgr = cv2.imread(str(path))
+            if bgr is None:
+                raise InputError(path, "patch image missing or unreadable", "materialize the patches for this slide again")
+            images[i] = bgr[..., ::-1]
+        lab = load_labels(PatchesFolder(patches_dir).labels / f"{row.name}.npz")
         inst, types = lab["inst_map"], lab[f"type_map_{grouping}"]
         for c in range(n_classes):
             masks[i, ..., c] = np.where(types == c + 1, inst, 0)
@@ -130,7 +142,7 @@ def export_sdata(registered_dir: Path, cell_h5ad: Path, labels: pd.DataFrame, ce
     sdata = sd.read_zarr(out_zarr)
     sdata["cell_boundaries"] = nucleus_shapes(cell_boundaries, morph_um)
     sdata.write_element("cell_boundaries")
-    table = ad.read_h5ad(require_stage_output(cell_h5ad, "cell_counts"))
+    table = ad.read_h5ad(require_stage_output(cell_h5ad, CellCountsFolder.stage))
     extra = labels.set_index("cell_id").reindex(table.obs["cell_id"].astype(str))
     for col in CELL_LABEL_COLUMNS[1:]:
         if col in extra:
@@ -155,54 +167,52 @@ def write_slide_export(slide_id: str, dirs: dict[str, Path], morph_um: float, ou
                        categories: CategorySystem, progress: Callable[[str], None] | None = None) -> dict:
     """All exports of one slide into ``out`` (a temporary folder the caller renames into place)."""
     cats = categories
-    ecfg = cfg["exports"]
-    labels = pd.read_parquet(require_readable_parquet(dirs["cell_types"] / "cell_labels.parquet", "cell_types"))
+    ecfg = cfg.exports
+    folder = SlideExportFolder(out)
+    labels = pd.read_parquet(require_readable_parquet(CellTypesFolder(dirs["cell_types"]).cell_labels, "cell_types"))
     labels[[c for c in CELL_LABEL_COLUMNS if c in labels] + [c for c in labels if c not in CELL_LABEL_COLUMNS]].to_parquet(
-        out / "cell_labels.parquet")
-    agreement = pd.read_parquet(require_readable_parquet(dirs["segmentation_agreement"] / "agreement.parquet",
-                                                     "segmentation_agreement"))
+        folder.cell_labels)
+    agreement = pd.read_parquet(require_readable_parquet(AgreementFolder(dirs["segmentation_agreement"]).agreement,
+                                                         "segmentation_agreement"))
     summary: dict = {"slide_id": slide_id, "cellvit": {}, "pannuke": {}}
     patch_tables = {}
     for mag in ("40x", "20x"):
-        pdir = dirs[f"patches_{mag}"]
-        patch_summary = json.loads(require_stage_output(pdir / "summary.json", f"patches_{mag}").read_text())
+        pdir = dirs[PatchesFolder.stage_of(mag)]
+        patch_summary = json.loads(require_stage_output(PatchesFolder(pdir).summary, pdir.name).read_text())
         if "skipped" in patch_summary:  # a 20x-only scan has no 40x export, and says why
             summary[f"skipped_{mag}"] = patch_summary["skipped"]
             continue
-        patches = pd.read_parquet(require_readable_parquet(pdir / "patches.parquet", f"patches_{mag}"))
+        patches = pd.read_parquet(require_readable_parquet(PatchesFolder(pdir).patches, pdir.name))
         qc = patches.merge(agreement[agreement["magnification"] == mag].drop(
             columns=["slide_id", "magnification", "name", "x0", "y0", "n_nuclei", "tissue"]), on="patch_id", how="left")
         # level downsample of this magnification: places its patches in level-0 pixels (one split for all)
         qc["downsample"] = float(patch_summary["downsample"])
         patch_tables[mag] = qc.drop(columns=["counts_detailed", "counts_grouped"])
-        keep = qc[~qc["flagged"].fillna(False).astype(bool)] if ecfg["drop_flagged"] else qc
+        keep = qc[~qc["flagged"].fillna(False).astype(bool)] if ecfg.drop_flagged else qc
         keep = keep.drop(columns=["counts_detailed", "counts_grouped", "corners_um"])
         first_images = None
         for grouping, g in cats.groupings.items():
             if progress:
                 progress(f"{mag} {grouping}")
-            n = export_cellvit(pdir, keep, grouping, g.classes, out / "cellvit" / mag / grouping,
-                               int(cfg["patches"]["label_compression"]))
+            n = export_cellvit(pdir, keep, grouping, g.classes, folder.cellvit / mag / grouping,
+                               cfg.patches.label_compression)
             summary["cellvit"][f"{mag}/{grouping}"] = n
-            if ecfg["pannuke"]:
-                target = out / "pannuke" / mag / grouping
-                export_pannuke(pdir, keep, grouping, len(g.classes), target, ecfg["pannuke_mask_dtype"], first_images)
+            if ecfg.pannuke:
+                target = folder.pannuke / mag / grouping
+                export_pannuke(pdir, keep, grouping, len(g.classes), target, ecfg.pannuke_mask_dtype, first_images)
                 first_images = first_images or target / "images.npy"
                 summary["pannuke"][f"{mag}/{grouping}"] = n
         summary[f"n_dropped_flagged_{mag}"] = int(len(qc) - len(keep))
     if progress:
         progress("sdata.zarr")
-    summary["sdata_elements"] = export_sdata(dirs["registered_he"], dirs["cell_counts"] / "cell.h5ad",
-                                             labels, dirs["xenium_slide"] / "cell_boundaries.parquet", patch_tables,
+    summary["sdata_elements"] = export_sdata(dirs["registered_he"], CellCountsFolder(dirs["cell_counts"]).cell,
+                                             labels, XeniumSlideFolder(dirs["xenium_slide"]).cell_boundaries, patch_tables,
                                              morph_um, out)
-    (out / EXPORT_SUMMARY).write_text(json.dumps(summary, indent=2))  # the training dataset reads what was skipped
+    folder.summary.write_text(json.dumps(summary, indent=2))  # the training dataset reads what was skipped
     return summary
-
-
-EXPORT_SUMMARY = "export_summary.json"
 
 
 def skipped_magnification(export_dir: Path, magnification: str) -> str | None:
     """Why a slide's export has no ``magnification`` (e.g. a 20x-only scan), or None when it has one."""
-    path = export_dir / EXPORT_SUMMARY
+    path = SlideExportFolder(export_dir).summary
     return json.loads(path.read_text()).get(f"skipped_{magnification}") if path.exists() else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +26,12 @@ import pandas as pd
 from scipy import ndimage
 
 from sthelar_platform.core.categories import CategorySystem
-from sthelar_platform.core.config import PatchesConfig, TilingConfig, TissueMaskConfig
+from sthelar_platform.core.config.tiling import PatchesConfig, TilingConfig, TissueMaskConfig
 from sthelar_platform.core.displacement import DisplacementField
-from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
+from sthelar_platform.core.errors import ConfigError, InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.core.ids import mask_ints
 from sthelar_platform.core.imaging import PyramidInfo, open_pyramid, read_level, read_level_region
+from sthelar_platform.core.warehouse import CellTypesFolder, PatchesFolder, XeniumSlideFolder
 from sthelar_platform.tiling.masks import load_nucleus_polygons, rasterize_region
 
 LABEL_KEYS = ("inst_map", "type_map_detailed", "type_map_grouped", "cell_id_map")
@@ -44,10 +45,12 @@ class PatchLevel:
     um_per_px: float      # fitted by the registration, not read from metadata
 
 
-def choose_level(info: PyramidInfo, level0_um: float, magnification: str, ranges: dict[str, list[float]]) -> PatchLevel:
+def choose_level(info: PyramidInfo, level0_um: float, magnification: str,
+                 ranges: Mapping[str, tuple[float, float]]) -> PatchLevel:
     """The pyramid level at ``magnification``; a clear error when the H&E has no such level."""
     if magnification not in ranges:
-        raise InputError(None, f"unknown magnification {magnification!r}", f"use one of {sorted(ranges)} (config/tiling.yaml)")
+        raise ConfigError("pipeline.yaml", "he_image.magnification_um_per_px", f"unknown magnification {magnification!r}",
+                          f"use one of {sorted(ranges)} or add its µm/px range there")
     lo, hi = ranges[magnification]
     found = []
     for k in range(len(info.level_shapes)):
@@ -64,15 +67,15 @@ def choose_level(info: PyramidInfo, level0_um: float, magnification: str, ranges
 
 def tissue_mask(he_path: Path, info: PyramidInfo, cfg: TissueMaskConfig) -> tuple[np.ndarray, float]:
     """Boolean tissue mask on a low-resolution level and that level's downsample from level 0."""
-    level = next((k for k, s in enumerate(info.level_shapes) if max(s[:2]) <= cfg["thumbnail_max_px"]),
+    level = next((k for k, s in enumerate(info.level_shapes) if max(s[:2]) <= cfg.thumbnail_max_px),
                  len(info.level_shapes) - 1)
     rgb = read_level(he_path, level)[..., :3].astype(np.float32)
     brightness = rgb.mean(-1)
     mx, mn = rgb.max(-1), rgb.min(-1)
     saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0)
-    mask = (brightness < cfg["max_background_brightness"]) | (saturation > cfg["min_saturation"])
-    if cfg.get("closing_px", 0):
-        mask = ndimage.binary_closing(mask, iterations=int(cfg["closing_px"]))
+    mask = (brightness < cfg.max_background_brightness) | (saturation > cfg.min_saturation)
+    if cfg.closing_px:
+        mask = ndimage.binary_closing(mask, iterations=int(cfg.closing_px))
     mask = ndimage.binary_fill_holes(mask)
     return mask, info.downsample(level)
 
@@ -161,7 +164,7 @@ def cell_class_tables(cell_ids: np.ndarray, labels: pd.DataFrame, categories: Ca
     for name, grouping in cats.groupings.items():
         lut = {c: grouping.class_index(c) for c in cats.all_labels}
         out[name] = np.array([lut[c] for c in category], np.int32)
-        out[f"{name}_n_classes"] = np.int32(len(grouping.classes))
+        out[f"{name}_n_classes"] = np.asarray(len(grouping.classes), np.int32)
     return out
 
 
@@ -188,34 +191,37 @@ def _patch_arrays(region: np.ndarray, cells: np.ndarray, tables: dict[str, np.nd
 
 def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, labels_path: Path,
                   he_px_to_um: np.ndarray, level0_um: float, magnification: str, out: Path, cfg: TilingConfig,
-                  categories: CategorySystem, progress: Callable[[int, int], None] | None = None,
+                  categories: CategorySystem, magnifications: Mapping[str, tuple[float, float]],
+                  progress: Callable[[int, int], None] | None = None,
                   warp: DisplacementField | None = None) -> dict:
     """Write ``images/``, ``labels/`` and ``patches.parquet`` for one slide and magnification.
 
-    ``warp``: the registration's non-rigid correction, applied to the masks and the patch corners.
+    ``magnifications``: each magnification's µm/px range (pipeline.yaml ``he_image``); ``warp``: the
+    registration's non-rigid correction, applied to the masks and the patch corners.
     """
-    pcfg = cfg["patches"]
-    size, overlap = int(pcfg["size_px"]), int(pcfg["overlap_px"])
+    pcfg = cfg.patches
+    folder = PatchesFolder(out)
+    size, overlap = int(pcfg.size_px), int(pcfg.overlap_px)
     info = open_pyramid(he_path)
-    lo, hi = cfg["magnifications"].get(magnification, (0, float("inf")))
+    lo, hi = magnifications.get(magnification, (0, float("inf")))
     if level0_um > hi:  # the scan is coarser than this magnification (e.g. a 20x-only scan asked for 40x)
         return _skipped(slide_id, tissue, magnification, level0_um, out)
-    lv = choose_level(info, level0_um, magnification, cfg["magnifications"])
+    lv = choose_level(info, level0_um, magnification, magnifications)
     h, w = info.level_shapes[lv.level][:2]
-    labels = pd.read_parquet(require_readable_parquet(labels_path, "cell_types"), columns=["cell_id", "category"])
-    polys = load_nucleus_polygons(require_stage_output(boundaries, "xenium_slide"), um_to_level_px(he_px_to_um, lv.downsample),
+    labels = pd.read_parquet(require_readable_parquet(labels_path, CellTypesFolder.stage), columns=["cell_id", "category"])
+    polys = load_nucleus_polygons(require_stage_output(boundaries, XeniumSlideFolder.stage), um_to_level_px(he_px_to_um, lv.downsample),
                                   warp)
     tables = cell_class_tables(polys.cell_ids, labels, categories)
     grid = patch_grid(h, w, size, overlap)
-    mask, mask_down = tissue_mask(he_path, info, pcfg["tissue"])
+    mask, mask_down = tissue_mask(he_path, info, pcfg.tissue)
     grid["tissue_fraction"] = tissue_fractions(grid, mask, mask_down, lv.downsample, size)
-    candidates = grid[grid["tissue_fraction"] >= pcfg["min_tissue_fraction"]]
-    (out / "images").mkdir()
-    (out / "labels").mkdir()
+    candidates = grid[grid["tissue_fraction"] >= pcfg.min_tissue_fraction]
+    folder.images.mkdir()
+    folder.labels.mkdir()
     rows: list[dict] = []
     stride = size - overlap
-    regions = list(iter_regions(candidates, size, int(pcfg["region_patches"])))
-    with ThreadPoolExecutor(int(pcfg.get("workers", 2))) as pool:
+    regions = list(iter_regions(candidates, size, int(pcfg.region_patches)))
+    with ThreadPoolExecutor(pcfg.workers) as pool:
         pending = []
         for i, (block, bx0, by0, bh, bw) in enumerate(regions):
             region, cells = rasterize_region(polys, bx0, by0, bh, bw)
@@ -224,7 +230,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
                 for p in block.itertuples(index=False):
                     arrays, counts = _patch_arrays(region, cells, tables, p.y0 - by0, p.x0 - bx0, size)
                     n = int(arrays["inst_map"].max())
-                    if n < pcfg["min_nuclei"]:
+                    if n < pcfg.min_nuclei:
                         continue
                     if rgb is None:
                         rgb = read_level_region(he_path, lv.level, by0, bx0, bh, bw)[..., :3]
@@ -251,7 +257,7 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
     table.insert(0, "slide_id", slide_id)
     table.insert(1, "magnification", magnification)
     table["tissue"] = tissue
-    table.to_parquet(out / "patches.parquet")
+    table.to_parquet(folder.patches)
     drawn_cells = len(polys.cell_ids)
     summary = {
         "slide_id": slide_id, "tissue": tissue, "magnification": magnification, "level": lv.level,
@@ -267,8 +273,8 @@ def write_patches(slide_id: str, tissue: str, he_path: Path, boundaries: Path, l
             (int(n) for n in (np.sum(table["counts_detailed"].tolist(), axis=0) if len(table)
                               else np.zeros(int(tables["detailed_n_classes"]), int))), strict=True)),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    draw_patch_overview(he_path, info, table, lv, size, out / "patches_overview.png")
+    folder.summary.write_text(json.dumps(summary, indent=2))
+    draw_patch_overview(he_path, info, table, lv, size, folder.overview)
     return summary
 
 
@@ -278,19 +284,21 @@ PATCH_COLUMNS = ["slide_id", "magnification", "patch_id", "name", "row", "col", 
 
 def _skipped(slide_id: str, tissue: str, magnification: str, level0_um: float, out: Path) -> dict:
     """An empty patch set that says why: the scan has no level this fine."""
-    (out / "images").mkdir()
-    (out / "labels").mkdir()
-    pd.DataFrame(columns=PATCH_COLUMNS).to_parquet(out / "patches.parquet")
+    folder = PatchesFolder(out)
+    folder.images.mkdir()
+    folder.labels.mkdir()
+    pd.DataFrame(columns=PATCH_COLUMNS).to_parquet(folder.patches)
     summary = {"slide_id": slide_id, "tissue": tissue, "magnification": magnification, "n_patches": 0,
                "n_tissue": 0, "n_repaired_polygons": 0, "n_empty_polygons": 0,
                "skipped": f"no {magnification} level (scan is {level0_um:.2f} µm/px)"}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    folder.summary.write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def _write_one(out: Path, name: str, image: np.ndarray, arrays: dict[str, np.ndarray], pcfg: PatchesConfig) -> None:
-    (out / "images" / f"{name}.png").write_bytes(encode_png(image, int(pcfg["png_compression"])))
-    save_npz(out / "labels" / f"{name}.npz", arrays, int(pcfg["label_compression"]))
+    folder = PatchesFolder(out)
+    (folder.images / f"{name}.png").write_bytes(encode_png(image, pcfg.png_compression))
+    save_npz(folder.labels / f"{name}.npz", arrays, pcfg.label_compression)
 
 
 def draw_patch_overview(he_path: Path, info: PyramidInfo, table: pd.DataFrame, lv: PatchLevel, size: int,

@@ -4,7 +4,8 @@ The default is classical and needs no downloaded weights: a nuclear signal (lumi
 optical density weighted by the hematoxylin share from colour deconvolution, see
 :func:`nuclear_signal`), smoothing, a threshold, and a distance-transform watershed that
 splits touching nuclei. Any object with a ``segment(rgb, um_per_px) -> int32 instances`` method
-(``NucleusSegmenter``) can replace it, e.g. a trained CellViT model.
+(``NucleusSegmenter``) can replace it, e.g. a trained CellViT model, which the asset layer builds
+(``sthelar_platform.model.cellvit.inference.cellvit_segmenter``) and hands in.
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from sthelar_platform.core.config import ReferenceSegmentationConfig
-from sthelar_platform.core.errors import InputError, require_readable_parquet
+from sthelar_platform.core.config.tiling import ClassicalSegmenterConfig
+from sthelar_platform.core.errors import InputError, require_readable_parquet, require_stage_output
 from sthelar_platform.core.stain import luminance_density
+from sthelar_platform.core.warehouse import PatchesFolder, ReferenceSegmentationFolder
 from sthelar_platform.registration.transform import hematoxylin, hematoxylin_eosin
 from sthelar_platform.tiling.patches import save_npz
 
 
 class NucleusSegmenter(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def segment(self, rgb: np.ndarray, um_per_px: float) -> np.ndarray:
         """(H, W) int32 nucleus instances (0 = background) of an (H, W, 3) uint8 image."""
@@ -63,7 +66,6 @@ class ClassicalSegmenter:
     min_threshold: float = 0.08
     min_area_um2: float = 6.0
     peak_min_distance_um: float = 2.5
-    peak_footprint_um: float = 2.0
     name: str = "classical"
 
     def segment(self, rgb: np.ndarray, um_per_px: float) -> np.ndarray:
@@ -93,43 +95,31 @@ class ClassicalSegmenter:
         return watershed(-dist, markers, mask=fg).astype(np.int32)
 
 
-def make_segmenter(cfg: ReferenceSegmentationConfig, root: Path | None = None, device: str = "cpu") -> NucleusSegmenter:
-    """The configured segmenter (``reference_segmentation`` in config/tiling.yaml).
+def classical_segmenter(cfg: ClassicalSegmenterConfig) -> ClassicalSegmenter:
+    """The configured classical segmenter (``reference_segmentation.classical`` in tiling.yaml).
 
-    ``method: cellvit`` uses a trained model; its ``checkpoint`` is relative to the storage
-    root ``root`` unless absolute (e.g. ``models/cellvit_detailed/best.pt``).
+    A trained model (``method: cellvit``) is built by the model stage and handed in by the asset layer:
+    tiling never imports the model package.
     """
-    method = cfg.get("method", "classical")
-    if method == "classical":
-        return ClassicalSegmenter(**cfg.get("classical", {}))
-    if method == "cellvit":
-        from sthelar_platform.model.cellvit.inference import CellViTSegmenter
-
-        ckpt = Path(str((cfg.get("cellvit") or {}).get("checkpoint") or ""))
-        if not str(ckpt) or str(ckpt) == ".":
-            raise InputError(None, "reference_segmentation.method is cellvit but no cellvit.checkpoint is set",
-                             "set reference_segmentation.cellvit.checkpoint (e.g. models/cellvit_detailed/best.pt)")
-        if not ckpt.is_absolute() and root is not None:
-            ckpt = Path(root) / ckpt
-        return CellViTSegmenter(str(ckpt), device, magnification=(cfg.get("cellvit") or {}).get("magnification"))
-    raise InputError(None, f"unknown reference segmentation method {method!r}",
-                     "set reference_segmentation.method to 'classical' or 'cellvit' in config/tiling.yaml")
+    return ClassicalSegmenter(**cfg.model_dump())
 
 
 def segment_patches(patches_dir: Path, out: Path, segmenter: NucleusSegmenter, compresslevel: int = 1,
                     workers: int = 2, progress: Callable[[int, int], None] | None = None) -> dict:
     """Segment every patch image of one magnification; writes ``<name>.npz`` (inst_map) per patch."""
-    table = pd.read_parquet(require_readable_parquet(patches_dir / "patches.parquet", "patches"))
-    summary = json.loads((patches_dir / "summary.json").read_text())
+    patches = PatchesFolder(patches_dir)
+    table = pd.read_parquet(require_readable_parquet(patches.patches, patches_dir.name))
+    summary = json.loads(require_stage_output(patches.summary, patches_dir.name).read_text())
     out.mkdir(parents=True, exist_ok=True)
+    counts_file = out / ReferenceSegmentationFolder.COUNTS
     if "skipped" in summary:  # no patches at this magnification (e.g. a 20x-only scan): nothing to segment
-        pd.DataFrame({"name": pd.Series(dtype=str), "n_ref_nuclei": pd.Series(dtype=int)}).to_parquet(out / "counts.parquet")
+        pd.DataFrame({"name": pd.Series(dtype=str), "n_ref_nuclei": pd.Series(dtype=int)}).to_parquet(counts_file)
         return {"magnification": summary["magnification"], "n_patches": 0, "segmenter": segmenter.name,
                 "n_ref_nuclei": 0, "skipped": summary["skipped"]}
     um = float(summary["um_per_px"])
 
     def one(name: str) -> int:
-        path = patches_dir / "images" / f"{name}.png"
+        path = patches.images / f"{name}.png"
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise InputError(path, "patch image missing or unreadable", "materialize the patches asset again")
@@ -144,6 +134,6 @@ def segment_patches(patches_dir: Path, out: Path, segmenter: NucleusSegmenter, c
             counts.append(n)
             if progress and (i + 1) % 64 == 0:
                 progress(i + 1, len(names))
-    pd.DataFrame({"name": names, "n_ref_nuclei": np.asarray(counts, int)}).to_parquet(out / "counts.parquet")
+    pd.DataFrame({"name": names, "n_ref_nuclei": np.asarray(counts, int)}).to_parquet(counts_file)
     return {"magnification": summary["magnification"], "n_patches": len(names), "segmenter": segmenter.name,
             "n_ref_nuclei": int(np.sum(counts)) if counts else 0}

@@ -8,12 +8,11 @@ import yaml
 from dagster import DagsterInstance, materialize
 
 import sthelar_definitions
-from assets.model.evaluation import model_targets
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
 
-SLIDE = sthelar_definitions.ALL_ASSETS + sthelar_definitions.ALL_CHECKS
-COHORT = sthelar_definitions.COHORT_ASSETS + [model_targets]
+SLIDE = sthelar_definitions.ALL_ASSETS
+COHORT = sthelar_definitions.COHORT_ASSETS
 
 
 def _short_schedule(config_dir, **overrides):

@@ -18,11 +18,10 @@ from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
 
 STAGES = ("xenium_slide", "nucleus_counts", "cell_counts", "tangram_labels", "clusters", "cell_types")
 ASSETS = [a for a in sthelar_definitions.ALL_ASSETS if a.key.to_user_string() in STAGES]
-CHECKS = [c for c in sthelar_definitions.ALL_CHECKS if next(iter(c.check_keys)).name in ("counts_valid", "annotation_quality")]
 
 
 def _run(home, instance, slide="tiny", assets=ASSETS):
-    return materialize(assets + CHECKS, partition_key=slide, instance=instance,
+    return materialize(assets, partition_key=slide, instance=instance,
                        resources=sthelar_definitions.build_resources(str(home)), raise_on_error=False)
 
 

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
+
+from sthelar_platform.core.lineage import LineageStore
 
 
 def _cli(*args, home):
@@ -56,10 +59,19 @@ def test_bench_writes_each_stage_and_a_size_summary_with_its_commands(tmp_path):
     home = tmp_path / "home"
     r = _cli("bench", "--size", "tiny", "--stage", "ingest", "--stage", "counts", home=home)
     assert r.returncode == 0, r.stdout + r.stderr
-    counts = json.loads((home / "bench" / "counts.json").read_text())
+    counts = json.loads((home / "bench" / "tiny" / "counts.json").read_text())
     assert counts["peak_rss_mb"] > 50 and counts["inputs"]["n_genes"] == 116
-    summary = json.loads((home / "bench" / "summaries" / "tiny.json").read_text())
+    # the benchmark ran the real assets in a platform home of its own: their outputs, lineage and markers are there
+    bench_home = home / "bench" / "tiny" / "home"
+    assert (bench_home / "warehouse" / "cell_counts" / "tiny" / "cell.h5ad").exists()
+    assert {r["asset_key"] for r in LineageStore(bench_home / "lineage.duckdb").query(
+        "SELECT asset_key FROM materializations WHERE status = 'success'")} == {
+        "xenium_slide", "he_image", "nucleus_counts", "cell_counts"}
+    assert counts["wall_s"] == pytest.approx(sum(counts["inputs"]["step_seconds"].values()), abs=0.02)
+    summary = json.loads((home / "bench" / "tiny" / "summary.json").read_text())
     assert list(summary["stages"]) == ["synth", "ingest", "counts"]
     assert summary["slide"]["n_cells"] == counts["inputs"]["n_cells"] > 200
     assert summary["slide"]["n_transcripts"] >= summary["stages"]["ingest"]["inputs"]["n_transcripts"]
     assert summary["stages"]["counts"]["command"] == f"sthelar --home {home} bench --size tiny --stage counts"
+    # another size keeps its own results
+    assert not (home / "bench" / "counts.json").exists()

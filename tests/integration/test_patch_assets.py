@@ -21,7 +21,7 @@ from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
 from sthelar_platform.synth import synthesize_slide
 from sthelar_platform.tiling.patches import load_labels
 
-ALL = sthelar_definitions.ALL_ASSETS + sthelar_definitions.ALL_CHECKS
+ALL = sthelar_definitions.ALL_ASSETS
 
 
 def _run(home, instance, slide, assets=ALL):

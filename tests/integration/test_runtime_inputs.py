@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetExecutionContext, DagsterInstance, StaticPartitionsDefinition, asset, materialize
 
-from assets._runtime import run_slide_stage
+from assets._runtime import StageOutput, run_slide_stage
 from resources import LineageResource, StorageResource
 from sthelar_platform.core.hashing import VERSION_MARKER
 from sthelar_platform.core.lineage import LineageStore
@@ -19,7 +19,8 @@ REWRITE_UP_DURING_DOWN = {"on": False}
 @asset(partitions_def=PARTS)
 def up(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource):
     text = context.run.tags.get("text", "v1")
-    return run_slide_stage(context, "up", storage, lineage, lambda tmp: {"n": (tmp / "x.txt").write_text(text)})
+    return run_slide_stage(context, "up", storage, lineage,
+                           lambda tmp: StageOutput({"n": (tmp / "x.txt").write_text(text)}, None)).result()
 
 
 @asset(partitions_def=PARTS, deps=[up])
@@ -29,8 +30,8 @@ def down(context: AssetExecutionContext, storage: StorageResource, lineage: Line
         if REWRITE_UP_DURING_DOWN["on"]:  # an upstream run lands while this one computes
             _run([up], storage, "v3")
         (tmp / "y.txt").write_text(read.upper())
-        return {"read": read}
-    return run_slide_stage(context, "down", storage, lineage, compute, inputs=("up",))
+        return StageOutput({"read": read}, None)
+    return run_slide_stage(context, "down", storage, lineage, compute, inputs=("up",)).result()
 
 
 def _run(assets, storage: StorageResource, text: str, raise_on_error: bool = True):

@@ -14,7 +14,10 @@ import cv2
 import numpy as np
 import torch
 
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.config.tiling import CellViTSegmenterConfig
+from sthelar_platform.core.config.training import PostprocessConfig
+from sthelar_platform.core.errors import ConfigError, InputError
+from sthelar_platform.core.hashing import sha256_file
 from sthelar_platform.model.cellvit.cells import instances
 from sthelar_platform.model.cellvit.data import MEAN, NOMINAL_UM_PER_PX, STD
 from sthelar_platform.model.cellvit.model import CellViT, CellViTConfig
@@ -66,14 +69,15 @@ class LoadedModel:
         x = torch.from_numpy(((rgb.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2).copy())
         out, skips = self.model.maps(x.to(self.device))
         np_prob = out["np"].float().softmax(1)[:, 1].cpu().numpy()
-        hv = out["hv"].float()
-        hv = (hv if self.meta.get("hv_activation") == "identity" else torch.tanh(hv)).cpu().numpy()
+        hv_raw = out["hv"].float()
+        hv = (hv_raw if self.meta.get("hv_activation") == "identity" else torch.tanh(hv_raw)).cpu().numpy()
+        nt_prob: np.ndarray | None = None
         if "nt" in out:
-            nt_prob = out["nt"].float().softmax(1)
-            nt_arg = nt_prob.argmax(1).cpu().numpy()
-            nt_prob = nt_prob.cpu().numpy()
+            nt_soft = out["nt"].float().softmax(1)
+            nt_arg = nt_soft.argmax(1).cpu().numpy()
+            nt_prob = nt_soft.cpu().numpy()
         else:  # a cell-head model without the NT branch: its head types every nucleus
-            nt_arg, nt_prob = np.zeros(np_prob.shape, np.int64), None
+            nt_arg = np.zeros(np_prob.shape, np.int64)
         tissue = out["tissue"].float().softmax(1).cpu().numpy()
         preds = []
         for i in range(len(rgb)):
@@ -83,7 +87,7 @@ class LoadedModel:
             areas = np.bincount(inst.ravel(), minlength=n + 1)[1:]
             if not n:
                 conf = np.zeros(0)
-            elif self.model.cfg.cell_head:
+            elif self.model.cfg.cell_head or nt_prob is None:
                 types, conf = self._cell_types([s[i:i + 1] for s in skips], inst)
             else:
                 conf = self._pixel_vote_confidence(nt_prob[i], inst, types, areas)
@@ -108,7 +112,12 @@ class LoadedModel:
                            minlength=len(types) + 1)[1:] / np.maximum(areas, 1)
 
 
-def load_model(path: str | Path, device: str = "cpu", postprocess: dict | None = None) -> LoadedModel:
+def model_id(checkpoint: Path) -> str:
+    """``<folder>:<first 12 hex of the checkpoint's sha256>``: names exactly one set of weights."""
+    return f"{checkpoint.parent.name}:{sha256_file(checkpoint)[:12]}"
+
+
+def load_model(path: str | Path, device: str = "cpu", postprocess: PostprocessConfig | None = None) -> LoadedModel:
     """Rebuild the model a checkpoint was trained as and load its weights (``weights_only=True``).
 
     Reads this platform's checkpoints and the official CellViT ones (``CellViT-256-x40.pth``, ...).
@@ -130,7 +139,7 @@ def load_model(path: str | Path, device: str = "cpu", postprocess: dict | None =
         apply_weights(model, ckpt, path)
         meta = dict(ckpt.get("meta") or {})
     model.to(device).eval()
-    return LoadedModel(model, meta, device, dict(postprocess or {}))
+    return LoadedModel(model, meta, device, postprocess.model_dump() if postprocess is not None else {})
 
 
 @dataclass
@@ -165,3 +174,17 @@ class CellViTSegmenter:
         if inst.shape != (h, w):
             inst = cv2.resize(inst, (w, h), interpolation=cv2.INTER_NEAREST)
         return inst.astype(np.int32)
+
+
+def cellvit_segmenter(cfg: CellViTSegmenterConfig, root: Path | None, device: str = "cpu") -> CellViTSegmenter:
+    """A trained or official CellViT as the reference segmenter (``reference_segmentation.cellvit`` in tiling.yaml);
+    its checkpoint is relative to the storage root ``root`` unless absolute.
+    """
+    if not cfg.checkpoint:
+        raise ConfigError("tiling.yaml", "reference_segmentation.cellvit.checkpoint",
+                          "reference_segmentation.method is cellvit but no checkpoint is set",
+                          "set it (e.g. models/cellvit_detailed/best.pt)")
+    ckpt = Path(cfg.checkpoint)
+    if not ckpt.is_absolute() and root is not None:
+        ckpt = Path(root) / ckpt
+    return CellViTSegmenter(str(ckpt), device, magnification=cfg.magnification)

@@ -76,7 +76,7 @@ def cellvit_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w
                   "nt_dice": dice_loss(out["nt"], batch["nt"]), "nt_ft": focal_tversky_loss(out["nt"], batch["nt"])}
     if "cell" in out:
         parts["cell_ce"] = cell_loss(out["cell"], batch, cell_weights)
-    total = sum(w[k] * v for k, v in parts.items())
+    total = torch.stack([w[k] * v for k, v in parts.items()]).sum()
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +64,10 @@ class CellViTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> CellViTConfig:
+    def from_dict(cls, d: dict[str, Any]) -> CellViTConfig:
         tuples = ("extract_layers", "decoder_widths", "global_attn_indexes", "conv_widths")
-        return cls(**{k: (tuple(v) if k in tuples and v is not None else v) for k, v in d.items()})
+        fields: dict[str, Any] = {k: (tuple(v) if k in tuples and v is not None else v) for k, v in d.items()}
+        return cls(**fields)
 
     @property
     def skip_depths(self) -> tuple[int, int, int, int]:
@@ -386,12 +387,13 @@ class CellViT(nn.Module):
             self.cell_classifier = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, cfg.cell_head_hidden), nn.ReLU(True),
                                                  nn.Linear(cfg.cell_head_hidden, cfg.n_types - 1))
 
-    def _branch(self, branch: nn.Sequential, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def _branch(self, branch: nn.Module, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         z1, z2, z3, z4 = skips
-        y = branch.decoder3_upsampler(torch.cat([self.decoder3(z3), branch.bottleneck_upsampler(z4)], 1))
-        y = branch.decoder2_upsampler(torch.cat([self.decoder2(z2), y], 1))
-        y = branch.decoder1_upsampler(torch.cat([self.decoder1(z1), y], 1))
-        return branch.decoder0_header(torch.cat([self.decoder0(x), y], 1))
+        part = branch.get_submodule  # the branch's named stages (the official checkpoints' keys)
+        y = part("decoder3_upsampler")(torch.cat([self.decoder3(z3), part("bottleneck_upsampler")(z4)], 1))
+        y = part("decoder2_upsampler")(torch.cat([self.decoder2(z2), y], 1))
+        y = part("decoder1_upsampler")(torch.cat([self.decoder1(z1), y], 1))
+        return part("decoder0_header")(torch.cat([self.decoder0(x), y], 1))
 
     def maps(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """The NP / HV / NT maps and tissue logits, and the encoder skips (for ``classify_cells``)."""

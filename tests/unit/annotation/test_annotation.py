@@ -10,7 +10,8 @@ from scipy import sparse
 from sthelar_platform.annotation import counts, references
 from sthelar_platform.annotation import rule as annotation
 from sthelar_platform.annotation import tangram as tangram_transfer
-from sthelar_platform.annotation.stages import write_clusters, write_tangram_labels
+from sthelar_platform.annotation.clustering import write_clusters
+from sthelar_platform.annotation.tangram import write_tangram_labels
 from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.core.errors import InputError
 
@@ -169,7 +170,7 @@ def test_tangram_fits_a_large_panel_on_the_atlas_markers():
     ref = ad.AnnData(X=sparse.csr_matrix(rng.poisson(mu).astype(np.float32)), obs=pd.DataFrame({"label": labels}),
                      var=pd.DataFrame(index=genes))
     ref.obs_names = [f"r{i}" for i in range(ref.n_obs)]
-    cfg = {**CFG.tangram.model_dump(), "markers_above_genes": 1000, "markers_per_label": 20}
+    cfg = CFG.tangram.model_copy(update={"markers_above_genes": 1000, "markers_per_label": 20})
     fit = tangram_transfer.training_genes(ref, genes, cfg)
     assert len(fit) <= 60 and {genes[c] for cols in planted.values() for c in cols} <= set(fit)
     # a panel at or under the limit fits on every shared gene

@@ -19,7 +19,7 @@ import pytest
 import scipy.sparse as sp
 
 from sthelar_platform.annotation import clustering, counts, crosscheck
-from sthelar_platform.core.config import load_config
+from sthelar_platform.core.config import MarkersConfig, load_config
 
 N_CELLS, N_GENES, N_TYPES = 40_000, 2_000, 8
 CFG = load_config("annotation")
@@ -89,7 +89,7 @@ def test_clustering_never_densifies_the_matrix(slide):
     a, types = slide
     dense_bytes = a.n_obs * a.n_vars * 4
     markers = {f"T{t}": [f"G{g:04d}" for g in range(t * 5, t * 5 + 5)] for t in range(N_TYPES)}
-    res, peak = _peak_bytes(lambda: clustering.run_clustering(a, CFG["clustering"], {"genes": markers, "min_score": 0.25}))
+    res, peak = _peak_bytes(lambda: clustering.run_clustering(a, CFG.clustering, MarkersConfig(genes=markers, min_score=0.25)))
     assert peak < dense_bytes, f"clustering peaked at {peak / 1e6:.0f} MB, a dense float32 copy is {dense_bytes / 1e6:.0f} MB"
     # and it still works: every cluster is one type and is named after it
     purity = pd.crosstab(res.clusters.to_numpy(), types).max(1).sum() / a.n_obs
@@ -142,9 +142,9 @@ def test_large_slides_cluster_on_an_approximate_knn_graph_that_finds_the_same_ty
     from sklearn.metrics import adjusted_rand_score
 
     a, types = _slide(6000, 200, seed=4)
-    exact_cfg = CFG["clustering"]
+    exact_cfg = CFG.clustering
     approx_cfg = exact_cfg.model_copy(update={"exact_knn_max_cells": 5000})  # 6,000 cells: above the switch
-    graph = clustering._knn_transformer(10, a.n_obs, approx_cfg["exact_knn_max_cells"], 0).fit_transform(
+    graph = clustering._knn_transformer(10, a.n_obs, approx_cfg.exact_knn_max_cells, 0).fit_transform(
         np.random.default_rng(0).normal(size=(a.n_obs, 16)).astype(np.float32))
     assert type(graph) is sp.csr_matrix and graph.shape == (a.n_obs, a.n_obs)
     assert (np.diff(graph.indptr) == 11).all() and (graph.indices[graph.indptr[:-1]] == np.arange(a.n_obs)).all()

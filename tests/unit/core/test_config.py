@@ -10,10 +10,11 @@ from sthelar_platform.core.config import (
     PACKAGED_CONFIG_DIR,
     RegistrationConfig,
     config_version,
+    load_categories,
     load_config,
-    load_settings,
+    overrides_dir,
 )
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.errors import ConfigError, InputError
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
@@ -32,10 +33,11 @@ def _override(tmp_path, monkeypatch, name, edit):
 
 def test_unknown_key_names_file_and_key(tmp_path, monkeypatch):
     path = _override(tmp_path, monkeypatch, "pipeline", lambda d: d["registration"].update(match_radius=3.0))
-    with pytest.raises(InputError) as err:
+    with pytest.raises(ConfigError) as err:
         load_config("pipeline")
     assert str(path) in str(err.value)
     assert "`registration.match_radius`: unknown key" in str(err.value)
+    assert err.value.key == "registration.match_radius" and err.value.file == str(path)
 
 
 def test_missing_key_names_it(tmp_path, monkeypatch):
@@ -73,7 +75,7 @@ def test_override_folder_falls_back_to_packaged_files(tmp_path, monkeypatch):
     _override(tmp_path, monkeypatch, "tiling", lambda d: d["patches"].update(overlap_px=32))
     assert load_config("tiling").patches.overlap_px == 32
     assert load_config("pipeline").registration.match_radius_um == 3.0  # not overridden: packaged
-    assert load_settings().overrides_dir == tmp_path / "overrides"
+    assert overrides_dir() == tmp_path / "overrides"
 
 
 def test_config_version_follows_content(tmp_path, monkeypatch):
@@ -85,19 +87,24 @@ def test_config_version_follows_content(tmp_path, monkeypatch):
     assert config_version("tiling") != before
 
 
-def test_sections_are_typed_immutable_and_read_like_mappings():
+def test_sections_are_typed_immutable_and_read_by_attribute_only():
     reg = load_config("pipeline").registration
     assert isinstance(reg, RegistrationConfig)
-    assert reg["match_radius_um"] == reg.match_radius_um
-    assert {**reg}["ransac_iterations"] == reg.ransac_iterations
     assert isinstance(reg.ransac_iterations, int)  # YAML ints stay ints
-    with pytest.raises(KeyError):
-        reg["no_such_key"]
+    with pytest.raises(TypeError):  # no mapping reads: a section is not a dict
+        reg["match_radius_um"]
+    assert not hasattr(reg, "get") and not hasattr(reg, "keys")
     with pytest.raises(Exception):  # frozen
         reg.match_radius_um = 1.0
 
 
-def test_settings_build_the_category_system():
-    cats = load_settings().categories
+def test_a_config_error_is_an_input_error_naming_file_and_key():
+    err = ConfigError("/x/tiling.yaml", "patches.size_px", "must be positive", "set it to 256")
+    assert isinstance(err, InputError)
+    assert str(err) == "/x/tiling.yaml: `patches.size_px`: must be positive. Fix: set it to 256"
+
+
+def test_the_categories_build_the_category_system():
+    cats = load_categories()
     assert cats.groupings["detailed"].class_index("Stem_like") == len(cats.groupings["detailed"].classes)
     assert cats.less10_max_transcripts == 10

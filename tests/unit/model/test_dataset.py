@@ -4,11 +4,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.model.dataset import assign_units, class_weights, split_patches
 
 CLASSES = ("A", "B", "Rare")
-CFG = {"split": "block", "block_px": 768, "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0}
+CFG = load_config("training").dataset.model_copy(update={"split": "block", "block_px": 768, "seed": 0,
+                                                         "fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
+
+
+def _cfg(**update):
+    return CFG.model_copy(update=update)
 
 
 def _grid(slides=("s1", "s2"), n=24, seed=0):
@@ -48,9 +54,9 @@ def test_split_is_deterministic_and_slide_split_needs_three_slides():
     a, b = split_patches(_grid(), CLASSES, CFG), split_patches(_grid(), CLASSES, CFG)
     assert a["split"].tolist() == b["split"].tolist()
     with pytest.raises(InputError, match="needs at least 3 slides"):
-        split_patches(_grid(), CLASSES, {**CFG, "split": "slide"})
+        split_patches(_grid(), CLASSES, _cfg(split="slide"))
     by_slide = split_patches(_grid(("s1", "s2", "s3", "s4", "s5"), n=6), CLASSES,
-                             {**CFG, "split": "slide", "test_slides": ["s2"]})
+                             _cfg(split="slide", test_slides=["s2"]))
     assert by_slide.groupby("slide_id")["split"].nunique().max() == 1      # whole slides only
     assert set(by_slide.loc[by_slide["slide_id"] == "s2", "split"]) == {"test"}
 
@@ -69,10 +75,10 @@ def test_class_weights_favour_rare_classes():
 def test_patient_split_keeps_a_patients_slides_together():
     slides = ("a1", "a2", "a3", "b1", "c1", "d1", "e1")
     patients = {"a1": "P1", "a2": "P1", "a3": "P1", "b1": "P2", "c1": "P3", "d1": "P4"}  # e1: its own patient
-    frame = split_patches(_grid(slides, n=6), CLASSES, {**CFG, "split": "patient", "test_slides": ["a2"]},
+    frame = split_patches(_grid(slides, n=6), CLASSES, _cfg(split="patient", test_slides=["a2"]),
                           patients=patients)
     assert set(frame.loc[frame["slide_id"].isin(["a1", "a2", "a3"]), "split"]) == {"test"}  # a2's patient, whole
     assert frame.groupby("unit")["split"].nunique().max() == 1 and set(frame["split"]) == {"train", "val", "test"}
     assert frame.loc[frame["slide_id"] == "e1", "unit"].iloc[0] == "slide:e1"
     with pytest.raises(InputError, match="needs at least 3 patients"):
-        split_patches(_grid(("a1", "a2", "b1"), n=4), CLASSES, {**CFG, "split": "patient"}, patients=patients)
+        split_patches(_grid(("a1", "a2", "b1"), n=4), CLASSES, _cfg(split="patient"), patients=patients)

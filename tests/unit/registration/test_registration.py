@@ -13,7 +13,7 @@ from sthelar_platform.synth import synthesize_slide
 from sthelar_platform.synth.transform import TransformSpec, write_alignment_csv
 
 MORPH_UM, HE_UM = 0.2125, 0.2738
-CFG = load_config("pipeline")["registration"]
+CFG = load_config("pipeline").registration
 MAGS = load_config("pipeline").he_image.magnification_um_per_px
 
 
@@ -37,7 +37,7 @@ def test_csv_path_error_below_half_micron(tiny_slide, tiny_inputs):
     qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG, csv_matrix=m)
     err = reg.transform_error_um(np.array(qc.transform), truth, all_he, MORPH_UM)
     assert np.median(err) <= 0.5 and qc.source == "refined"
-    assert qc.matched_fraction > 0.9 and qc.median_residual_um < CFG["max_median_residual_um"]
+    assert qc.matched_fraction > 0.9 and qc.median_residual_um < CFG.max_median_residual_um
 
 
 def test_perturbed_csv_is_refined_back(tiny_inputs):
@@ -68,7 +68,7 @@ def test_alignment_of_another_slide_fails_the_quality_thresholds(tmp_path, tiny_
     _, xen_um, he_pts, _ = tiny_inputs
     wrong = reg.read_alignment_csv(other.alignment_csv)
     qc = reg.register(he_pts, HE_UM, xen_um, MORPH_UM, CFG, csv_matrix=wrong)
-    assert qc.matched_fraction < CFG["min_matched_fraction"] or qc.median_residual_um > CFG["max_median_residual_um"]
+    assert qc.matched_fraction < CFG.min_matched_fraction or qc.median_residual_um > CFG.max_median_residual_um
 
 
 @pytest.mark.parametrize(("text", "problem"), [
@@ -100,7 +100,7 @@ def test_he_at_10x_passed_as_40x_is_caught_by_scale(tiny_slide):
     p = tiny_slide.parent / "x10.csv"
     write_alignment_csv(p, np.diag([4, 4, 1]) @ m)
     with pytest.raises(InputError, match="far from the pixel-size ratio"):
-        reg.read_alignment_csv(p, expected_scale=HE_UM / MORPH_UM, tolerance=CFG["scale_tolerance"])
+        reg.read_alignment_csv(p, expected_scale=HE_UM / MORPH_UM, tolerance=CFG.scale_tolerance)
     p.unlink()
 
 
@@ -196,8 +196,8 @@ def _deformed_points(amplitude_um: float, seed: int = 0):
 @pytest.mark.parametrize("amplitude_um", [2.0, 0.0])
 def test_a_non_rigid_field_is_fitted_where_sections_deform_and_only_there(amplitude_um):
     m, he_pts, xen_um = _deformed_points(amplitude_um)
-    qc = reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG["match_radius_um"], "csv")
-    refined = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG["match_radius_um"], CFG["nonrigid"])
+    qc = reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG.match_radius_um, "csv")
+    refined = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG.match_radius_um, CFG.nonrigid)
     warp = reg.warp_of(refined)
     q = reg.apply(m, he_pts) * MORPH_UM
     before = np.median(np.linalg.norm(q - xen_um, axis=1))
@@ -208,16 +208,16 @@ def test_a_non_rigid_field_is_fitted_where_sections_deform_and_only_there(amplit
         assert reg.RegistrationQC(**json.loads(refined.to_json())).nonrigid_field == refined.nonrigid_field
     else:
         assert warp is None and "not kept" in refined.nonrigid_note
-    off = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG["match_radius_um"],
-                              CFG["nonrigid"].model_copy(update={"method": "none"}))
+    off = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG.match_radius_um,
+                              CFG.nonrigid.model_copy(update={"method": "none"}))
     assert off == qc
 
 
 def test_a_deformed_section_is_judged_after_its_non_rigid_field():
     """An affine residual over the limits is valid data when the kept field brings it back within them."""
     m, he_pts, xen_um = _deformed_points(4.0, seed=1)
-    qc = reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG["match_radius_um"], "csv")
-    refined = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG["match_radius_um"], CFG["nonrigid"])
+    qc = reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG.match_radius_um, "csv")
+    refined = reg.refine_nonrigid(qc, he_pts, xen_um, MORPH_UM, CFG.match_radius_um, CFG.nonrigid)
     strict = CFG.model_copy(update={"max_median_residual_um": 1.0, "max_p90_residual_um": 1.5})
     assert qc.median_residual_um > 1.0 and reg.warp_of(refined) is not None
     from sthelar_platform.registration.slide import quality_failures
@@ -232,8 +232,8 @@ def test_a_damaged_non_rigid_field_is_refused_when_the_record_is_read(tmp_path):
     from sthelar_platform.registration.slide import SlideRegistration
 
     m, he_pts, xen_um = _deformed_points(2.0)
-    qc = reg.refine_nonrigid(reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG["match_radius_um"], "csv"),
-                             he_pts, xen_um, MORPH_UM, CFG["match_radius_um"], CFG["nonrigid"])
+    qc = reg.refine_nonrigid(reg.measure(m, he_pts, xen_um / MORPH_UM, MORPH_UM, CFG.match_radius_um, "csv"),
+                             he_pts, xen_um, MORPH_UM, CFG.match_radius_um, CFG.nonrigid)
     record = SlideRegistration(qc=qc, he_pixel_size_um=HE_UM, he_pixel_size_source="metadata",
                                implied_he_pixel_size_um=HE_UM, magnification="40x", morphology_pixel_size_um=MORPH_UM,
                                csv_given=False, csv_median_residual_um=None, csv_matched_fraction=None)

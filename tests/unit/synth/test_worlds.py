@@ -71,7 +71,7 @@ def test_a_realistic_cohort_has_doublets_and_atlases_that_miss_and_rename_labels
     assert "CD4-positive, alpha-beta T cell" in names and "CD4 T cell" not in names
     assert "Neural progenitor" not in names and "Stem_like" in set(truth["category"])  # on the slide, not the atlas
     # the platform reads the renamed atlas: every Cell Ontology name has its category
-    acfg = load_config("annotation")["references"]
+    acfg = load_config("annotation").references
     ref = references.load_reference(references.ReferenceSpec("breast", tmp_path / "references" / "breast.h5ad",
                                                              "cell_type"), load_categories(), acfg)
     assert ref.obs.loc[ref.obs["label"] == "macrophage", "category"].unique().tolist() == ["Myeloid"]

@@ -3,10 +3,12 @@
 import cv2
 import numpy as np
 import pytest
+import yaml
 
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.config import PACKAGED_CONFIG_DIR, load_config
+from sthelar_platform.core.errors import ConfigError
 from sthelar_platform.tiling.agreement import patch_agreement
-from sthelar_platform.tiling.reference_segmentation import ClassicalSegmenter, make_segmenter
+from sthelar_platform.tiling.reference_segmentation import ClassicalSegmenter, classical_segmenter
 from tests.support.real_he import stardist_histo
 
 PINK, HEMATOXYLIN = (230, 160, 220), (70, 40, 120)
@@ -35,10 +37,16 @@ def test_blank_tissue_gives_no_nucleus():
     assert ClassicalSegmenter().segment(np.full((256, 256, 3), 255, np.uint8), 0.25).max() == 0
 
 
-def test_unknown_method_is_a_clear_error():
-    assert make_segmenter({"method": "classical", "classical": {"min_area_um2": 4.0}}).min_area_um2 == 4.0
-    with pytest.raises(InputError, match="unknown reference segmentation method 'sam'.*Fix"):
-        make_segmenter({"method": "sam"})
+def test_the_configured_segmenter_and_an_unknown_method_is_a_config_error(tmp_path, monkeypatch):
+    classical = load_config("tiling").reference_segmentation.classical.model_copy(update={"min_area_um2": 4.0})
+    assert classical_segmenter(classical).min_area_um2 == 4.0
+    cfg = yaml.safe_load((PACKAGED_CONFIG_DIR / "tiling.yaml").read_text())
+    cfg["reference_segmentation"]["method"] = "sam"
+    (tmp_path / "tiling.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setenv("STHELAR_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"`reference_segmentation.method`.*Fix") as err:
+        load_config("tiling")
+    assert err.value.key == "reference_segmentation.method"
 
 
 def _jpeg_420(img: np.ndarray) -> np.ndarray:
@@ -73,7 +81,7 @@ def test_real_he_from_a_wheel_gets_nuclei_of_a_plausible_size():
     rgb = stardist_histo()
     from sthelar_platform.core.config import load_config
 
-    inst = make_segmenter(load_config("tiling")["reference_segmentation"]).segment(rgb, 0.25)  # as configured
+    inst = classical_segmenter(load_config("tiling").reference_segmentation.classical).segment(rgb, 0.25)  # as configured
     areas = np.bincount(inst.ravel())[1:]
     areas = areas[areas > 0] * 0.25**2
     assert 120 <= len(areas) <= 300, len(areas)
