@@ -182,7 +182,7 @@ def _check_inputs_unchanged(store: LineageStore, folders: dict[str, Path | None]
     now = _read_input_versions(store, folders, slide_id)
     for name, version in read.items():
         if now[name] != version:
-            raise InputError(folders[name], f"input {name} was rewritten while {label} ran (version "
+            raise InputError(folders[name] or name, f"input {name} was rewritten while {label} ran (version "
                              f"{str(version)[:12]} -> {str(now[name])[:12]}); this output was discarded",
                              "re-run this asset: it will read the new input")
 

@@ -28,8 +28,8 @@ class ComputeDeviceResource(ConfigurableResource):
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(None, f"compute device {self.device!r} requested but torch sees no CUDA GPU",
+            raise InputError("$STHELAR_DEVICE", f"compute device {self.device!r} requested but torch sees no CUDA GPU",
                              "set STHELAR_DEVICE=cpu (or auto), or run on a machine with a GPU")
         if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise InputError(None, f"unknown compute device {self.device!r}", "use auto, cpu or cuda[:N]")
+            raise InputError("$STHELAR_DEVICE", f"unknown compute device {self.device!r}", "use auto, cpu or cuda[:N]")
         return self.device

@@ -57,8 +57,8 @@ def _add(layout, manifest: str | None, folder: str | None, tissue: str | None, s
         if not tissue:
             raise InputError(folder, "no tissue given for the slide folder", "pass --tissue (e.g. --tissue breast)")
         specs = [specs_from_folder(folder, tissue, slide_id)]
-    else:
-        raise InputError(None, "nothing to add", "pass --manifest FILE or --folder DIR --tissue NAME")
+    else:  # argparse requires one of them; a caller from Python may not
+        raise ValueError("pass a manifest or a folder")
     SlideCatalog(layout.catalog).add(specs, replace=replace)
     register_partitions([s.slide_id for s in specs])
     return specs
@@ -272,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     sl = sub.add_parser("slides", help="register or list slides")
     slsub = sl.add_subparsers(dest="slides_cmd", required=True)
     a = slsub.add_parser("add", help="register slides from a manifest (YAML/CSV) or one slide folder")
-    a.add_argument("--manifest")
-    a.add_argument("--folder")
+    source = a.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest")
+    source.add_argument("--folder")
     a.add_argument("--tissue")
     a.add_argument("--slide-id")
     a.add_argument("--replace", action="store_true", help="re-point an already registered slide id")

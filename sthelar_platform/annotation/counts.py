@@ -71,7 +71,7 @@ def count_tables(assigned: pl.LazyFrame, cell_ids: list[str], genes: list[str]) 
     (10^8 transcripts: ~9 x 10^7 non-zeros, about 0.7 GB per compartment).
     """
     if not cell_ids:
-        raise InputError(None, "the slide has zero cells", "check that segmentation ran on this region")
+        raise ValueError("count_tables needs at least one cell")  # slide_count_tables names the file first
     cells = pl.LazyFrame({"cell_id": cell_ids, "row": np.arange(len(cell_ids), dtype=np.int32)})
     genes_df = pl.LazyFrame({"feature_name": genes, "col": np.arange(len(genes), dtype=np.int32)})
     agg = (assigned.join(cells, on="cell_id", how="inner").join(genes_df, on="feature_name", how="inner")
@@ -113,6 +113,8 @@ def slide_count_tables(xenium_dir: str | Path, qv_min: float) -> dict[str, ad.An
     for path in (xen.transcripts, xen.cells, xen.expression):
         require_stage_output(path, xen.stage)
     cell_ids = pl.read_parquet(xen.cells, columns=["cell_id"])["cell_id"].to_list()
+    if not cell_ids:
+        raise InputError(xen.cells, "the slide has zero cells", "check that segmentation ran on this region")
     genes = list(ad.read_h5ad(xen.expression, backed="r").var_names)
     return count_tables(assigned_transcripts(xen.transcripts, qv_min), cell_ids, genes)
 

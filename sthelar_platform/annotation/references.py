@@ -102,7 +102,8 @@ def load_reference(spec: ReferenceSpec, categories: CategorySystem, cfg: Referen
                          "map them in references.extra_label_map (config/annotation.yaml)")
     bad = sorted({mapping[lb] for lb in set(labels)} - set(cats.categories) - set(cats.special_labels))
     if bad:
-        raise InputError(None, f"label_map points to unknown categories {bad}", "fix config/annotation.yaml")
+        raise ConfigError("categories.yaml", "label_map", f"points to unknown categories {bad}",
+                          "map those labels to categories.yaml `categories` (or annotation.yaml extra_label_map)")
     small = labels.value_counts()
     small = small[small < cfg.min_cells_per_label]
     ref = ref[~labels.isin(small.index)].copy()

@@ -22,7 +22,7 @@ import scanpy as sc
 from sthelar_platform.annotation import crosscheck, references
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config.annotation import AnnotationConfig, TangramConfig
-from sthelar_platform.core.errors import InputError, require_stage_output
+from sthelar_platform.core.errors import ConfigError, InputError, require_stage_output
 from sthelar_platform.core.warehouse import CellCountsFolder, NucleusCountsFolder, TangramLabelsFolder
 
 
@@ -33,8 +33,8 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, f"tangram device {name!r} requested but CUDA is not available",
-                         "set tangram.device to auto or cpu in config/annotation.yaml")
+        raise ConfigError("annotation.yaml", "tangram.device", f"{name!r} requested but CUDA is not available",
+                          "set it to auto or cpu")
     return name
 
 

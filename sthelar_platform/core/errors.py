@@ -12,8 +12,8 @@ class InputError(ValueError):
     third-party reader), so a failed Dagster step shows one readable sentence.
     """
 
-    def __init__(self, file: str | Path | None, problem: str, fix: str) -> None:
-        self.file = str(file) if file is not None else None
+    def __init__(self, file: str | Path, problem: str, fix: str) -> None:
+        self.file = str(file)
         # one line, whatever a wrapped third-party message held (YAML and torch errors span several)
         self.problem = " ".join(str(problem).split())
         self.fix = " ".join(str(fix).split())

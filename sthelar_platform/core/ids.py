@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -20,8 +21,10 @@ RESERVED_SLIDE_IDS = frozenset({"dataset"})  # exports/dataset/ holds the cross-
 _SHIFTS = np.array([28, 24, 20, 16, 12, 8, 4, 0], dtype=np.uint32)
 
 
-def validate_slide_id(slide_id: str, source: str | None = None) -> str:
-    """Return ``slide_id`` unchanged when it is safe as a path component and partition key."""
+def validate_slide_id(slide_id: str, source: str | Path = "the slide catalog (catalog.yaml)") -> str:
+    """Return ``slide_id`` unchanged when it is safe as a path component and partition key; ``source`` is where
+    the id was read (a manifest, a landing folder), named in the error.
+    """
     if not isinstance(slide_id, str) or not SLIDE_ID_PATTERN.match(slide_id) or len(slide_id) > MAX_SLIDE_ID_LENGTH:
         raise InputError(
             source,
@@ -54,7 +57,7 @@ def decode_cell_ids(cell_ids: np.ndarray | list[str]) -> np.ndarray:
     bad = (np.char.str_len(letters) != 8) | (codes < 0).any(1) | (codes > 15).any(1)
     if bad.any():
         example = arr[np.flatnonzero(bad)[0]]
-        raise InputError(None, f"malformed Xenium cell id {example!r}", "cell ids look like 'aaaachba-1' (8 letters a-p, '-', suffix)")
+        raise ValueError(f"malformed Xenium cell id {example!r}: cell ids look like 'aaaachba-1' (8 letters a-p, '-', suffix)")
     return (codes << _SHIFTS.astype(np.int64)).sum(1).astype(np.uint32)
 
 
@@ -92,6 +95,5 @@ def mask_ints(cell_ids: np.ndarray | list[str]) -> tuple[np.ndarray, str]:
     out = ints.astype(np.int64) + HASHED_MASK_OFFSET
     unique_ids, first = np.unique(arr, return_index=True)
     if len(np.unique(out[first])) != len(unique_ids):
-        raise InputError(None, "two cell ids hash to the same mask integer",
-                         "report the slide: rename its cells (e.g. prefix them) and ingest it again")
+        raise ValueError("two cell ids hash to the same mask integer: rename the slide's cells (e.g. prefix them)")
     return out, "hashed"

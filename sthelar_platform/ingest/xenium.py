@@ -185,7 +185,10 @@ def ingest_xenium(bundle: str | Path, out_dir: str | Path, cfg: IngestConfig) ->
     keep = [c for c in obs.columns if c not in ("region",)]
     cells = pl.from_pandas(obs[keep].reset_index(drop=True).astype({"cell_id": str}))
     _check_cells(cells, bundle / "cells.parquet")
-    mask_id, mask_scheme = mask_ints(cells["cell_id"].to_numpy())
+    try:
+        mask_id, mask_scheme = mask_ints(cells["cell_id"].to_numpy())
+    except ValueError as exc:
+        raise InputError(bundle / "cells.parquet", str(exc), "rename the slide's cells and export the bundle again") from exc
     cells = cells.with_columns(pl.Series("mask_id", mask_id))
     cells.write_parquet(dst.cells)
     out = table.copy()

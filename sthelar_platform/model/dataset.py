@@ -95,8 +95,8 @@ def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetC
         else:
             frame["unit"] = frame["slide_id"]
         if frame["unit"].nunique() < 3:
-            raise InputError(None, f"split: {mode} needs at least 3 {mode}s, got {frame['unit'].nunique()}",
-                             "add slides, or set dataset.split to block in config/training.yaml")
+            raise ConfigError("training.yaml", "dataset.split", f"{mode} needs at least 3 {mode}s, got "
+                              f"{frame['unit'].nunique()}", "add slides, or set dataset.split to block")
         test_units = frame.loc[frame["slide_id"].isin(cfg.test_slides), "unit"].unique()
         fixed = {u: "test" for u in test_units}
     elif mode == "block":
@@ -104,7 +104,7 @@ def split_patches(patches: pd.DataFrame, classes: tuple[str, ...], cfg: DatasetC
         frame["unit"] = frame["slide_id"] + ":" + block_of(frame["x0"].to_numpy(), frame["y0"].to_numpy(), b)
         fixed = {}
     else:
-        raise InputError(None, f"unknown split {mode!r}", "set dataset.split to slide, patient or block in config/training.yaml")
+        raise ConfigError("training.yaml", "dataset.split", f"unknown split {mode!r}", "use slide, patient or block")
     unit_counts = frame.groupby("unit")[list(classes)].sum()
     assignment = assign_units(unit_counts, cfg.fractions, cfg.seed, fixed)
     frame["split"] = frame["unit"].map(assignment)

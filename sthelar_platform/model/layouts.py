@@ -38,7 +38,7 @@ import yaml
 from scipy import sparse
 
 from sthelar_platform.core.config.training import HFLayoutConfig
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.errors import ConfigError, InputError
 from sthelar_platform.core.ids import encode_cell_ids, mask_ints
 from sthelar_platform.core.warehouse import CellViTLayoutFolder
 from sthelar_platform.tiling.exports import link_patch_file
@@ -69,21 +69,21 @@ def tissue_label(tissue: str, cfg: HFLayoutConfig) -> str:
     try:
         return cfg.tissue_names[tissue]
     except KeyError:
-        raise InputError(None, f"tissue {tissue!r} has no published tissue name",
-                         f"map it under dataset.hf.tissue_names in config/training.yaml (one of {list(cfg.tissue_classes)}"
-                         ", or a name appended to dataset.hf.tissue_classes)") from None
+        raise ConfigError("training.yaml", "dataset.hf.tissue_names", f"tissue {tissue!r} has no published tissue name",
+                          f"map it to one of {list(cfg.tissue_classes)}, or to a name appended to "
+                          "dataset.hf.tissue_classes") from None
 
 
 def check_tissue_classes(cfg: HFLayoutConfig) -> None:
     """The ClassLabel must start with the published 13 names, in order, so indices mix with STHELAR's."""
     names = tuple(cfg.tissue_classes)
     if names[:len(STHELAR_TISSUES)] != STHELAR_TISSUES or len(set(names)) != len(names):
-        raise InputError(None, "dataset.hf.tissue_classes must start with the 13 published STHELAR tissues in "
-                         "their order and hold no duplicate", f"start it with {list(STHELAR_TISSUES)}")
+        raise ConfigError("training.yaml", "dataset.hf.tissue_classes", "must start with the 13 published STHELAR "
+                          "tissues in their order and hold no duplicate", f"start it with {list(STHELAR_TISSUES)}")
     unknown = sorted(set(cfg.tissue_names.values()) - set(names))
     if unknown:
-        raise InputError(None, f"dataset.hf.tissue_names maps to {unknown}, not in dataset.hf.tissue_classes",
-                         "append those names to dataset.hf.tissue_classes")
+        raise ConfigError("training.yaml", "dataset.hf.tissue_names", f"maps to {unknown}, not in "
+                          "dataset.hf.tissue_classes", "append those names to dataset.hf.tissue_classes")
 
 
 def fork_names(patches: pd.DataFrame) -> pd.Series:
@@ -93,12 +93,12 @@ def fork_names(patches: pd.DataFrame) -> pd.Series:
     prefix = patches["slide_id"].str.replace("-", "_", regex=False)
     clash = prefix.groupby(prefix).transform(lambda s: patches.loc[s.index, "slide_id"].nunique()) > 1
     if clash.any():
-        raise InputError(None, f"slide ids {sorted(patches.loc[clash, 'slide_id'].unique())} differ only by '-' / '_'",
-                         "rename one of the slides: the STHELAR fork reads slide ids as [a-zA-Z0-9_]+")
+        raise InputError("catalog.yaml", f"slide ids {sorted(patches.loc[clash, 'slide_id'].unique())} differ only by "
+                         "'-' / '_'", "rename one of the slides: the STHELAR fork reads slide ids as [a-zA-Z0-9_]+")
     index = patches["row"].astype(np.int64) * 10_000 + patches["col"].astype(np.int64)
     names = prefix + "_" + index.astype(str) + ".png"
     if names.duplicated().any():
-        raise InputError(None, "two patches got the same STHELAR image name", "report this: patch grid rows/columns clash")
+        raise ValueError("two patches got the same STHELAR image name: their grid rows / columns clash")
     return names
 
 

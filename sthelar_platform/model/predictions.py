@@ -109,13 +109,13 @@ def predict_slide(slide_id: str, he_path: Path, boundaries: Path, labels_path: P
     grouping = model.meta.get("grouping")
     mag = model.meta.get("magnification")
     if not grouping or not mag:
-        raise InputError(None, "the model checkpoint does not name its grouping / magnification",
+        raise InputError(model.source, "the model checkpoint does not name its grouping / magnification",
                          "use a best.pt written by a cellvit_* asset")
     classes = model.classes
     grouping_classes = categories.groupings[grouping].classes
     if tuple(grouping_classes) != classes:
-        raise InputError(None, f"model classes {list(classes)} differ from grouping {grouping!r} in categories.yaml",
-                         "retrain the model after changing config/categories.yaml")
+        raise InputError(model.source, f"model classes {list(classes)} differ from grouping {grouping!r} in "
+                         "categories.yaml", "retrain the model after changing categories.yaml")
     size, overlap = int(tiling_cfg.patches.size_px), int(tiling_cfg.patches.overlap_px)
     stride = size - overlap
     info = open_pyramid(he_path)

@@ -141,7 +141,7 @@ def train_cellvit(dataset: Path, grouping: str, cfg: TrainingConfig, device: str
             mag = official_magnification(init_ckpt, init_path) or mag  # ... at the magnification they learned
         else:
             mag = (init_ckpt.get("meta") or {}).get("magnification") or mag
-    if init_ckpt is not None and mag not in cfg.dataset.magnifications:
+    if init_ckpt is not None and init_path is not None and mag not in cfg.dataset.magnifications:
         raise InputError(init_path, f"the checkpoint was trained at {mag}, which the dataset does not export",
                          f"add {mag} to dataset.magnifications in config/training.yaml")
     gdir = grouping_dir(dataset, cfg, grouping, mag)

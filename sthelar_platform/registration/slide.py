@@ -142,6 +142,9 @@ def register_slide(xenium_dir: str | Path, he_dir: str | Path, alignment_csv: st
     he_px, px_source = (float(he_meta_px), "metadata") if he_meta_px else (float(cfg.assumed_he_um_per_px), "assumed")
 
     xen_um = nucleus_centroids_um(xen.nucleus_boundaries)
+    if len(xen_um) < 10:
+        raise InputError(xen.nucleus_boundaries, f"only {len(xen_um)} Xenium nuclei: too few to register the H&E on",
+                         "check that segmentation ran on this region (a registration needs at least 10 nuclei)")
     notes: list[str] = []
     if px_source == "assumed":  # no pixel size: try each usual scanner size with a wider scale search
         he_px, (he_pts, level0) = _guess_pixel_size(he_path, xen_um, morph_um, cfg, notes)

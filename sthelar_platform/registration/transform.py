@@ -311,8 +311,8 @@ def register(he_pts: np.ndarray, he_um: float, xen_um: np.ndarray, morph_um: flo
     """
     xen_px = xen_um / morph_um
     if len(he_pts) < 10 or len(xen_px) < 10:
-        raise InputError(None, f"too few nuclei to register ({len(he_pts)} in H&E, {len(xen_px)} in Xenium)",
-                         "check that the H&E shows the same tissue as the Xenium run")
+        raise ValueError(f"too few nuclei to register ({len(he_pts)} in H&E, {len(xen_px)} in Xenium)")  # register_slide
+        # names the files first
     if csv_matrix is not None:
         candidates = local_candidates(csv_matrix[:2, :2] * morph_um / he_um)
         source = "refined"

@@ -23,7 +23,7 @@ from sthelar_platform.core.atomic import atomic_dir, atomic_file
 from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import SyntheticConfig, WorldDeformation
 from sthelar_platform.core.displacement import DisplacementField, random_field
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.errors import ConfigError
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.imaging import write_averaged_pyramid, write_pyramidal_ome_tiff, write_tiled_tiff
 from sthelar_platform.core.wsi import WholeSlide
@@ -96,9 +96,10 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
     cfg = config
     validate_slide_id(slide_id)
     if size not in cfg.sizes:
-        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg.sizes)}")
+        raise ConfigError("synthetic.yaml", "sizes", f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg.sizes)}")
     if tissue not in cfg.tissues:
-        raise InputError(None, f"unknown synthetic tissue {tissue!r}", f"use one of {', '.join(cfg.tissues)}")
+        raise ConfigError("synthetic.yaml", "tissues", f"unknown synthetic tissue {tissue!r}",
+                          f"use one of {', '.join(cfg.tissues)}")
     size_cfg = cfg.sizes[size]
     world_name = _world_name(cfg, size, world)
     extent = (float(size_cfg.extent_um[0]), float(size_cfg.extent_um[1]))
@@ -113,7 +114,8 @@ def synthesize_slide(out_root: str | Path, slide_id: str, tissue: str, size: str
     cells = place_cells(layout, tissue, cfg, rng, density_scale=float(size_cfg.density_scale))
     n = len(cells)
     if n == 0:
-        raise InputError(None, "synthetic layout produced no cells", "use a larger size or another seed")
+        raise ConfigError("synthetic.yaml", f"sizes.{size}", "the synthetic layout produced no cells",
+                          "use a larger size or another seed")
     less10 = rng.random(n) < cfg.less10_fraction
     # the mixing draws from its own generator, so the simple world's slides stay what they were
     mixing = slide_mixing(cfg.worlds[world_name].expression, cells.x, cells.y, programs.n_panel,
@@ -197,7 +199,7 @@ def true_he_to_um(truth_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
 def _world_name(cfg: SyntheticConfig, size: str, world: str | None) -> str:
     name = world or cfg.sizes[size].world
     if name not in cfg.worlds:
-        raise InputError(None, f"unknown synthetic world {name!r}", f"use one of {', '.join(cfg.worlds)}")
+        raise ConfigError("synthetic.yaml", "worlds", f"unknown synthetic world {name!r}", f"use one of {', '.join(cfg.worlds)}")
     return name
 
 
@@ -264,7 +266,7 @@ def synthesize_cohort(out: str | Path, size: str, config: SyntheticConfig, categ
     """All slides of a size, their tissues' reference atlases, and a manifest; returns the manifest path."""
     cfg = config
     if size not in cfg.sizes:
-        raise InputError(None, f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg.sizes)}")
+        raise ConfigError("synthetic.yaml", "sizes", f"unknown synthetic size {size!r}", f"use one of {', '.join(cfg.sizes)}")
     world = _world_name(cfg, size, world)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

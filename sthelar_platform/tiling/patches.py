@@ -84,7 +84,8 @@ def patch_grid(height: int, width: int, size: int, overlap: int) -> pd.DataFrame
     """All full-size patches of a level (a partial patch at the border is never made)."""
     stride = size - overlap
     if stride <= 0:
-        raise InputError(None, f"overlap {overlap} must be smaller than the patch size {size}", "fix config/tiling.yaml")
+        raise ConfigError("tiling.yaml", "patches.overlap_px", f"overlap {overlap} must be smaller than the patch size {size}",
+                          "lower patches.overlap_px")
     ys = np.arange(0, height - size + 1, stride)
     xs = np.arange(0, width - size + 1, stride)
     row, col = np.meshgrid(np.arange(len(ys)), np.arange(len(xs)), indexing="ij")

@@ -60,8 +60,7 @@ class PatchDataset(Dataset):
 
     def __init__(self, records: list[PatchRecord], augment: bool = False, seed: int = 0, window_px: int | None = None):
         if not records:
-            raise InputError(None, "the dataset split holds no patches",
-                             "check the split fractions and the quality filter in config/training.yaml")
+            raise ValueError("a PatchDataset needs at least one patch")  # split_records names the empty split first
         self.records = records
         self.augment = augment
         self.seed = seed

@@ -49,6 +49,7 @@ class LoadedModel:
     meta: dict
     device: str = "cpu"
     postprocess: dict = field(default_factory=dict)
+    source: str | Path = "(a model in memory)"   # the checkpoint it was loaded from, named in errors
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -139,7 +140,7 @@ def load_model(path: str | Path, device: str = "cpu", postprocess: PostprocessCo
         apply_weights(model, ckpt, path)
         meta = dict(ckpt.get("meta") or {})
     model.to(device).eval()
-    return LoadedModel(model, meta, device, postprocess.model_dump() if postprocess is not None else {})
+    return LoadedModel(model, meta, device, postprocess.model_dump() if postprocess is not None else {}, path)
 
 
 @dataclass

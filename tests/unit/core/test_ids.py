@@ -32,7 +32,7 @@ def test_cell_id_codec_matches_spatialdata_io_and_design_example():
 
 @pytest.mark.parametrize("bad", ["aaaaqaaa-1", "abc-1", "UNASSIGNED"])
 def test_malformed_cell_ids_raise(bad):
-    with pytest.raises(InputError):
+    with pytest.raises(ValueError, match="malformed Xenium cell id"):
         decode_cell_ids([bad])
 
 

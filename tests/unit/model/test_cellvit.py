@@ -105,7 +105,7 @@ def test_checkpoint_for_other_classes_or_corrupt_file_is_a_clear_error(tmp_path)
 
 
 def test_empty_split_is_a_clear_error():
-    with pytest.raises(InputError, match="holds no patches"):
+    with pytest.raises(ValueError, match="at least one patch"):  # split_records names the empty split first
         PatchDataset([])
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.sparse import load_npz
 
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR, TrainingConfig, load_categories
-from sthelar_platform.core.errors import InputError
+from sthelar_platform.core.errors import ConfigError, InputError
 from sthelar_platform.core.ids import encode_cell_ids
 from sthelar_platform.model.dataset import write_training_dataset
 from sthelar_platform.model.layouts import STHELAR_TISSUES
@@ -186,7 +186,7 @@ def test_one_split_for_both_magnifications(dataset):
 def test_unmapped_tissue_names_it_and_the_config_key(tmp_path):
     exports = tmp_path / "exports"
     _export(exports, "s1", "appendix", np.random.default_rng(1), grid=4)
-    with pytest.raises(InputError, match=r"'appendix'.*dataset\.hf\.tissue_names"):
+    with pytest.raises(ConfigError, match=r"dataset\.hf\.tissue_names.*'appendix'"):
         write_training_dataset(exports, ["s1"], tmp_path / "dataset", _config(layouts=["hf"]), CATS)
 
 

@@ -110,7 +110,7 @@ def test_he_without_tissue_overlap_has_too_few_nuclei(tmp_path):
     blank = tmp_path / "blank.ome.tif"
     tifffile.imwrite(blank, np.full((1024, 1024, 3), 245, np.uint8), photometric="rgb")
     assert len(reg.detect_he_nuclei(blank)) < 10
-    with pytest.raises(InputError, match="too few nuclei"):
+    with pytest.raises(ValueError, match="too few nuclei"):  # register_slide names the file before it gets here
         reg.register(np.zeros((0, 2)), HE_UM, np.random.default_rng(0).uniform(0, 100, (50, 2)), MORPH_UM, CFG)
 
 
