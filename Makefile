@@ -12,7 +12,7 @@ PIP_PINNED := $(PY) -m pip install -q -c constraints.txt -c requirements.lock
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 export STHELAR_HOME ?= $(CURDIR)/sthelar_home
 
-.PHONY: setup setup-test demo test lint ui bench clean-home browser postgres
+.PHONY: setup setup-test demo test test-fast lint typecheck ui bench clean-home browser postgres
 
 setup: $(STAMP)
 
@@ -53,10 +53,16 @@ postgres:
 lint: setup-test
 	$(VENV)/bin/ruff check .
 
-test: setup-test browser postgres
-	$(VENV)/bin/ruff check .
+typecheck: setup-test
 	$(VENV)/bin/mypy
+
+# everything: ruff, mypy, and every test (real daemon, webserver, chromium, Postgres, training); CI runs this
+test: setup-test browser postgres lint typecheck
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# the inner loop: ruff, mypy, and the tests not marked slow (no daemon, browser, Postgres or training)
+test-fast: setup-test lint typecheck
+	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow"
 
 ui: setup
 	$(VENV)/bin/sthelar ui

@@ -11,41 +11,17 @@ from dagster import (
     EnvVar,
     ScheduleDefinition,
     define_asset_job,
-    multiprocess_executor,
 )
 
 from assets import annotation, ingest, model, qc, registration, tiling
 from assets.automation import automation_sensor, observe_references_job, reference_watch, slide_landing_sensor
+from assets.executors import build_executor
 from assets.partitions import slides_partitions
 from resources import ComputeDeviceResource, LineageResource, SlideCatalogResource, StorageResource
 from resources.dbt import dbt_resource
 from sthelar_platform.core.paths import StorageLayout
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
-
-
-def build_executor():
-    """Local runs: the multiprocess executor. ``STHELAR_EXECUTOR=k8s``: one Kubernetes job per step (deploy/k8s),
-    each asset's pod sized by its ``dagster-k8s/config`` tags (config/deployment.yaml).
-    """
-    kind = os.environ.get("STHELAR_EXECUTOR", "multiprocess")
-    if kind == "multiprocess":
-        # GPU-class steps (training, evaluation, predictions) one at a time: on a CPU they each use
-        # every core, on one GPU they would share it
-        return multiprocess_executor.configured({"max_concurrent": 2, "tag_concurrency_limits": [
-            {"key": "sthelar/compute", "value": "gpu", "limit": 1}]})
-    if kind == "k8s":
-        from dagster_k8s import k8s_job_executor
-
-        return k8s_job_executor.configured({
-            "job_namespace": os.environ.get("STHELAR_K8S_NAMESPACE", "sthelar"),
-            "max_concurrent": int(os.environ.get("STHELAR_K8S_MAX_CONCURRENT", "32")),
-            # at most this many GPU steps of one run at once (the `gpu` pool limits it across runs)
-            "tag_concurrency_limits": [{"key": "sthelar/compute", "value": "gpu", "limit": 1}],
-            "env_vars": ["STHELAR_HOME", "STHELAR_DEVICE", "STHELAR_CONFIG_DIR", "STHELAR_LINEAGE_URL",
-                         "DBT_SEND_ANONYMOUS_USAGE_STATS"],
-        })
-    raise ValueError(f"STHELAR_EXECUTOR={kind!r}: use multiprocess (default) or k8s")
 
 
 def build_resources(home: str | None = None) -> dict:
@@ -73,6 +49,7 @@ QC_ASSETS = qc.ASSETS
 slide_pipeline = define_asset_job(
     "slide_pipeline",
     selection=AssetSelection.assets(*ALL_ASSETS),
+    executor_def=build_executor(ALL_ASSETS),  # its forkserver imports these assets' library code once
     partitions_def=slides_partitions,
     description="Everything per slide, for one slide partition.",
 )
@@ -80,12 +57,14 @@ slide_pipeline = define_asset_job(
 training_job = define_asset_job(
     "training_job",
     selection=AssetSelection.assets(*COHORT_ASSETS),
+    executor_def=build_executor(COHORT_ASSETS),  # its forkserver imports these assets' library code once
     description="Across slides: the training dataset, the CellViT models (detailed, grouped) and their evaluation.",
 )
 
 predictions_job = define_asset_job(
     "predictions_job",
     selection=AssetSelection.assets(*PREDICTION_ASSETS),
+    executor_def=build_executor(PREDICTION_ASSETS),  # its forkserver imports these assets' library code once
     partitions_def=slides_partitions,
     description="Per slide, after training: whole-slide CellViT predictions linked to the Xenium cells.",
 )
@@ -93,6 +72,7 @@ predictions_job = define_asset_job(
 qc_job = define_asset_job(
     "qc_job",
     selection=AssetSelection.assets(*QC_ASSETS),
+    executor_def=build_executor(QC_ASSETS),  # its forkserver imports these assets' library code once
     description="Refresh the dbt QC models (with their tests) and the QC dashboard.",
 )
 
@@ -104,12 +84,12 @@ qc_nightly = ScheduleDefinition(
 )
 
 defs = Definitions(
-    assets=SLIDE_SOURCES + ALL_ASSETS + COHORT_ASSETS + PREDICTION_ASSETS + QC_ASSETS,
+    assets=[*SLIDE_SOURCES, *ALL_ASSETS, *COHORT_ASSETS, *PREDICTION_ASSETS, *QC_ASSETS],
     jobs=[slide_pipeline, training_job, predictions_job, qc_job, observe_references_job],
     schedules=[qc_nightly, reference_watch],
     sensors=[slide_landing_sensor, automation_sensor],
     resources=build_resources(),
-    executor=build_executor(),
+    executor=build_executor([*ALL_ASSETS, *COHORT_ASSETS, *PREDICTION_ASSETS, *QC_ASSETS]),  # the UI's own selections
 )
 
 

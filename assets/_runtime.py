@@ -57,11 +57,14 @@ def compute_class(asset_name: str) -> ComputeClassArgs:
 CODE_VERSION_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
-def code_version_of(*entries: ModuleType | Callable[..., Any], configs: tuple[str, ...] = ()) -> str:
+def code_version_of(*entries: str | ModuleType | Callable[..., Any], configs: tuple[str, ...] = ()) -> str:
     """An asset's code version: the library modules its entry points reach through their imports, and its
-    config files (``sthelar_platform.core.code_version``). Pass the library modules (or functions) it calls.
+    config files or sections (``sthelar_platform.core.code_version``). Name the library modules it calls
+    (``"sthelar_platform.tiling.patches"``): the asset imports them in its body, so that loading the
+    definitions does not import torch, scanpy or spatialdata.
     """
-    modules = tuple(sorted({e.__name__ if isinstance(e, ModuleType) else e.__module__ for e in entries}))
+    modules = tuple(sorted({e if isinstance(e, str) else e.__name__ if isinstance(e, ModuleType) else e.__module__
+                            for e in entries}))
     version = code_version(modules, [config_version(c) for c in configs])
     CODE_VERSION_INPUTS[version] = (modules, configs)
     return version

@@ -1,7 +1,12 @@
-"""Ingest assets: the Xenium bundle and the H&E image of each slide, persisted under the storage root."""
+"""Ingest assets: the Xenium bundle and the H&E image of each slide, persisted under the storage root.
+
+Library stages are imported in the asset bodies (as in every asset module): loading the definitions stays
+free of spatialdata-io, torch and scanpy, which only the steps that use them pay for.
+"""
 
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
@@ -10,14 +15,16 @@ from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.warehouse import HEImageFolder, XeniumSlideFolder
-from sthelar_platform.ingest import he_image as he_lib
-from sthelar_platform.ingest import xenium as ingest_lib
+
+if TYPE_CHECKING:
+    from sthelar_platform.ingest.he_image import HEImageSummary
+    from sthelar_platform.ingest.xenium import XeniumIngestSummary
 
 
 @asset(
     **compute_class("xenium_slide"),
     partitions_def=slides_partitions,
-    code_version=code_version_of(ingest_lib, configs=("pipeline.ingest",)),
+    code_version=code_version_of("sthelar_platform.ingest.xenium", configs=("pipeline.ingest",)),
     group_name="ingest",
     kinds={"python", "parquet"},
     description="Xenium bundle (XOA 1.x to 3.x, Xenium Ranger) read with spatialdata-io, or from its own files "
@@ -25,10 +32,12 @@ from sthelar_platform.ingest import xenium as ingest_lib
 )
 def xenium_slide(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                  catalog: SlideCatalogResource) -> MaterializeResult:
+    from sthelar_platform.ingest import xenium as ingest_lib
+
     spec = catalog.get(context.partition_key)
     pipeline = load_config("pipeline")
 
-    def compute(out: Path) -> StageOutput[ingest_lib.XeniumIngestSummary]:
+    def compute(out: Path) -> "StageOutput[XeniumIngestSummary]":
         s = ingest_lib.ingest_xenium(spec.xenium_dir, out, pipeline.ingest)
         context.log.info(f"{spec.slide_id}: {s.n_cells} cells, {s.n_transcripts} transcripts, {s.n_genes} genes")
         return StageOutput({
@@ -56,7 +65,7 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
 @asset(
     **compute_class("he_image"),
     partitions_def=slides_partitions,
-    code_version=code_version_of(he_lib, configs=("pipeline",)),
+    code_version=code_version_of("sthelar_platform.ingest.he_image", configs=("pipeline",)),
     group_name="ingest",
     kinds={"python", "tiff"},
     description="The slide's H&E scan (SVS, NDPI, OME-TIFF in any axis order, tiled or single-level TIFF) stored once "
@@ -65,10 +74,12 @@ def xenium_slide(context: AssetExecutionContext, storage: StorageResource, linea
 )
 def he_image(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
              catalog: SlideCatalogResource) -> MaterializeResult:
+    from sthelar_platform.ingest import he_image as he_lib
+
     spec = catalog.get(context.partition_key)
     pipeline = load_config("pipeline")
 
-    def compute(out: Path) -> StageOutput[he_lib.HEImageSummary]:
+    def compute(out: Path) -> "StageOutput[HEImageSummary]":
         s = he_lib.ingest_he(spec.he_image, out, pipeline.he_image.magnification_um_per_px,
                              thumbnail_px=pipeline.ingest.thumbnail_max_px,
                              assumed_um_per_px=pipeline.registration.assumed_he_um_per_px,

@@ -5,8 +5,8 @@ and the H&E as a SpatialData element in the Xenium coordinate system.
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -24,9 +24,11 @@ from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import RegistrationConfig, load_config
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.warehouse import HEImageFolder, RegistrationFolder, XeniumSlideFolder
-from sthelar_platform.registration import record as record_lib
-from sthelar_platform.registration import registered_he as registered_lib
-from sthelar_platform.registration import slide as stage_lib
+
+if TYPE_CHECKING:
+    from sthelar_platform.registration.record import SlideRegistration
+
+RECORD = "sthelar_platform.registration.record"
 
 CHECK_SPECS = [
     AssetCheckSpec("registration_quality", asset="he_registration", blocking=True, partitions_def=slides_partitions,
@@ -46,18 +48,20 @@ CHECK_SPECS = [
     partitions_def=slides_partitions,
     deps=[xenium_slide, he_image],
     check_specs=CHECK_SPECS,
-    code_version=code_version_of(stage_lib, configs=("pipeline",)),
+    code_version=code_version_of("sthelar_platform.registration.slide", configs=("pipeline",)),
     group_name="registration",
     kinds={"python", "json"},
     description="H&E -> Xenium affine (alignment CSV refined, or estimated automatically) with residuals in µm.",
 )
 def he_registration(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                     catalog: SlideCatalogResource) -> MaterializeResult:
+    from sthelar_platform.registration import slide as stage_lib
+
     spec = catalog.get(context.partition_key)
     pipeline = load_config("pipeline")
     cfg = pipeline.registration
 
-    def compute(out: Path) -> StageOutput[record_lib.SlideRegistration]:
+    def compute(out: Path) -> "StageOutput[SlideRegistration]":
         r = stage_lib.register_slide(storage.stage_dir(XeniumSlideFolder.stage, spec.slide_id),
                                      storage.stage_dir(HEImageFolder.stage, spec.slide_id), spec.alignment_csv, out, cfg,
                                      pipeline.he_image.magnification_um_per_px)
@@ -105,7 +109,7 @@ def he_registration(context: AssetExecutionContext, storage: StorageResource, li
     return run.result([registration_quality(r, cfg), alignment_csv_agreement(r), he_pixel_size_known(r)])
 
 
-def registration_quality(r: record_lib.SlideRegistration, cfg: RegistrationConfig) -> AssetCheckResult:
+def registration_quality(r: "SlideRegistration", cfg: RegistrationConfig) -> AssetCheckResult:
     return AssetCheckResult(
         check_name="registration_quality", passed=r.passed, severity=AssetCheckSeverity.ERROR,
         description="within thresholds" if r.passed else "; ".join(r.failures),
@@ -120,7 +124,7 @@ def registration_quality(r: record_lib.SlideRegistration, cfg: RegistrationConfi
     )
 
 
-def alignment_csv_agreement(r: record_lib.SlideRegistration) -> AssetCheckResult:
+def alignment_csv_agreement(r: "SlideRegistration") -> AssetCheckResult:
     if not r.csv_given:
         return AssetCheckResult(check_name="alignment_csv_agreement", passed=True, severity=AssetCheckSeverity.WARN,
                                 description="no alignment CSV given", metadata={"csv_given": False})
@@ -134,7 +138,7 @@ def alignment_csv_agreement(r: record_lib.SlideRegistration) -> AssetCheckResult
     )
 
 
-def he_pixel_size_known(r: record_lib.SlideRegistration) -> AssetCheckResult:
+def he_pixel_size_known(r: "SlideRegistration") -> AssetCheckResult:
     known = r.he_pixel_size_source == "metadata"
     return AssetCheckResult(
         check_name="he_pixel_size_known", passed=known, severity=AssetCheckSeverity.WARN,
@@ -145,13 +149,17 @@ def he_pixel_size_known(r: record_lib.SlideRegistration) -> AssetCheckResult:
                   "he_pixel_size_um_implied": round(r.implied_he_pixel_size_um, 4), "notes": MetadataValue.json(r.notes)})
 
 
-def registration_of(storage: StorageResource, slide_id: str) -> record_lib.SlideRegistration:
+def registration_of(storage: StorageResource, slide_id: str) -> "SlideRegistration":
     """The slide's registration result; missing output is an InputError naming the asset to run."""
+    from sthelar_platform.registration import record as record_lib
+
     return record_lib.SlideRegistration.of_folder(storage.stage_dir(RegistrationFolder.stage, validate_slide_id(slide_id)))
 
 
-def passed_registration_of(storage: StorageResource, slide_id: str) -> record_lib.SlideRegistration:
-    """The slide's registration, refusing one that failed its thresholds (see record_lib.passed_registration)."""
+def passed_registration_of(storage: StorageResource, slide_id: str) -> "SlideRegistration":
+    """The slide's registration, refusing one that failed its thresholds (see record.passed_registration)."""
+    from sthelar_platform.registration import record as record_lib
+
     return record_lib.passed_registration(storage.stage_dir(RegistrationFolder.stage, validate_slide_id(slide_id)))
 
 
@@ -159,13 +167,17 @@ def passed_registration_of(storage: StorageResource, slide_id: str) -> record_li
     **compute_class("registered_he"),
     partitions_def=slides_partitions,
     deps=[he_registration, xenium_slide, he_image],
-    code_version=code_version_of(registered_lib, record_lib),
+    code_version=code_version_of("sthelar_platform.registration.registered_he", RECORD),
     group_name="registration",
     kinds={"python", "zarr"},
     description="The H&E registered into the Xenium 'global' coordinate system: sdata.zarr (nucleus boundaries), "
                 "the H&E hard-linked (never copied) and its Affine; open_registered_he gives one SpatialData.",
 )
 def registered_he(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
+    import numpy as np
+
+    from sthelar_platform.registration import registered_he as registered_lib
+
     slide_id = validate_slide_id(context.partition_key)
     r = passed_registration_of(storage, slide_id)
     he = storage.folder(HEImageFolder, slide_id)

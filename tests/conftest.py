@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager try to download a driver
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,8 @@ types, and their checks (Great Expectations inside the asset's own step, on what
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anndata as ad
-import numpy as np
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -26,15 +23,16 @@ from assets.annotation.reference_atlas import REBUILD_ON_CHANGE, reference_atlas
 from assets.ingest import xenium_slide
 from assets.partitions import slides_partitions
 from resources import LineageResource, SlideCatalogResource, StorageResource
-from sthelar_platform.annotation import cell_types as cell_types_lib
-from sthelar_platform.annotation import clustering, counts, references
-from sthelar_platform.annotation import tangram as tangram_lib
-from sthelar_platform.core import validation
-from sthelar_platform.core.categories import CategorySystem
 from sthelar_platform.core.config import config_path, load_categories, load_config, overrides_dir
 from sthelar_platform.core.ids import validate_slide_id
-from sthelar_platform.core.plots import category_map_png
 from sthelar_platform.core.warehouse import CellCountsFolder, CellTypesFolder, ClustersFolder, NucleusCountsFolder
+
+if TYPE_CHECKING:
+    from sthelar_platform.annotation.cell_types import CellTypesResult, CellTypesSummary
+    from sthelar_platform.annotation.references import ReferenceSpec
+    from sthelar_platform.core.categories import CategorySystem
+
+VALIDATION = "sthelar_platform.core.validation"   # Great Expectations suites of the checks run in the step
 
 COUNTS_VALID = AssetCheckSpec(
     "counts_valid", asset="cell_counts", blocking=True, partitions_def=slides_partitions,
@@ -49,12 +47,14 @@ def _counts_asset(stage: str, description: str, check_specs: list[AssetCheckSpec
         partitions_def=slides_partitions,
         deps=[xenium_slide],
         check_specs=check_specs,
-        code_version=code_version_of(counts, validation, configs=("annotation",)),
+        code_version=code_version_of("sthelar_platform.annotation.counts", VALIDATION, configs=("annotation",)),
         group_name="annotation",
         kinds={"python", "anndata"},
         description=description,
     )
     def _asset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
+        from sthelar_platform.annotation import counts
+
         slide_id = validate_slide_id(context.partition_key)
         xen = storage.stage_dir("xenium_slide", slide_id)
 
@@ -79,6 +79,12 @@ cell_counts = _counts_asset("cell_counts", "Transcripts per cell and per cytopla
 
 
 def counts_valid(folder: CellCountsFolder) -> AssetCheckResult:
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from sthelar_platform.core import validation
+
     cell = ad.read_h5ad(folder.cell)
     cyto = ad.read_h5ad(folder.cytoplasm)
     mins = [np.asarray(m.X.min(axis=1).toarray()).ravel() if hasattr(m.X, "toarray") else np.asarray(m.X).min(1)
@@ -92,7 +98,9 @@ def counts_valid(folder: CellCountsFolder) -> AssetCheckResult:
                                       "gx_failures": MetadataValue.json(gx.failures)})
 
 
-def _reference_spec(catalog: SlideCatalogResource, storage: StorageResource, slide_id: str) -> references.ReferenceSpec:
+def _reference_spec(catalog: SlideCatalogResource, storage: StorageResource, slide_id: str) -> "ReferenceSpec":
+    from sthelar_platform.annotation import references
+
     spec = catalog.get(slide_id)
     return references.reference_spec(spec.tissue, Path(storage.root) / "references", load_config("annotation").references,
                                      spec.reference, config_path("annotation"))
@@ -103,7 +111,7 @@ def _reference_spec(catalog: SlideCatalogResource, storage: StorageResource, sli
     partitions_def=slides_partitions,
     deps=[cell_counts, nucleus_counts, reference_atlas.key],
     automation_condition=REBUILD_ON_CHANGE,
-    code_version=code_version_of(tangram_lib, configs=("annotation", "categories")),
+    code_version=code_version_of("sthelar_platform.annotation.tangram", configs=("annotation", "categories")),
     group_name="annotation",
     kinds={"python", "torch"},
     description="Tangram label transfer from the tissue's reference atlas (cells and nuclei), with per-category "
@@ -111,6 +119,10 @@ def _reference_spec(catalog: SlideCatalogResource, storage: StorageResource, sli
 )
 def tangram_labels(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                    catalog: SlideCatalogResource) -> MaterializeResult:
+    import pandas as pd
+
+    from sthelar_platform.annotation import tangram as tangram_lib
+
     slide_id = validate_slide_id(context.partition_key)
     ref = _reference_spec(catalog, storage, slide_id)
 
@@ -136,12 +148,16 @@ def tangram_labels(context: AssetExecutionContext, storage: StorageResource, lin
     **compute_class("clusters"),
     partitions_def=slides_partitions,
     deps=[cell_counts],
-    code_version=code_version_of(clustering, configs=("annotation", "categories")),
+    code_version=code_version_of("sthelar_platform.annotation.clustering", configs=("annotation", "categories")),
     group_name="annotation",
     kinds={"python", "scanpy"},
     description="Leiden clusters, Wilcoxon marker genes and per-category marker scores on the slide's cells.",
 )
 def clusters(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
+    import pandas as pd
+
+    from sthelar_platform.annotation import clustering
+
     slide_id = validate_slide_id(context.partition_key)
 
     def compute(out: Path) -> StageOutput[None]:
@@ -166,7 +182,8 @@ def clusters(context: AssetExecutionContext, storage: StorageResource, lineage: 
         description="Unknown / Less10 fractions, cross-check agreement and flagged clusters within annotation.yaml "
                     "thresholds; cell_labels validated with Great Expectations (ids unique, every cell labelled).")],
     automation_condition=REBUILD_ON_CHANGE,
-    code_version=code_version_of(cell_types_lib, validation, category_map_png, configs=("annotation", "categories")),
+    code_version=code_version_of("sthelar_platform.annotation.cell_types", VALIDATION, "sthelar_platform.core.plots",
+                                 configs=("annotation", "categories")),
     group_name="annotation",
     kinds={"python", "parquet"},
     description="Harmonized cell types (10 categories + Unknown + Less10, 9-class and 5-class groupings, confidence) "
@@ -174,11 +191,16 @@ def clusters(context: AssetExecutionContext, storage: StorageResource, lineage: 
 )
 def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                catalog: SlideCatalogResource) -> MaterializeResult:
+    import pandas as pd
+
+    from sthelar_platform.annotation import cell_types as cell_types_lib
+    from sthelar_platform.core.plots import category_map_png
+
     slide_id = validate_slide_id(context.partition_key)
     spec = catalog.get(slide_id)
     cfg, cats = load_config("annotation"), load_categories()
 
-    def compute(out: Path) -> StageOutput[cell_types_lib.CellTypesResult]:
+    def compute(out: Path) -> "StageOutput[CellTypesResult]":
         res = cell_types_lib.write_cell_types(
             slide_id, storage.stage_dir("xenium_slide", slide_id), storage.stage_dir("cell_counts", slide_id),
             storage.stage_dir("tangram_labels", slide_id), storage.stage_dir("clusters", slide_id), out,
@@ -231,11 +253,17 @@ def cell_types(context: AssetExecutionContext, storage: StorageResource, lineage
 
 
 def _float_or_none(value: Any) -> float | None:
+    import pandas as pd
+
     return None if value is None or pd.isna(value) else float(value)
 
 
-def annotation_quality(folder: CellTypesFolder, summary: cell_types_lib.CellTypesSummary, failures: list[str],
-                       cats: CategorySystem) -> AssetCheckResult:
+def annotation_quality(folder: CellTypesFolder, summary: "CellTypesSummary", failures: list[str],
+                       cats: "CategorySystem") -> AssetCheckResult:
+    import pandas as pd
+
+    from sthelar_platform.core import validation
+
     labels = pd.read_parquet(folder.cell_labels)
     gx = validation.validate_frame(labels, validation.cell_labels_expectations(
         list(cats.categories) + list(cats.special_labels)))

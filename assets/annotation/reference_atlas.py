@@ -13,7 +13,6 @@ from dagster import AutomationCondition, DataVersion, DataVersionsByPartition, o
 
 from assets.partitions import slides_partitions
 from resources import SlideCatalogResource, StorageResource
-from sthelar_platform.annotation.references import reference_spec
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.hashing import sha256_file
 
@@ -29,6 +28,8 @@ REBUILD_ON_CHANGE = AutomationCondition.eager().replace("newly_updated", Automat
                 "its tissue's in config/annotation.yaml). Data version = the file's sha256, per slide partition.",
 )
 def reference_atlas(storage: StorageResource, catalog: SlideCatalogResource) -> DataVersionsByPartition:
+    from sthelar_platform.annotation.references import reference_spec
+
     hashes: dict[Path, str] = {}
     versions = {}
     for spec in catalog.list():

@@ -9,8 +9,6 @@ from assets.tiling.exports import slide_export
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.core.warehouse import SlideExportFolder
-from sthelar_platform.model import dataset as dataset_lib
-from sthelar_platform.model import layouts as layouts_lib
 
 
 def _card_table(card: dict) -> str:
@@ -35,7 +33,7 @@ def _layouts_table(card: dict, root: Path) -> str:
 @asset(
     **compute_class("training_dataset"),
     deps=[slide_export],
-    code_version=code_version_of(dataset_lib, layouts_lib, configs=("training", "categories")),
+    code_version=code_version_of("sthelar_platform.model.dataset", configs=("training", "categories")),
     group_name="training",
     kinds={"python", "png", "numpy"},
     description="exports/dataset/<mag>/<grouping>/: CellViT-style folders across slides with splits.csv (by slide "
@@ -45,6 +43,8 @@ def _layouts_table(card: dict, root: Path) -> str:
 )
 def training_dataset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                      catalog: SlideCatalogResource) -> MaterializeResult:
+    from sthelar_platform.model import dataset as dataset_lib
+
     exports = storage.layout.exports
     slides: list[str] = []
     skipped: list[str] = []

@@ -19,8 +19,6 @@ from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import require_stage_output
 from sthelar_platform.core.warehouse import EvaluationFolder, ModelFolder
-from sthelar_platform.model import evaluation as evaluation_lib
-from sthelar_platform.model.cellvit import evaluation, inference
 
 
 @asset(
@@ -30,7 +28,7 @@ from sthelar_platform.model.cellvit import evaluation, inference
         "model_targets", asset="model_evaluation",
         description="Held-out bPQ and detection F1 against evaluation.targets in training.yaml. A warning: a short "
                     "CPU schedule is expected to miss them.")],
-    code_version=code_version_of(evaluation_lib, evaluation, inference, configs=("training",)),
+    code_version=code_version_of("sthelar_platform.model.evaluation", configs=("training",)),
     group_name="training",
     kinds={"python", "pytorch", "duckdb"},
     description="Each trained model on the test split (held-out slides or spatial blocks): detection F1, "
@@ -38,6 +36,8 @@ from sthelar_platform.model.cellvit import evaluation, inference
 )
 def model_evaluation(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                      compute: ComputeDeviceResource) -> MaterializeResult:
+    from sthelar_platform.model import evaluation as evaluation_lib
+
     cfg = load_config("training")
     device = compute.resolve()
     layout = storage.layout
@@ -78,7 +78,9 @@ def model_evaluation(context: AssetExecutionContext, storage: StorageResource, l
 
 
 def model_targets(summary: dict[str, dict], targets: dict[str, float]) -> AssetCheckResult:
-    failures = evaluation_lib.target_failures(summary, targets)
+    from sthelar_platform.model.evaluation import target_failures
+
+    failures = target_failures(summary, targets)
     return AssetCheckResult(check_name="model_targets", passed=not failures, severity=AssetCheckSeverity.WARN,
                             description="; ".join(failures) or "all models meet the targets",
                             metadata={"targets": MetadataValue.json(targets), "summary": MetadataValue.json(summary)})

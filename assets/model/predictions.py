@@ -1,8 +1,8 @@
 """Whole-slide CellViT predictions per slide, linked back to the Xenium cells and their labels."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from assets._runtime import StageOutput, code_version_of, compute_class, run_slide_stage
@@ -17,12 +17,12 @@ from sthelar_platform.core.config import config_path, load_categories, load_conf
 from sthelar_platform.core.errors import ConfigError, require_stage_output
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.warehouse import CellTypesFolder, HEImageFolder, ModelFolder, XeniumSlideFolder
-from sthelar_platform.model import predictions as predictions_lib
-from sthelar_platform.model.cellvit import inference
-from sthelar_platform.registration import record as record_lib
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-def _agreement_md(agreement: pd.DataFrame) -> str:
+def _agreement_md(agreement: "pd.DataFrame") -> str:
     rows = ["| class | Xenium | predicted | precision | recall | F1 |", "|---|---|---|---|---|---|"]
     rows += [f"| {r.class_name} | {r.n_xenium} | {r.n_predicted} | {r.precision:.3f} | {r.recall:.3f} | {r.f1:.3f} |"
              for r in agreement.itertuples()]
@@ -33,7 +33,8 @@ def _agreement_md(agreement: pd.DataFrame) -> str:
     partitions_def=slides_partitions,
     deps=[cellvit_detailed, cellvit_grouped, he_registration, he_image, xenium_slide, cell_types],
     automation_condition=REBUILD_ON_CHANGE,
-    code_version=code_version_of(predictions_lib, inference, record_lib, configs=("training", "tiling", "categories", "pipeline.he_image")),
+    code_version=code_version_of("sthelar_platform.model.predictions", "sthelar_platform.model.cellvit.inference",
+                                 "sthelar_platform.registration.record", configs=("training", "tiling", "categories", "pipeline.he_image")),
     group_name="predictions",
     kinds={"python", "pytorch", "parquet"},
     **compute_class("slide_predictions"),
@@ -43,6 +44,9 @@ def _agreement_md(agreement: pd.DataFrame) -> str:
 )
 def slide_predictions(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                       compute: ComputeDeviceResource) -> MaterializeResult:
+    from sthelar_platform.model import predictions as predictions_lib
+    from sthelar_platform.model.cellvit import inference
+
     slide_id = validate_slide_id(context.partition_key)
     r = passed_registration_of(storage, slide_id)
     cfg = load_config("training")
@@ -55,7 +59,7 @@ def slide_predictions(context: AssetExecutionContext, storage: StorageResource, 
     model = inference.load_model(ckpt, device, cfg.postprocess)
     mid = inference.model_id(ckpt)
 
-    def compute_fn(out: Path) -> StageOutput[pd.DataFrame]:
+    def compute_fn(out: Path) -> "StageOutput[pd.DataFrame]":
         def progress(done: int, total: int) -> None:
             if done % 10 == 0 or done == total:
                 context.log.info(f"{slide_id}: region {done}/{total}")

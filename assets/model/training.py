@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from assets._runtime import StageOutput, code_version_of, compute_class, md_image, run_slide_stage
 from assets.model.dataset import training_dataset
@@ -10,10 +10,8 @@ from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.warehouse import ModelFolder
-from sthelar_platform.model import training as training_lib
-from sthelar_platform.model.cellvit import data, losses, model, postprocess, targets, training
 
-CODE_VERSION = code_version_of(training_lib, model, losses, targets, data, training, postprocess, configs=("training",))
+CODE_VERSION = code_version_of("sthelar_platform.model.training", configs=("training",))
 
 
 def _history_md(history: list[dict]) -> str:
@@ -23,7 +21,7 @@ def _history_md(history: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _cellvit_asset(grouping: str):
+def _cellvit_asset(grouping: str) -> AssetsDefinition:
     name = f"cellvit_{grouping}"
 
     @asset(
@@ -39,6 +37,8 @@ def _cellvit_asset(grouping: str):
     )
     def _asset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                compute: ComputeDeviceResource) -> MaterializeResult:
+        from sthelar_platform.model import training as training_lib
+
         cfg = load_config("training")
         device = compute.resolve()
         layout = storage.layout

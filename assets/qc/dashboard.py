@@ -16,7 +16,6 @@ from dagster import (
 from assets._runtime import StageOutput, code_version_of, compute_class, run_slide_stage
 from resources import LineageResource, StorageResource
 from sthelar_platform.core.config import load_config
-from sthelar_platform.qc import dashboard as dashboard_lib
 from sthelar_platform.qc.dbt_project import qc_database, run_results_path
 
 MARTS = ("slide_summary", "patch_quality", "annotation_review", "model_leaderboard", "output_lineage")
@@ -36,7 +35,7 @@ def dashboard_thresholds() -> dict[str, float]:
         "lineage_quarantine", asset="qc_dashboard",
         description="Lineage spool files that could not be merged (another version's table, a truncated file, a value "
                     "DuckDB refuses) are kept in lineage_spool/quarantine/ with a reason; warns while any are there.")],
-    code_version=code_version_of(dashboard_lib, configs=("tiling",)),
+    code_version=code_version_of("sthelar_platform.qc.dashboard", configs=("tiling",)),
     group_name="qc",
     kinds={"html", "plotly"},
     description="dashboards/: a static QC site (cohort overview + one page per slide: registration residual and "
@@ -44,6 +43,8 @@ def dashboard_thresholds() -> dict[str, float]:
                 "model metrics, dbt test results, warnings). Serve it with `sthelar dashboard`.",
 )
 def qc_dashboard(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
+    from sthelar_platform.qc import dashboard as dashboard_lib
+
     layout = storage.layout
     final = layout.dashboards
 

@@ -1,6 +1,7 @@
 """Per-patch agreement between the Xenium nucleus masks and the H&E segmentation, and its blocking check."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetCheckResult,
@@ -21,7 +22,9 @@ from resources import LineageResource, StorageResource
 from sthelar_platform.core.config import AgreementConfig, load_config
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.warehouse import AgreementFolder, HEImageFolder, PatchesFolder
-from sthelar_platform.tiling import agreement as agreement_lib
+
+if TYPE_CHECKING:
+    from sthelar_platform.tiling.agreement import SlideAgreement
 
 
 @asset(
@@ -33,7 +36,7 @@ from sthelar_platform.tiling import agreement as agreement_lib
         description="Fraction of flagged patches (low Jaccard, out of focus, marker ink) per magnification within "
                     "tiling.yaml. Blocks this slide's exports when too many patches are unusable.")],
     automation_condition=REBUILD_ON_CHANGE,
-    code_version=code_version_of(agreement_lib, configs=("tiling",)),
+    code_version=code_version_of("sthelar_platform.tiling.agreement", configs=("tiling",)),
     group_name="patches",
     kinds={"python", "parquet", "duckdb"},
     description="Dice, Jaccard, binary PQ and detection F1 per patch (Xenium masks as truth); patches flagged "
@@ -41,11 +44,13 @@ from sthelar_platform.tiling import agreement as agreement_lib
 )
 def segmentation_agreement(context: AssetExecutionContext, storage: StorageResource,
                            lineage: LineageResource) -> MaterializeResult:
+    from sthelar_platform.tiling import agreement as agreement_lib
+
     slide_id = validate_slide_id(context.partition_key)
     cfg = load_config("tiling")
     patch_dirs = {mag: storage.stage_dir(PatchesFolder.stage_of(mag), slide_id) for mag in MAGNIFICATIONS}
 
-    def compute(out: Path) -> StageOutput[agreement_lib.SlideAgreement]:
+    def compute(out: Path) -> "StageOutput[SlideAgreement]":
         res = agreement_lib.write_slide_agreement(
             slide_id, patch_dirs, storage.stage_dir("reference_segmentation", slide_id),
             storage.folder(HEImageFolder, slide_id).image, out, cfg.agreement, cfg.patches.workers, context.log.info)
@@ -65,7 +70,9 @@ def segmentation_agreement(context: AssetExecutionContext, storage: StorageResou
 
 
 def patch_quality(summary: dict[str, dict], acfg: AgreementConfig) -> AssetCheckResult:
-    failures = agreement_lib.patch_quality_failures(summary, acfg.max_frac_flagged)
+    from sthelar_platform.tiling.agreement import patch_quality_failures
+
+    failures = patch_quality_failures(summary, acfg.max_frac_flagged)
     return AssetCheckResult(
         check_name="patch_quality", passed=not failures, severity=AssetCheckSeverity.ERROR,
         description="; ".join(failures) or "within thresholds",

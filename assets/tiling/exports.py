@@ -14,8 +14,6 @@ from resources import LineageResource, StorageResource
 from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.warehouse import SlideExportFolder
-from sthelar_platform.registration import record as record_lib
-from sthelar_platform.tiling import exports as export_lib
 
 STAGES = ("xenium_slide", "registered_he", "cell_counts", "cell_types", "patches_40x", "patches_20x",
           "segmentation_agreement")
@@ -26,13 +24,16 @@ STAGES = ("xenium_slide", "registered_he", "cell_counts", "cell_types", "patches
     partitions_def=slides_partitions,
     deps=[segmentation_agreement, registered_he, cell_types, cell_counts],
     automation_condition=REBUILD_ON_CHANGE,
-    code_version=code_version_of(export_lib, record_lib, configs=("tiling", "categories")),
+    code_version=code_version_of("sthelar_platform.tiling.exports", "sthelar_platform.registration.record",
+                                 configs=("tiling", "categories")),
     group_name="exports",
     kinds={"python", "zarr", "numpy", "png"},
     description="exports/<slide_id>/: cell_labels.parquet, cellvit/<mag>/<grouping>/, pannuke/<mag>/<grouping>/ "
                 "and sdata.zarr (images, boundaries, labelled cell table, patches with QC).",
 )
 def slide_export(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource) -> MaterializeResult:
+    from sthelar_platform.tiling import exports as export_lib
+
     slide_id = validate_slide_id(context.partition_key)
     final = storage.layout.exports / slide_id
     r = registration_of(storage, slide_id)

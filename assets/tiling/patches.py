@@ -13,8 +13,6 @@ from assets.registration import he_registration, passed_registration_of
 from resources import LineageResource, SlideCatalogResource, StorageResource
 from sthelar_platform.core.config import load_categories, load_config
 from sthelar_platform.core.warehouse import CellTypesFolder, HEImageFolder, PatchesFolder, XeniumSlideFolder
-from sthelar_platform.registration import record as record_lib
-from sthelar_platform.tiling import patches
 
 MAGNIFICATIONS = ("40x", "20x")   # the patch sets every slide gets (and the agreement QC compares)
 
@@ -28,7 +26,8 @@ def _patches_asset(magnification: str) -> AssetsDefinition:
         partitions_def=slides_partitions,
         deps=[he_registration, he_image, xenium_slide, cell_types],
         automation_condition=REBUILD_ON_CHANGE,
-        code_version=code_version_of(patches, record_lib, configs=("tiling", "categories", "pipeline.he_image")),
+        code_version=code_version_of("sthelar_platform.tiling.patches", "sthelar_platform.registration.record",
+                                     configs=("tiling", "categories", "pipeline.he_image")),
         group_name="patches",
         kinds={"python", "png", "numpy"},
         description=f"{magnification} 256 px patches (64 px overlap) holding >= 1 nucleus, with inst / type "
@@ -36,6 +35,8 @@ def _patches_asset(magnification: str) -> AssetsDefinition:
     )
     def _asset(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                catalog: SlideCatalogResource) -> MaterializeResult:
+        from sthelar_platform.tiling import patches
+
         spec = catalog.get(context.partition_key)
         slide_id = spec.slide_id
         r = passed_registration_of(storage, slide_id)

@@ -1,6 +1,7 @@
 """The independent H&E nucleus segmentation of every patch (the other side of the agreement QC)."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
@@ -12,10 +13,14 @@ from resources import ComputeDeviceResource, LineageResource, StorageResource
 from sthelar_platform.core.config import ReferenceSegmentationConfig, load_config
 from sthelar_platform.core.ids import validate_slide_id
 from sthelar_platform.core.warehouse import PatchesFolder, ReferenceSegmentationFolder
-from sthelar_platform.tiling import reference_segmentation as segmentation_lib
+
+if TYPE_CHECKING:
+    from sthelar_platform.tiling.reference_segmentation import NucleusSegmenter
+
+SEGMENTATION = "sthelar_platform.tiling.reference_segmentation"
 
 
-def configured_segmenter(cfg: ReferenceSegmentationConfig, root: Path, device: str) -> segmentation_lib.NucleusSegmenter:
+def configured_segmenter(cfg: ReferenceSegmentationConfig, root: Path, device: str) -> "NucleusSegmenter":
     """The segmenter tiling.yaml names: the classical one, or a trained CellViT (built by the model stage, handed
     to tiling here, so that tiling never imports the model package).
     """
@@ -23,16 +28,16 @@ def configured_segmenter(cfg: ReferenceSegmentationConfig, root: Path, device: s
         from sthelar_platform.model.cellvit.inference import cellvit_segmenter
 
         return cellvit_segmenter(cfg.cellvit, root, device)
-    return segmentation_lib.classical_segmenter(cfg.classical)
+    from sthelar_platform.tiling.reference_segmentation import classical_segmenter
+
+    return classical_segmenter(cfg.classical)
 
 
-def _library_entries() -> tuple:
+def _library_entries() -> tuple[str, ...]:
     """What this asset's output depends on: the classical segmenter, or the model code behind a CellViT one."""
     if load_config("tiling").reference_segmentation.method == "cellvit":
-        from sthelar_platform.model.cellvit import inference
-
-        return (segmentation_lib, inference)
-    return (segmentation_lib,)
+        return (SEGMENTATION, "sthelar_platform.model.cellvit.inference")
+    return (SEGMENTATION,)
 
 
 @asset(
@@ -49,6 +54,8 @@ def _library_entries() -> tuple:
 )
 def reference_segmentation(context: AssetExecutionContext, storage: StorageResource, lineage: LineageResource,
                            compute: ComputeDeviceResource) -> MaterializeResult:
+    from sthelar_platform.tiling import reference_segmentation as segmentation_lib
+
     slide_id = validate_slide_id(context.partition_key)
     cfg = load_config("tiling")
     rcfg = cfg.reference_segmentation

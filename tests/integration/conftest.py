@@ -36,16 +36,18 @@ def trained_home(tmp_path_factory, tiny_cohort):
     config_dir = tmp / "config"
     _short_schedule(config_dir)
     mp = pytest.MonkeyPatch()  # the short schedule applies to these runs only, not to later tests
-    mp.setenv("STHELAR_CONFIG_DIR", str(config_dir))
-    mp.setenv("STHELAR_DEVICE", "cpu")
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("slides", ["tiny"])
-    resources = sthelar_definitions.build_resources(str(home))
-    slide = materialize(SLIDE, partition_key="tiny", instance=instance, resources=resources)
-    cohort = materialize(COHORT, instance=instance, resources=resources, raise_on_error=False)
-    predictions = materialize(sthelar_definitions.PREDICTION_ASSETS, partition_key="tiny", instance=instance,
-                              resources=resources, raise_on_error=False)
-    mp.undo()
+    try:
+        mp.setenv("STHELAR_CONFIG_DIR", str(config_dir))
+        mp.setenv("STHELAR_DEVICE", "cpu")
+        instance = DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions("slides", ["tiny"])
+        resources = sthelar_definitions.build_resources(str(home))
+        slide = materialize(SLIDE, partition_key="tiny", instance=instance, resources=resources)
+        cohort = materialize(COHORT, instance=instance, resources=resources, raise_on_error=False)
+        predictions = materialize(sthelar_definitions.PREDICTION_ASSETS, partition_key="tiny", instance=instance,
+                                  resources=resources, raise_on_error=False)
+    finally:
+        mp.undo()
     return home, instance, resources, {"slide": slide, "cohort": cohort, "predictions": predictions}
 
 

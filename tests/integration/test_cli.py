@@ -8,7 +8,7 @@ import yaml
 
 from sthelar_platform.core.lineage import LineageStore
 
-
+pytestmark = pytest.mark.slow  # the CLI runs whole pipelines through the multiprocess executor, and the benchmark
 def _cli(*args, home):
     return subprocess.run([sys.executable, "-m", "sthelar_cli", "--home", str(home), *args],
                           capture_output=True, text=True, timeout=600)

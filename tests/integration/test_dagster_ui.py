@@ -11,11 +11,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from _browser import chromium, free_port, screenshot, wait_for_http
 from dagster import DagsterEventType, DagsterInstance
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+pytestmark = pytest.mark.slow  # a real webserver, daemon and chromium
 ROOT = Path(__file__).resolve().parents[2]
 
 LAUNCH = """

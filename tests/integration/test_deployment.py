@@ -65,10 +65,20 @@ print(json.dumps({"executor": job.executor_def.name, "training": tags("cellvit_d
         assert resources == cfg.classes[cls].container_config["resources"]
 
 
-def test_local_runs_keep_the_multiprocess_executor():
+def test_local_runs_fork_their_steps_from_a_server_warmed_with_their_library_code():
     import sthelar_definitions
+    from assets.executors import library_modules
 
-    assert sthelar_definitions.defs.resolve_job_def("slide_pipeline").executor_def.name == "multiprocess"
+    job = sthelar_definitions.defs.resolve_job_def("slide_pipeline")
+    executor = job.executor_def
+    assert executor.name == "sthelar_local"
+    start = executor.apply_config_mapping({}).value["config"]["start_method"]["forkserver"]
+    assert start["preload_modules"][0] == "sthelar_definitions"
+    assert {"sthelar_platform.annotation.tangram", "sthelar_platform.ingest.xenium"} <= set(start["preload_modules"])
+    qc_executor = sthelar_definitions.defs.resolve_job_def("qc_job").executor_def
+    qc = qc_executor.apply_config_mapping({}).value["config"]["start_method"]["forkserver"]
+    assert qc["preload_modules"] == ["sthelar_definitions", *library_modules(sthelar_definitions.QC_ASSETS)]
+    assert "sthelar_platform.annotation.tangram" not in qc["preload_modules"]  # a QC refresh never imports scanpy
 
 
 def _bytes(quantity: str) -> float:

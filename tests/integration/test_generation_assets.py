@@ -12,6 +12,7 @@ from sthelar_platform.ingest.manifest import SlideCatalog, SlideSpec
 from sthelar_platform.synth import synthesize_reference, synthesize_slide
 from sthelar_platform.tiling.patches import load_labels
 
+pytestmark = pytest.mark.slow  # every Xenium generation taken through the slide pipeline
 STAGES = ("xenium_slide", "he_image", "he_registration", "nucleus_counts", "cell_counts", "tangram_labels",
           "clusters", "cell_types", "patches_40x", "patches_20x")
 ASSETS = [a for a in sthelar_definitions.ALL_ASSETS if a.key.to_user_string() in STAGES]

@@ -20,6 +20,7 @@ import sthelar_definitions
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.synth.he_formats import write_he_variant
 
+pytestmark = pytest.mark.slow  # every scanner format taken through the slide pipeline
 STAGES = ("he_image", "he_registration", "patches_40x", "patches_20x", "reference_segmentation",
           "segmentation_agreement")
 LOSSY = {"svs", "ndpi", "jpeg_tiles"}  # JPEG tiles (Q=90): the pixels differ a little from the original

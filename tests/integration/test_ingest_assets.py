@@ -132,3 +132,18 @@ def test_workspace_loads_with_dagster_cli(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_readme_asset_graph_figure_matches_the_definitions():
+    """docs/img/asset_graph.png is drawn from the same description as docs/img/asset_graph.json."""
+    import json
+
+    root = ROOT
+    sys.path.insert(0, str(root / "docs"))
+    from asset_graph import graph_description
+
+    committed = json.loads((root / "docs" / "img" / "asset_graph.json").read_text())
+    assert committed == json.loads(json.dumps(graph_description())), \
+        "the asset graph changed: redraw it with `.venv/bin/python docs/asset_graph.py`"
+    assert (root / "docs" / "img" / "asset_graph.png").stat().st_size > 10_000
+    assert "docs/img/asset_graph.png" in (root / "README.md").read_text()

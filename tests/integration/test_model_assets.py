@@ -16,7 +16,7 @@ from sthelar_platform.core.hashing import sha256_tree
 from sthelar_platform.core.lineage import LineageStore
 from sthelar_platform.tiling.patches import load_labels
 
-
+pytestmark = pytest.mark.slow  # CellViT training, evaluation and predictions
 @pytest.fixture(scope="module")
 def trained(trained_home):
     return trained_home

@@ -21,6 +21,7 @@ from sthelar_platform.ingest.manifest import SlideCatalog, load_manifest
 from sthelar_platform.synth import synthesize_slide
 from sthelar_platform.tiling.patches import load_labels
 
+pytestmark = pytest.mark.slow  # the whole slide pipeline and the training dataset
 ALL = sthelar_definitions.ALL_ASSETS
 
 

@@ -14,6 +14,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from sthelar_platform.ingest.manifest import SlideCatalog
 
+pytestmark = pytest.mark.slow  # chromium on the QC site of a trained home
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -14,6 +14,7 @@ from synthetic_qc import write_synthetic_qc
 import sthelar_definitions
 from sthelar_platform.core.lineage import LineageStore
 
+pytestmark = pytest.mark.slow  # dbt builds, a real Postgres server
 ROOT = Path(__file__).resolve().parents[2]
 
 

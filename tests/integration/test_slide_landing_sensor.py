@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from dagster import DagsterInstance
 
@@ -15,6 +16,7 @@ from sthelar_cli.runner import init_instance_storage
 from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 from sthelar_platform.ingest.manifest import SlideCatalog, specs_from_folder
 
+pytestmark = pytest.mark.slow  # a real Dagster daemon
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -35,7 +35,6 @@ def wait_for_http(url: str, timeout_s: float = 300, proc=None) -> None:
 def chromium(width: int = 1400, height: int = 1800) -> webdriver.Chrome:
     binary = shutil.which("chromium") or "/usr/bin/chromium"
     driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager try to download a driver
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}",

@@ -71,3 +71,18 @@ def test_stage_has_its_unit_tests(stage):
 @pytest.mark.parametrize("stage", ["ingest", "registration", "annotation", "tiling", "model", "qc"])
 def test_stage_has_its_assets(stage):
     assert (ROOT / "assets" / f"{stage}.py").exists() or (ROOT / "assets" / stage / "__init__.py").exists()
+
+
+HEAVY = ("torch", "scanpy", "anndata", "spatialdata", "spatialdata_io", "tangram", "great_expectations", "skimage",
+         "singler")
+
+
+def test_loading_the_definitions_imports_no_heavy_library():
+    """The UI, the daemon and every run load the definitions: the stages' heavy libraries load in their steps."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sthelar_definitions; "
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1:] in ([], [""]), f"imported at definition load: {out.stdout.strip()}"

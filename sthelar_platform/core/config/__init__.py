@@ -25,7 +25,7 @@ _EXPORTS = {
     "TrainingConfig": "training", "DatasetConfig": "training", "HFLayoutConfig": "training",
     "ScheduleConfig": "training", "TrainingRunConfig": "training", "EvaluationConfig": "training",
     "PostprocessConfig": "training", "InferenceConfig": "training",
-    "DeploymentConfig": "deployment", "ComputeClass": "deployment",
+    "DeploymentConfig": "deployment", "ComputeClass": "deployment", "LocalExecutorConfig": "deployment",
     "SyntheticConfig": "synthetic", "SyntheticSize": "synthetic", "World": "synthetic",
     "WorldExpression": "synthetic", "WorldAtlas": "synthetic", "WorldDeformation": "synthetic",
     "WorldHE": "synthetic", "HEStain": "synthetic", "HENuclei": "synthetic", "HECells": "synthetic",
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # what a type checker sees; at run time each name loads with 
         TangramConfig,
     )
     from sthelar_platform.core.config.categories import CategoriesConfig, GroupingSpec
-    from sthelar_platform.core.config.deployment import ComputeClass, DeploymentConfig
+    from sthelar_platform.core.config.deployment import ComputeClass, DeploymentConfig, LocalExecutorConfig
     from sthelar_platform.core.config.loading import (
         CONFIG_NAMES,
         PACKAGED_CONFIG_DIR,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from sthelar_platform.core.config._base import Section
 
@@ -15,8 +15,15 @@ class ComputeClass(Section):
     pod_spec_config: dict[str, Any] = {}
 
 
+class LocalExecutorConfig(Section):
+    start_method: Literal["forkserver", "spawn"] = "forkserver"
+    max_concurrent: PositiveInt = 2
+    gpu_steps_at_once: PositiveInt = 1
+
+
 class DeploymentConfig(Section):
     version: int
+    local_executor: LocalExecutorConfig = LocalExecutorConfig()
     classes: dict[str, ComputeClass]
     assets: dict[str, str]
     # asset -> the bench stage (or ``stage.step``) whose peak RSS on the xl slide sized its class

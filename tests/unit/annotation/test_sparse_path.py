@@ -85,6 +85,7 @@ def test_marker_scores_equal_dense_z_scores():
     assert label["0"] == "first" and label["1"] == "second"
 
 
+@pytest.mark.slow  # a 60,000-cell slide
 def test_clustering_never_densifies_the_matrix(slide):
     a, types = slide
     dense_bytes = a.n_obs * a.n_vars * 4
@@ -140,6 +141,7 @@ def test_wilcoxon_on_a_per_cluster_sample_finds_the_same_markers():
         assert set(capped[capped["cluster"] == str(t)]["gene"]) == planted
 
 
+@pytest.mark.slow  # pynndescent compiles with numba
 def test_large_slides_cluster_on_an_approximate_knn_graph_that_finds_the_same_types():
     from sklearn.metrics import adjusted_rand_score
 

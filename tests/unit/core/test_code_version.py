@@ -184,12 +184,12 @@ def test_the_cellvit_reference_segmenter_puts_the_model_code_in_the_version(tmp_
     from assets.tiling.reference_segmentation import _library_entries
     from sthelar_platform.core.config import PACKAGED_CONFIG_DIR
 
-    assert [m.__name__ for m in _library_entries()] == ["sthelar_platform.tiling.reference_segmentation"]
+    assert _library_entries() == ("sthelar_platform.tiling.reference_segmentation",)
     cfg = yaml.safe_load((PACKAGED_CONFIG_DIR / "tiling.yaml").read_text())
     cfg["reference_segmentation"]["method"] = "cellvit"
     (tmp_path / "tiling.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("STHELAR_CONFIG_DIR", str(tmp_path))
-    assert "sthelar_platform.model.cellvit.inference" in [m.__name__ for m in _library_entries()]
+    assert "sthelar_platform.model.cellvit.inference" in _library_entries()
 
 
 def test_every_library_module_an_asset_uses_is_in_its_code_version():

@@ -15,7 +15,7 @@ def pg_server():
         yield url
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.slow)])  # slow: a Postgres server
 def lineage_url(request) -> str | None:
     """None (DuckDB) or the URL of a fresh Postgres database."""
     return fresh_database(request.getfixturevalue("pg_server")) if request.param == "postgres" else None
@@ -122,6 +122,7 @@ def test_unmergeable_spool_files_are_quarantined_and_nothing_else_stops(tmp_path
     assert store.latest_data_version("cell_types", "s1") == "v4"
 
 
+@pytest.mark.slow  # a Postgres server
 def test_postgres_snapshot_is_the_duckdb_file_dbt_reads_with_the_same_rows(tmp_path, pg_server):
     url = fresh_database(pg_server)
     pg = LineageStore(tmp_path / "pg" / "lineage.duckdb", url=url)
@@ -150,6 +151,7 @@ def test_postgres_snapshot_is_the_duckdb_file_dbt_reads_with_the_same_rows(tmp_p
     assert dumps["pg"] == dumps["local"]
 
 
+@pytest.mark.slow  # a Postgres server
 def test_postgres_unreachable_keeps_rows_in_the_spool_until_it_is_back(tmp_path, pg_server):
     url = fresh_database(pg_server)
     down = LineageStore(tmp_path / "lineage.duckdb", url=url.replace(url.split("@")[1].split("/")[0], "127.0.0.1:9"))

@@ -82,6 +82,7 @@ def test_a_cell_head_model_may_drop_the_type_maps():
         build_model("conv_small", n_types=4, n_tissues=1, type_maps=False)
 
 
+@pytest.mark.slow  # 25 epochs of training
 def test_the_cell_head_learns_types_and_decides_them_at_inference(tmp_path):
     torch.set_num_threads(2)
     records = drawn_patches(tmp_path / "data", n=6)

@@ -55,6 +55,7 @@ def _bpq(model, ds):
     return float(np.mean(scores))
 
 
+@pytest.mark.slow  # 30 epochs of training
 def test_tiny_config_overfits_a_handful_ofdrawn_patches(tmp_path):
     torch.set_num_threads(2)
     records = drawn_patches(tmp_path / "data")
