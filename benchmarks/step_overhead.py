@@ -85,6 +85,7 @@ def _facts_in_child(home: Path, code: Path) -> list[dict]:
 
 
 def tiny_slide(code: Path, cohort: Path, work: Path, name: str) -> dict:
+    """The tiny slide's pipeline through `sthelar materialize`, in a fresh home, with its run's numbers."""
     home = work / f"home_{name}"
     _cli(code, home, "slides", "add", "--manifest", str(cohort / "manifest.yaml"))
     wall, _ = _cli(code, home, "materialize", "--slide", "tiny")
@@ -95,6 +96,7 @@ def tiny_slide(code: Path, cohort: Path, work: Path, name: str) -> dict:
 
 
 def demo(code: Path, work: Path, name: str) -> dict:
+    """`sthelar demo` on an empty home: its wall time and each job's runs, step processes and compute."""
     home = work / f"demo_{name}"
     wall, res = _cli(code, home, "demo", timeout=4 * 3600)
     runs = _facts_in_child(home, code)

@@ -63,6 +63,7 @@ def _depths(desc: dict) -> dict[str, int]:
 
 
 def draw(desc: dict, out: Path) -> None:
+    """Boxes by depth (the slide pipeline on top, the cohort below), coloured by group, checks inside."""
     import matplotlib
 
     matplotlib.use("Agg")
