@@ -1,7 +1,8 @@
 """Benchmark every stage that exists on the `bench` SYNTHETIC slide (>= 100k cells, >= 20M transcripts).
 
 Usage: python benchmarks/run.py [--size bench|demo|tiny] [--stage NAME ...]
-JSON per stage in $STHELAR_HOME/bench/<stage>.json: wall_s, throughput (+unit), peak_rss_mb, inputs.
+JSON per stage in $STHELAR_HOME/bench/<size>/<stage>.json (wall_s, throughput + unit, peak_rss_mb, inputs) and
+bench/<size>/summary.json; the assets run in the platform home bench/<size>/home/ (sthelar_cli/bench.py).
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Where a small slide's pipeline time goes: step processes starting against the assets' own compute.
 
-Usage: python benchmarks/step_overhead.py [--code DIR ...] [--demo] [--out FILE.json]
+Usage: python benchmarks/step_overhead.py [--code DIR ...] [--demo] [--imports] [--out FILE.json]
 
 For each code checkout given (default: this one; give an older checkout to compare, e.g. a `git worktree`),
 in a fresh home: register the tiny SYNTHETIC slide (one cohort, generated once, shared by every checkout)
@@ -8,7 +8,8 @@ and time `sthelar materialize --slide tiny` as a user runs it, in a subprocess. 
 log: the number of step processes, each step's start-up (its process launched -> its step started, i.e.
 interpreter, imports and definitions), and the assets' own compute time (the ``wall_s`` each materialization
 records). With ``--demo`` the checkouts also run `sthelar demo` on an empty home each: its wall time and
-each job's (slide pipelines, training, predictions, QC).
+each job's (slide pipelines, training, predictions, QC). ``--imports`` times, in fresh interpreters, the
+definitions' load and each asset's library stage: what a step paid before its server preloaded them.
 """
 
 from __future__ import annotations
@@ -84,6 +85,31 @@ def _facts_in_child(home: Path, code: Path) -> list[dict]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def import_seconds(code: Path, module: str, repeats: int = 3) -> float:
+    """Median seconds to import ``module`` in a fresh interpreter (what a step process without a warm server paid)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {module}"], cwd=code, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return round(median(times), 2)
+
+
+def import_costs(code: Path) -> dict:
+    """The definitions' load, and each asset's library stage alone (its code version's entry modules)."""
+    script = ("import json, sthelar_definitions as d; from assets._runtime import CODE_VERSION_INPUTS as C; "
+              "g = d.defs.resolve_asset_graph(); "
+              "print(json.dumps({k.to_user_string(): C[g.get(k).code_version][0] for k in g.get_all_asset_keys() "
+              "if g.get(k).code_version in C}))")
+    res = subprocess.run([sys.executable, "-c", script], cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+                         capture_output=True, text=True, check=True)
+    entries = json.loads(res.stdout.strip().splitlines()[-1])
+    stages = {a: import_seconds(code, ", ".join(mods)) for a, mods in sorted(entries.items())}
+    return {"python_startup_s": import_seconds(code, "sys"), "definitions_s": import_seconds(code, "sthelar_definitions"),
+            "stage_library_s": stages}
+
+
 def tiny_slide(code: Path, cohort: Path, work: Path, name: str) -> dict:
     """The tiny slide's pipeline through `sthelar materialize`, in a fresh home, with its run's numbers."""
     home = work / f"home_{name}"
@@ -117,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--code", type=Path, action="append", help="a checkout to run (default: this one); repeatable")
     p.add_argument("--demo", action="store_true", help="also run `sthelar demo` on an empty home per checkout")
     p.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one)")
+    p.add_argument("--imports", action="store_true", help="also time each stage's library import in a fresh process "
+                   "(this checkout's definitions)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     codes = [c.resolve() for c in (args.code or [ROOT])]
@@ -130,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         report["tiny_slide"].append(tiny_slide(code, cohort, work, name))
         if args.demo:
             report["demo"].append(demo(code, work, name))
+    if args.imports:
+        report["imports"] = import_costs(ROOT)
     report["peak_rss_mb"] = peak_rss_mb()
     return emit(report, args.out)
 

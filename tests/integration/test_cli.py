@@ -53,7 +53,7 @@ def test_duplicate_ids_and_bad_manifest_exit_2_with_message(tiny_cohort, tmp_pat
 
 
 def test_bench_writes_each_stage_and_a_size_summary_with_its_commands(tmp_path):
-    """`sthelar bench` on the tiny size: per-stage JSON and summaries/<size>.json with the slide's facts."""
+    """`sthelar bench` on the tiny size: the real assets in a home of its own, per-stage JSON and the size summary."""
     import json
 
     home = tmp_path / "home"
