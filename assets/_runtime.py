@@ -36,7 +36,7 @@ class ComputeClassArgs(TypedDict):
 
 
 def compute_class(asset_name: str) -> ComputeClassArgs:
-    """``op_tags`` and ``pool`` for an asset from config/deployment.yaml; an asset without a class is refused.
+    """``op_tags`` and ``pool`` for an asset from sthelar_platform/config/deployment.yaml; an asset without a class is refused.
 
     The tags are what the Kubernetes executor reads (``dagster-k8s/config``); locally they are inert.
     """

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/cpu_schedule.py --home sthelar_home --out benchmarks/results/cpu_schedule.json
 
-Each grouping trains in a fresh process with config/training.yaml's ``cpu`` schedule (as the
+Each grouping trains in a fresh process with sthelar_platform/config/training.yaml's ``cpu`` schedule (as the
 ``cellvit_*`` assets do) and is then evaluated on the test split (as ``model_evaluation`` does).
 Options override single schedule keys, for the experiments the config comments cite.
 """

@@ -5,7 +5,7 @@ Usage: python benchmarks/knn_graph.py --home HOME [--size xl] [--cells 110000 51
 Needs a bench slide's `cell_counts` step (`sthelar bench --size xl --stage ingest --stage annotation`).
 Computes the clustering's PCs once (cells above the Less10 threshold), then builds each graph in a
 fresh process, as an asset run would (pynndescent's numba compilation is paid once per process).
-Sets `clustering.exact_knn_max_cells` in config/annotation.yaml.
+Sets `clustering.exact_knn_max_cells` in sthelar_platform/config/annotation.yaml.
 """
 
 from __future__ import annotations

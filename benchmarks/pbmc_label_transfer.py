@@ -8,7 +8,7 @@ pbmc68k_reduced ships log-normalized values (in .raw), not counts: SingleR and t
 as they are; expm1 gives Tangram and the cross-check normalized expression, which they re-normalize.
 Prints JSON: agreement with `bulk_labels`, overall and per label, and at two coarser levels: the cell
 type each sorted population is (naive, memory and regulatory CD4 T cells are all CD4 T cells), and the
-platform's harmonized category (config/categories.yaml), the level the platform annotates slides at.
+platform's harmonized category (sthelar_platform/config/categories.yaml), the level the platform annotates slides at.
 """
 
 import argparse

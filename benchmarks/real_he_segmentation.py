@@ -4,7 +4,7 @@ Usage: python benchmarks/real_he_segmentation.py --home sthelar_home [--simple-h
 
 Real data: stardist's wheel ships ``histo.jpg`` (500 x 300 px of real H&E; nuclei ~25 px across,
 so read as 40x, 0.25 µm/px) and DSB2018 fluorescence nuclei with masks (``img2d.tif``,
-``mask2d.tif``). The classical reference segmenter (config/tiling.yaml) runs on the real tile and on
+``mask2d.tif``). The classical reference segmenter (sthelar_platform/config/tiling.yaml) runs on the real tile and on
 40x demo patches; the report gives nucleus counts, density and the area distribution of both, the
 synthetic truth's too, and the stain vectors (Macenko) of each, so the synthetic renderer can be
 calibrated against real H&E. No stage of the platform segments DAPI (Xenium's own nucleus

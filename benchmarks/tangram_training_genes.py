@@ -6,7 +6,7 @@ Usage: python benchmarks/tangram_training_genes.py --home HOME [--size xl] [--ce
 Needs the size's bench slide and its `cell_counts` step (`sthelar bench --size xl --stage ingest
 --stage annotation`). Maps one bag of randomly drawn cells (more than 10 transcripts) with each
 markers-per-label : epochs setting and scores Tangram's own category (before the cluster rule)
-against the SYNTHETIC truth. Sets `tangram.markers_per_label` in config/annotation.yaml.
+against the SYNTHETIC truth. Sets `tangram.markers_per_label` in sthelar_platform/config/annotation.yaml.
 """
 
 from __future__ import annotations

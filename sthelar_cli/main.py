@@ -25,7 +25,7 @@ def _home(args: argparse.Namespace):
     return use_home(args.home or os.environ.get("STHELAR_HOME", DEFAULT_HOME))
 
 
-WORLD_HELP = ("a `worlds` entry of config/synthetic.yaml: simple, or realistic (spillover, doublets, ambient RNA, "
+WORLD_HELP = ("a `worlds` entry of sthelar_platform/config/synthetic.yaml: simple, or realistic (spillover, doublets, ambient RNA, "
               "slide batch effects, an atlas missing a category and naming labels its own way); default: the size's")
 
 

@@ -25,7 +25,7 @@ REBUILD_ON_CHANGE = AutomationCondition.eager().replace("newly_updated", Automat
     partitions_def=slides_partitions,
     group_name="annotation",
     description="The single-cell reference atlas each slide is annotated with (the slide's own `reference`, else "
-                "its tissue's in config/annotation.yaml). Data version = the file's sha256, per slide partition.",
+                "its tissue's in sthelar_platform/config/annotation.yaml). Data version = the file's sha256, per slide partition.",
 )
 def reference_atlas(storage: StorageResource, catalog: SlideCatalogResource) -> DataVersionsByPartition:
     from sthelar_platform.annotation.references import reference_spec

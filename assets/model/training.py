@@ -76,6 +76,6 @@ def _cellvit_asset(grouping: str) -> AssetsDefinition:
     return _asset
 
 
-# the class groupings a model is trained for (config/categories.yaml); evaluation and predictions use the same
+# the class groupings a model is trained for (sthelar_platform/config/categories.yaml); evaluation and predictions use the same
 GROUPINGS = ("detailed", "grouped")
 cellvit_detailed, cellvit_grouped = (_cellvit_asset(g) for g in GROUPINGS)

@@ -22,7 +22,7 @@ MARTS = ("slide_summary", "patch_quality", "annotation_review", "model_leaderboa
 
 
 def dashboard_thresholds() -> dict[str, float]:
-    """The QC thresholds the dashboard colours by, from config/tiling.yaml."""
+    """The QC thresholds the dashboard colours by, from sthelar_platform/config/tiling.yaml."""
     a = load_config("tiling").agreement
     return {"max_frac_flagged": float(a.max_frac_flagged), "flag_below_jaccard": float(a.flag_below_jaccard),
             "flag_focus_ratio_below": float(a.flag_focus_ratio_below), "flag_ink_above": float(a.flag_ink_above)}

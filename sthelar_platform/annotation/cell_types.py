@@ -154,7 +154,7 @@ def write_cell_types(slide_id: str, xenium_dir: Path, cell_dir: Path, tangram_di
 
 
 def _singler_crosscheck(active: ad.AnnData, tangram_dir: Path, cfg: AnnotationConfig) -> pd.DataFrame | None:
-    """SingleR's labels of the annotated cells, when config/annotation.yaml asks for them."""
+    """SingleR's labels of the annotated cells, when sthelar_platform/config/annotation.yaml asks for them."""
     cc = cfg.crosscheck
     if not cc.singler:
         return None

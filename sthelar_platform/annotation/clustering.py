@@ -1,7 +1,7 @@
 """Unsupervised evidence on the slide itself: Leiden clusters, Wilcoxon markers, marker scores.
 
 The reference pipeline's recipe (normalize_total 1e4, log1p, scale max 10, PCA, neighbors,
-Leiden, Wilcoxon with BH), with every parameter in config/annotation.yaml. The expression matrix
+Leiden, Wilcoxon with BH), with every parameter in sthelar_platform/config/annotation.yaml. The expression matrix
 stays sparse throughout (a 500k-cell x 5k-gene slide is 10 GB dense): genes are scaled to unit
 variance without centring, PCA centres implicitly, and marker scores come from per-cluster sums.
 """

@@ -20,7 +20,7 @@ from sthelar_platform.core.config.annotation import ReferencesConfig
 from sthelar_platform.core.errors import ConfigError, InputError
 from sthelar_platform.core.hashing import sha256_file
 
-FIX_REF = "provide an .h5ad atlas with raw integer counts in X and the label column named in config/annotation.yaml"
+FIX_REF = "provide an .h5ad atlas with raw integer counts in X and the label column named in sthelar_platform/config/annotation.yaml"
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def load_reference(spec: ReferenceSpec, categories: CategorySystem, cfg: Referen
         raise InputError(path, f"not a readable .h5ad file ({type(exc).__name__}: {exc})", FIX_REF) from exc
     if spec.label_column not in ref.obs:
         raise InputError(path, f"reference has no label column {spec.label_column!r} (columns: {list(ref.obs.columns)})",
-                         "set references.default.label_column (or the tissue's) in config/annotation.yaml")
+                         "set references.default.label_column (or the tissue's) in sthelar_platform/config/annotation.yaml")
     if ref.n_obs == 0 or ref.n_vars == 0:
         raise InputError(path, f"reference is empty ({ref.n_obs} cells x {ref.n_vars} genes)", FIX_REF)
     _check_counts(ref.X, path)
@@ -99,7 +99,7 @@ def load_reference(spec: ReferenceSpec, categories: CategorySystem, cfg: Referen
     unknown = sorted(set(labels) - set(mapping))
     if unknown:
         raise InputError(path, f"labels without a category: {unknown[:8]}{' …' if len(unknown) > 8 else ''}",
-                         "map them in references.extra_label_map (config/annotation.yaml)")
+                         "map them in references.extra_label_map (sthelar_platform/config/annotation.yaml)")
     bad = sorted({mapping[lb] for lb in set(labels)} - set(cats.categories) - set(cats.special_labels))
     if bad:
         raise ConfigError("categories.yaml", "label_map", f"points to unknown categories {bad}",

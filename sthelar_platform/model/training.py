@@ -58,7 +58,7 @@ def split_records(gdir: Path, split: str, tissues: list[str]) -> list[PatchRecor
     names = splits.loc[splits["split"] == split, "img"].tolist()
     if not names:
         raise InputError(folder.splits, f"the {split!r} split holds no patches",
-                         "add slides or change dataset.fractions / dataset.split in config/training.yaml (a small "
+                         "add slides or change dataset.fractions / dataset.split in sthelar_platform/config/training.yaml (a small "
                          "slide may hold too few 20x patches: set the schedule's magnification to 40x)")
     return [PatchRecord(folder.images / n, folder.label(n.removesuffix(".png")), index.get(types[n], 0)) for n in names]
 
@@ -143,7 +143,7 @@ def train_cellvit(dataset: Path, grouping: str, cfg: TrainingConfig, device: str
             mag = (init_ckpt.get("meta") or {}).get("magnification") or mag
     if init_ckpt is not None and init_path is not None and mag not in cfg.dataset.magnifications:
         raise InputError(init_path, f"the checkpoint was trained at {mag}, which the dataset does not export",
-                         f"add {mag} to dataset.magnifications in config/training.yaml")
+                         f"add {mag} to dataset.magnifications in sthelar_platform/config/training.yaml")
     gdir = grouping_dir(dataset, cfg, grouping, mag)
     classes, weights = dataset_classes(gdir)
     tissues = dataset_tissues(gdir)

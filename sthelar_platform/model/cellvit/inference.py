@@ -163,7 +163,7 @@ class CellViTSegmenter:
             self._model.meta["um_per_px"] = NOMINAL_UM_PER_PX.get(self.magnification)
         if not self._model.meta.get("um_per_px"):
             raise InputError(self.checkpoint, "the checkpoint does not say which magnification it was trained at",
-                             "set reference_segmentation.cellvit.magnification to 40x or 20x in config/tiling.yaml")
+                             "set reference_segmentation.cellvit.magnification to 40x or 20x in sthelar_platform/config/tiling.yaml")
 
     def segment(self, rgb: np.ndarray, um_per_px: float) -> np.ndarray:
         h, w = rgb.shape[:2]
