@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
 os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager try to download a driver
+# wsidicomizer writes the DICOM WSI test scans from its own environment (`make wsidicomizer`)
+_DICOMIZER = Path(__file__).resolve().parents[1] / ".venv-wsidicomizer" / "bin" / "wsidicomizer"
+if _DICOMIZER.exists():
+    os.environ.setdefault("STHELAR_WSIDICOMIZER", str(_DICOMIZER))
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +29,15 @@ def tiny_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_slide(tiny_cohort) -> Path:
     return tiny_cohort / "slides" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_dicom(tiny_slide, tmp_path_factory) -> Path:
+    """The tiny slide's H&E as a DICOM WSI series folder (wsidicomizer's copy of its SVS variant); read-only."""
+    from sthelar_platform.synth.he_formats import write_he_variant
+
+    return write_he_variant(next((tiny_slide / "he").glob("*he_image.ome.tif")), tmp_path_factory.mktemp("dicom"),
+                            "dicom")
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ import tifffile
 import zarr
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.wsi import WholeSlide, level_downsample
+from sthelar_platform.core.wsi import SlideReader, WholeSlide, level_downsample
 
 TILE = 512
 RenderFn = Callable[[int, int, int, int, int], np.ndarray]
@@ -103,7 +103,7 @@ def _halve(read: Callable[[int, int, int, int], np.ndarray], shape: tuple[int, i
     return render
 
 
-def write_averaged_pyramid(slide: WholeSlide, dst: Path, pixel_size_um: float, workers: int = 2,
+def write_averaged_pyramid(slide: SlideReader, dst: Path, pixel_size_um: float, workers: int = 2,
                            progress: Callable[[str], None] | None = None) -> list[tuple[int, int]]:
     """Stream ``slide``'s level 0 into a 2x pyramid at ``dst`` (the platform's H&E format); returns its
     level shapes.

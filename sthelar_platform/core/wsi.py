@@ -13,6 +13,10 @@ the axis handling is done here, once, at open time:
 
 Nothing reads a whole level unless asked to with :meth:`WholeSlide.read_level`, which refuses
 levels above ``max_pixels``.
+
+:class:`SlideReader` is what every format's reader offers (``core/wsi_dicom.py`` for DICOM WSI);
+``core/scans.py`` picks the reader for a scan as a lab has it. The platform's own pyramid is always
+a TIFF and opens as :class:`WholeSlide`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import tifffile
@@ -28,7 +33,7 @@ import zarr
 from sthelar_platform.core.errors import InputError
 
 FIX_FORMAT = ("export the scan as a tiled (OME-)TIFF or SVS (e.g. with QuPath or bfconvert); "
-              "see the README's scanners and formats table")
+              "see docs/formats.md, scanners and formats")
 PLAUSIBLE_MPP = (0.05, 20.0)  # µm/px of any light-microscopy scan; outside it a tag is not a pixel size
 WHOLE_LEVEL_MAX_PIXELS = 64_000_000  # a whole-level read above this is refused (e.g. 8000 x 8000)
 
@@ -38,6 +43,35 @@ class SlideLevel:
     height: int
     width: int
     downsample: float
+
+
+class SlideReader(Protocol):
+    """What every stage needs of a scan, whatever its format (TIFF family or DICOM WSI)."""
+
+    path: Path
+    axes: str
+    dtype: str
+    compression: str
+    mpp: float | None
+    mpp_source: str
+
+    @property
+    def levels(self) -> list[SlideLevel]: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def level0_shape(self) -> tuple[int, ...]: ...
+    @property
+    def all_levels_tiled(self) -> bool: ...
+    @property
+    def is_rgb(self) -> bool: ...
+    def read_region(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray: ...
+    def read_level(self, level: int, max_pixels: int = ...) -> np.ndarray: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> SlideReader: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def _ome_mpp(tf: tifffile.TiffFile) -> float | None:

@@ -1,7 +1,7 @@
 """The H&E scan as the lab has it, turned once into the platform's own pyramid.
 
 Any scan the whole-slide layer opens (SVS, NDPI, OME-TIFF in any axis order, generic tiled or
-single-level TIFF, JPEG / JPEG 2000 / LZW / deflate tiles) becomes one tiled ``YXS`` uint8 OME-TIFF
+single-level TIFF, JPEG / JPEG 2000 / LZW / deflate tiles, a DICOM WSI series folder) becomes one tiled ``YXS`` uint8 OME-TIFF
 with 2x levels down to thumbnail size and its pixel size in the OME metadata. The conversion is
 streamed region by region (each level from the one above, area-averaged, through temporary
 single-level files), so peak memory does not grow with the slide. A scan that already is such a
@@ -18,11 +18,12 @@ from pathlib import Path
 from sthelar_platform.core.atomic import link_or_copy
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.imaging import open_pyramid, read_level, thumbnail_level, write_averaged_pyramid
+from sthelar_platform.core.scans import open_slide
 from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.core.warehouse import HEImageFolder
-from sthelar_platform.core.wsi import WholeSlide
+from sthelar_platform.core.wsi import SlideReader
 
-FIX_IMAGE = "export the H&E as an RGB whole-slide image (SVS, NDPI or tiled OME-TIFF; see the README's scanners table)"
+FIX_IMAGE = "export the H&E as an RGB whole-slide image (SVS, NDPI, tiled OME-TIFF or DICOM WSI; see docs/formats.md)"
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ def magnification_of(pixel_size_um: float | None, ranges: Mapping[str, tuple[flo
     return f"other ({pixel_size_um:.3f} µm/px)"
 
 
-def validate_he(path: str | Path) -> WholeSlide:
+def validate_he(path: str | Path) -> SlideReader:
     """The scan, opened; an InputError names what makes it unusable as an H&E."""
-    slide = WholeSlide(path)
+    slide = open_slide(path)
     problem, fix = None, FIX_IMAGE
     if not slide.is_rgb:
         problem = f"not an RGB image (axes {slide.axes}, level 0 shape {slide.level0_shape})"
@@ -70,7 +71,7 @@ def validate_he(path: str | Path) -> WholeSlide:
     return slide
 
 
-def is_platform_pyramid(slide: WholeSlide) -> bool:
+def is_platform_pyramid(slide: SlideReader) -> bool:
     """Already what ingest would write: tiled YXS uint8 with its OME pixel size, 2x levels (rounded either way)
     down to thumbnail size.
     """

@@ -3,7 +3,8 @@
 Layout (``$STHELAR_HOME/landing/incoming/<slide_id>/``)::
 
     slide.yaml        one manifest entry: tissue, and optionally xenium_dir (default xenium/),
-                      he_image (default the first *he_image.ome.tif below), alignment_csv,
+                      he_image (default the first *he_image.ome.tif below, else a folder
+                      of DICOM *.dcm instances), alignment_csv,
                       reference, all relative to this folder (slide_id = the folder name)
     xenium/           the Xenium output bundle
     *he_image.ome.tif the H&E image
@@ -129,7 +130,9 @@ def inspect_folder(folder: Path) -> LandingFolder:
     missing = [f"xenium/{f}" for f in REQUIRED_FILES if not (spec.xenium_dir / f).is_file()]
     if not any((spec.xenium_dir / m).exists() for m in ("morphology_focus", "morphology_focus.ome.tif", "morphology.ome.tif")):
         missing.append("xenium/morphology_focus")
-    for name, path in (("he_image", spec.he_image), ("alignment_csv", spec.alignment_csv), ("reference", spec.reference)):
+    if not (spec.he_image.is_file() or spec.he_image.is_dir()):  # a DICOM WSI series is a folder
+        missing.append(f"he_image: {spec.he_image.name}")
+    for name, path in (("alignment_csv", spec.alignment_csv), ("reference", spec.reference)):
         if path is not None and not path.is_file():
             missing.append(f"{name}: {path.name}")
     return replace(base, missing=tuple(missing), spec=spec)

@@ -90,7 +90,8 @@ def parse_slide(row: dict, base: Path, source: Path, check_files: bool = True) -
         synthetic=str(row.get("synthetic", False)).lower() in ("true", "1", "yes"),
     )
     if check_files:
-        checks = [("xenium_dir", spec.xenium_dir, True), ("he_image", spec.he_image, False),
+        # the H&E is a file, or a folder of DICOM instances (one DICOM WSI series)
+        checks = [("xenium_dir", spec.xenium_dir, True), ("he_image", spec.he_image, None),
                   ("alignment_csv", spec.alignment_csv, False), ("reference", spec.reference, False)]
         for field, p, is_dir in checks:
             if p is None:
@@ -98,9 +99,10 @@ def parse_slide(row: dict, base: Path, source: Path, check_files: bool = True) -
             if not p.exists():
                 raise InputError(source, f"slide {slide_id}: {field} {p} does not exist",
                                  "fix the path (relative paths resolve against the manifest's folder)")
-            if is_dir != p.is_dir():
+            if is_dir is not None and is_dir != p.is_dir():
                 raise InputError(source, f"slide {slide_id}: {field} {p} should be a {'folder' if is_dir else 'file'}",
-                                 "point xenium_dir at the Xenium output folder and the others at files")
+                                 "point xenium_dir at the Xenium output folder, he_image at the scan (a file, or a "
+                                 "DICOM WSI series folder) and the others at files")
     return spec
 
 
@@ -123,7 +125,9 @@ HE_PATTERNS = ("*he_image.ome.tif", "*.svs", "*.ndpi", "*.ome.tif", "*.ome.tiff"
 
 
 def find_he_image(folder: Path) -> Path | None:
-    """The H&E of a slide folder: the first match of ``HE_PATTERNS`` below it, morphology images aside."""
+    """The H&E of a slide folder: the first match of ``HE_PATTERNS`` below it, morphology images aside; else
+    the folder holding its DICOM instances (``*.dcm``: a DICOM WSI series).
+    """
     # a Xenium bundle in a subfolder holds no H&E (a bundle that is the folder itself: morphology names aside)
     bundles = [b.parent for b in folder.rglob("experiment.xenium") if b.parent != folder]
     for pattern in HE_PATTERNS:
@@ -131,7 +135,8 @@ def find_he_image(folder: Path) -> Path | None:
                and not any(p.is_relative_to(b) for b in bundles)]
         if hes:
             return hes[0]
-    return None
+    series = sorted({p.parent for p in folder.rglob("*.dcm") if not any(p.is_relative_to(b) for b in bundles)})
+    return series[0] if series else None
 
 
 def specs_from_folder(folder: str | Path, tissue: str, slide_id: str | None = None) -> SlideSpec:
@@ -140,7 +145,7 @@ def specs_from_folder(folder: str | Path, tissue: str, slide_id: str | None = No
     xen = folder / "xenium" if (folder / "xenium" / "experiment.xenium").exists() else folder
     he = find_he_image(folder)
     if he is None:
-        raise InputError(folder, "no H&E image (*he_image.ome.tif, .svs, .ndpi or .tif) found",
+        raise InputError(folder, "no H&E image (*he_image.ome.tif, .svs, .ndpi, .tif or a folder of DICOM .dcm) found",
                          "pass a manifest naming the H&E image instead")
     csvs = sorted(folder.rglob("*alignment.csv"))
     row = {"slide_id": slide_id or folder.name.lower().replace(" ", "_"), "tissue": tissue, "xenium_dir": str(xen),

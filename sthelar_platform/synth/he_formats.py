@@ -15,13 +15,26 @@ Each variant follows its vendor's documented layout as tifffile and openslide re
 - ``no_pixel_size``: a tiled TIFF with no pixel size anywhere;
 - ``scan_20x``: the slide scanned at 20x only (2x area-averaged), OME pyramid;
 - ``jpeg_tiles``: the platform's own 2x OME pyramid layout, but JPEG-compressed tiles;
-- ``corrupt_tile``: a single-level tiled TIFF with one tile's bytes overwritten.
+- ``corrupt_tile``: a single-level tiled TIFF with one tile's bytes overwritten;
+- ``dicom``: a DICOM WSI series folder (Supplement 145: VL Whole Slide Microscopy Image instances,
+  ``TILED_FULL``, one instance per level, label and overview instances) made from the ``svs``
+  variant by wsidicomizer, which copies the SVS's JPEG tiles into the frames unchanged;
+- ``dicom_jpeg2000``: the same series transcoded to lossless JPEG 2000 frames.
+
+The DICOM variants run wsidicomizer as a separate program (``$STHELAR_WSIDICOMIZER``, else
+``wsidicomizer`` on the PATH): it pins an older wsidicom than the one the platform reads with, so
+it lives in its own environment (``make wsidicomizer``), and the files it writes are read by a
+different wsidicom release than the one that wrote them, as a lab's archive would be.
 
 Everything is written from the source's level 0 read whole, so use it on small test slides only.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +44,8 @@ from sthelar_platform.core.imaging import pyramid_shapes
 from sthelar_platform.core.wsi import WholeSlide
 
 VARIANTS = ("ome_cyx", "ome_1yxs", "single_level", "svs", "ndpi", "no_pixel_size", "scan_20x", "jpeg_tiles",
-            "corrupt_tile")
-SUFFIX = {"svs": ".svs", "ndpi": "_style.tif"}
+            "corrupt_tile", "dicom", "dicom_jpeg2000")
+SUFFIX = {"svs": ".svs", "ndpi": "_style.tif", "dicom": "", "dicom_jpeg2000": ""}  # a DICOM series is a folder
 TILE = 256
 JPEG_QUALITY = 90  # Aperio scanners write Q=70-90; the description below says so
 
@@ -93,10 +106,34 @@ def _ndpi(path: Path, rgb: np.ndarray, mpp: float) -> None:
                      extratags=tags, metadata=None, **_res(mpp * f))
 
 
+def wsidicomizer_command() -> str:
+    """The wsidicomizer program: ``$STHELAR_WSIDICOMIZER``, else the one on the PATH."""
+    found = os.environ.get("STHELAR_WSIDICOMIZER") or shutil.which("wsidicomizer")
+    if not found or not Path(found).exists():
+        raise FileNotFoundError("wsidicomizer not found: run `make wsidicomizer` (its own environment, "
+                                ".venv-wsidicomizer/) or set STHELAR_WSIDICOMIZER to its path")
+    return found
+
+
+def _dicom(path: Path, rgb_source: str | Path, jpeg2000: bool) -> None:
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        svs = write_he_variant(rgb_source, scratch, "svs")
+        extra = ["--format", "jpeg2000", "--quality", "0", "--force-transcoding"] if jpeg2000 else []  # quality < 1: lossless
+        done = subprocess.run([wsidicomizer_command(), "-i", str(svs), "-o", str(path), "--workers", "1", *extra],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"wsidicomizer failed on {svs}: {done.stderr.strip()[-2000:]}")
+
+
 def write_he_variant(src: str | Path, dst_dir: str | Path, variant: str) -> Path:
-    """Write ``src``'s H&E as ``variant`` into ``dst_dir``; returns the new file."""
+    """Write ``src``'s H&E as ``variant`` into ``dst_dir``; returns the new file (a folder for DICOM)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown H&E variant {variant!r}; known: {', '.join(VARIANTS)}")
+    if variant.startswith("dicom"):
+        dst = Path(dst_dir) / f"he_{variant}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _dicom(dst, src, jpeg2000=variant == "dicom_jpeg2000")
+        return dst
     with WholeSlide(src) as slide:
         rgb = slide.read_region(0, 0, 0, slide.height, slide.width)
         mpp = float(slide.mpp or 0.25)

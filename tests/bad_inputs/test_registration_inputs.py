@@ -1,10 +1,14 @@
 """Bad H&E scans and alignment files: `he_image`, `he_registration` and `registered_he` refuse each
 with one line; earlier outputs stay."""
 
+import shutil
+
 import numpy as np
+import pydicom
+import pydicom.data
 import pytest
 import tifffile
-from case_homes import assert_refused, outputs_digest, replace_file, the_one_error, truncate
+from case_homes import assert_refused, outputs_digest, replace_file, repoint, the_one_error, truncate
 
 
 def _tiff(path, array, **kw):
@@ -47,6 +51,32 @@ HE_CASES = {
                      "he_image", "too small", ()),
 }
 
+def _largest(folder):
+    return max(folder.glob("*.dcm"), key=lambda p: p.stat().st_size)  # the full-resolution instance
+
+
+def _second_series(folder, tiny_dicom):
+    shutil.copytree(tiny_dicom, folder / "rescan")
+    for p in (folder / "rescan").glob("*.dcm"):  # the same scan exported again: a new series UID
+        ds = pydicom.dcmread(p)
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.save_as(p)
+
+
+def _only_a_ct(folder, _):
+    for p in folder.glob("*.dcm"):
+        p.unlink()
+    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), folder / "CT_small.dcm")
+
+
+DICOM_CASES = {  # a DICOM WSI series folder (the tiny slide's, from wsidicomizer) broken one way each
+    "dicom_two_series": (_second_series, "volume images of 2 series"),
+    "dicom_missing_instance": (lambda f, _: _largest(f).unlink(), "full-resolution instance"),
+    "dicom_not_a_slide": (_only_a_ct, "no whole-slide microscopy image"),
+    "dicom_truncated_instance": (lambda f, _: truncate(_largest(f), 0.5), "truncated"),
+    "dicom_empty_folder": (lambda f, _: [p.unlink() for p in f.glob("*.dcm")], "holds no DICOM file"),
+}
+
 REGISTRATION_CASES = {
     "csv_two_rows": (_csv("1,0,0\n0,1,0\n"), "3x3 matrix"),
     "csv_nan": (_csv("nan,0,0\n0,1,0\n0,0,1\n"), "non-finite"),
@@ -64,6 +94,27 @@ def test_bad_he_scan_is_refused_and_nothing_is_lost(case, name):
     mutate(case)
     error = the_one_error(case, asset)
     assert_refused(error, case.spec.he_image, problem, before, case.home)
+
+
+@pytest.mark.parametrize("name", sorted(DICOM_CASES))
+def test_bad_dicom_series_is_refused_and_nothing_is_lost(case, tiny_dicom, tmp_path, name):
+    mutate, problem = DICOM_CASES[name]
+    before = outputs_digest(case.home)
+    series = shutil.copytree(tiny_dicom, tmp_path / "he_series")
+    mutate(series, tiny_dicom)
+    repoint(case, he_image=series)
+    error = the_one_error(case, "he_image")
+    assert_refused(error, series, problem, before, case.home)
+
+
+def test_an_mrxs_scan_is_refused_naming_the_converter(case, tmp_path):
+    before = outputs_digest(case.home)
+    scan = tmp_path / "slide.mrxs"  # 3DHISTECH: an index file beside a folder of .dat files
+    scan.write_text("[GENERAL]\nSLIDE_VERSION = 01.03\n")
+    repoint(case, he_image=scan)
+    error = the_one_error(case, "he_image")
+    assert_refused(error, scan, "MRXS", before, case.home)
+    assert "bfconvert" in error and "QuPath" in error
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRATION_CASES))

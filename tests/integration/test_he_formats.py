@@ -5,7 +5,8 @@ patch counts and median Jaccard within 2 % (the issue's target), lossless ones e
 The reference is the original rewritten losslessly as one level and converted. The original itself
 (hard-linked, its lower levels averaged from level 0 as a scanner's are) must give the very same
 patches and Jaccard. Measured (median Jaccard 40x / 20x): lossless variants 0.920 / 0.896 exactly;
-SVS and NDPI (JPEG level 0) 0.918 / 0.896; JPEG-tiled pyramid (every level JPEG, 4:2:0) 0.918 / 0.898.
+SVS and NDPI (JPEG level 0) 0.918 / 0.896; JPEG-tiled pyramid (every level JPEG, 4:2:0) 0.918 / 0.898;
+the DICOM WSI series made from the SVS (its JPEG frames, or lossless JPEG 2000 ones) as the SVS.
 """
 
 import json
@@ -23,7 +24,9 @@ from sthelar_platform.synth.he_formats import write_he_variant
 pytestmark = pytest.mark.slow  # every scanner format taken through the slide pipeline
 STAGES = ("he_image", "he_registration", "patches_40x", "patches_20x", "reference_segmentation",
           "segmentation_agreement")
-LOSSY = {"svs", "ndpi", "jpeg_tiles"}  # JPEG tiles (Q=90): the pixels differ a little from the original
+# JPEG tiles (Q=90): the pixels differ a little from the original. The DICOM series hold the SVS's JPEG
+# tiles (copied by wsidicomizer), the JPEG 2000 one their lossless transcoding
+LOSSY = {"svs", "ndpi", "jpeg_tiles", "dicom", "dicom_jpeg2000"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,8 @@ def _patch_stats(home, mag: str) -> tuple[int, float]:
     return len(patches), float(jaccard)
 
 
-@pytest.mark.parametrize("variant", ["ome_cyx", "ome_1yxs", "svs", "ndpi", "no_pixel_size", "jpeg_tiles"])
+@pytest.mark.parametrize("variant", ["ome_cyx", "ome_1yxs", "svs", "ndpi", "no_pixel_size", "jpeg_tiles", "dicom",
+                                     "dicom_jpeg2000"])
 def test_scan_variant_gives_the_patches_of_the_original(good_home, reference, tmp_path, variant):
     case = _run_variant(good_home, tmp_path, variant)
     summary = json.loads((case.output("he_image") / "summary.json").read_text())
@@ -64,6 +68,9 @@ def test_scan_variant_gives_the_patches_of_the_original(good_home, reference, tm
         assert abs(registration["implied_he_pixel_size_um"] / 0.2738 - 1) < 0.02  # the fit finds the true size
     else:
         assert summary["pixel_size_um"] == pytest.approx(0.2738, rel=1e-3)
+    if variant.startswith("dicom"):
+        levels = summary["source_levels"]  # the SVS's 4x steps, as the series has them
+        assert summary["pixel_size_source"] == "DICOM PixelSpacing" and levels[1][0] == levels[0][0] // 4
     for mag in ("40x", "20x"):
         n, jaccard = _patch_stats(case.home, mag)
         n0, jaccard0 = reference[mag]
