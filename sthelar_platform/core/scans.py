@@ -1,4 +1,5 @@
-"""The reader for a scan as a lab has it: DICOM WSI, a vendor format we refuse by name, or the TIFF family.
+"""The reader for a scan as a lab has it: DICOM WSI, MRXS (OpenSlide), a vendor format we refuse by
+name, or the TIFF family.
 
 Only ingest opens such a scan; every later stage reads the platform's own pyramid (a TIFF).
 """
@@ -10,10 +11,12 @@ from pathlib import Path
 from sthelar_platform.core.errors import InputError
 from sthelar_platform.core.wsi import SlideReader, WholeSlide
 from sthelar_platform.core.wsi_dicom import DicomSlide, is_dicom_file
+from sthelar_platform.core.wsi_openslide import OpenSlideScan
 
-# folder-backed or proprietary formats that neither tifffile nor wsidicom reads: refused, naming a converter
+# read through OpenSlide: only formats a fixture written from their documented layout tests (synth/_mrxs.py)
+OPENSLIDE_FORMATS = (".mrxs",)
+# folder-backed or proprietary formats no reader here is tested on: refused, naming a converter
 UNREAD_FORMATS = {
-    ".mrxs": "3DHISTECH MRXS (an index file beside a folder of .dat files)",
     ".vsi": "Olympus VSI (an index file beside a folder of .ets files)",
     ".vms": "Hamamatsu VMS (a set of JPEG files)",
     ".czi": "Zeiss CZI",
@@ -25,12 +28,17 @@ FIX_CONVERT = ("convert it to OME-TIFF with QuPath (File > Export images > OME T
 
 
 def open_slide(path: str | Path, verify: bool = True) -> SlideReader:
-    """A scan as a lab has it: a DICOM WSI folder or instance, or a TIFF-family file."""
+    """A scan as a lab has it: a DICOM WSI folder or instance, an MRXS slide, or a TIFF-family file."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "image file does not exist", "check the path in the slide manifest")
+    if path.is_dir() and (path / "Slidedat.ini").exists():
+        raise InputError(path, "this is the data folder of an MRXS slide, not the slide",
+                         f"point he_image at {path.name}.mrxs beside it")
     if path.is_dir() or is_dicom_file(path):
         return DicomSlide(path, verify)
+    if path.suffix.lower() in OPENSLIDE_FORMATS:
+        return OpenSlideScan(path, verify)
     kind = UNREAD_FORMATS.get(path.suffix.lower())
     if kind:
         raise InputError(path, f"{kind} is not read here", FIX_CONVERT)

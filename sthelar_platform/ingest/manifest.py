@@ -121,7 +121,7 @@ def load_manifest(path: str | Path, check_files: bool = True) -> list[SlideSpec]
 
 
 # in this order: the Xenium naming, then vendor whole-slide formats, then any (OME-)TIFF
-HE_PATTERNS = ("*he_image.ome.tif", "*.svs", "*.ndpi", "*.ome.tif", "*.ome.tiff", "*.tif", "*.tiff")
+HE_PATTERNS = ("*he_image.ome.tif", "*.svs", "*.ndpi", "*.mrxs", "*.ome.tif", "*.ome.tiff", "*.tif", "*.tiff")
 
 
 def find_he_image(folder: Path) -> Path | None:
@@ -145,7 +145,8 @@ def specs_from_folder(folder: str | Path, tissue: str, slide_id: str | None = No
     xen = folder / "xenium" if (folder / "xenium" / "experiment.xenium").exists() else folder
     he = find_he_image(folder)
     if he is None:
-        raise InputError(folder, "no H&E image (*he_image.ome.tif, .svs, .ndpi, .tif or a folder of DICOM .dcm) found",
+        raise InputError(folder, "no H&E image (*he_image.ome.tif, .svs, .ndpi, .mrxs, .tif or a folder of DICOM .dcm) "
+                         "found",
                          "pass a manifest naming the H&E image instead")
     csvs = sorted(folder.rglob("*alignment.csv"))
     row = {"slide_id": slide_id or folder.name.lower().replace(" ", "_"), "tissue": tissue, "xenium_dir": str(xen),

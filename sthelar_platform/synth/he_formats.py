@@ -19,7 +19,10 @@ Each variant follows its vendor's documented layout as tifffile and openslide re
 - ``dicom``: a DICOM WSI series folder (Supplement 145: VL Whole Slide Microscopy Image instances,
   ``TILED_FULL``, one instance per level, label and overview instances) made from the ``svs``
   variant by wsidicomizer, which copies the SVS's JPEG tiles into the frames unchanged;
-- ``dicom_jpeg2000``: the same series transcoded to lossless JPEG 2000 frames.
+- ``dicom_jpeg2000``: the same series transcoded to lossless JPEG 2000 frames;
+- ``mrxs``: a 3DHISTECH MRXS slide (``.mrxs`` beside its data folder) written from OpenSlide's
+  documentation of the format (``_mrxs.py``): JPEG camera images, 2x concatenated levels, a position
+  buffer; the level-0 grid padded to whole camera positions with white, as a scanner pads it.
 
 The DICOM variants run wsidicomizer as a separate program (``$STHELAR_WSIDICOMIZER``, else
 ``wsidicomizer`` on the PATH): it pins an older wsidicom than the one the platform reads with, so
@@ -42,10 +45,11 @@ import tifffile
 
 from sthelar_platform.core.imaging import pyramid_shapes
 from sthelar_platform.core.wsi import WholeSlide
+from sthelar_platform.synth._mrxs import write_mrxs
 
 VARIANTS = ("ome_cyx", "ome_1yxs", "single_level", "svs", "ndpi", "no_pixel_size", "scan_20x", "jpeg_tiles",
-            "corrupt_tile", "dicom", "dicom_jpeg2000")
-SUFFIX = {"svs": ".svs", "ndpi": "_style.tif", "dicom": "", "dicom_jpeg2000": ""}  # a DICOM series is a folder
+            "corrupt_tile", "dicom", "dicom_jpeg2000", "mrxs")
+SUFFIX = {"svs": ".svs", "ndpi": "_style.tif", "dicom": "", "dicom_jpeg2000": "", "mrxs": ".mrxs"}  # DICOM: a folder
 TILE = 256
 JPEG_QUALITY = 90  # Aperio scanners write Q=70-90; the description below says so
 
@@ -151,6 +155,8 @@ def write_he_variant(src: str | Path, dst_dir: str | Path, variant: str) -> Path
         _svs(dst, rgb, mpp)
     elif variant == "ndpi":
         _ndpi(dst, rgb, mpp)
+    elif variant == "mrxs":
+        write_mrxs(rgb, dst, mpp, quality=JPEG_QUALITY)
     elif variant == "no_pixel_size":
         tifffile.imwrite(dst, rgb, photometric="rgb", tile=(TILE, TILE), compression="zlib")
     elif variant == "scan_20x":

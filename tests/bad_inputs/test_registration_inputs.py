@@ -107,13 +107,22 @@ def test_bad_dicom_series_is_refused_and_nothing_is_lost(case, tiny_dicom, tmp_p
     assert_refused(error, series, problem, before, case.home)
 
 
-def test_an_mrxs_scan_is_refused_naming_the_converter(case, tmp_path):
+def test_an_mrxs_file_without_its_data_folder_is_refused(case, tmp_path):
     before = outputs_digest(case.home)
-    scan = tmp_path / "slide.mrxs"  # 3DHISTECH: an index file beside a folder of .dat files
-    scan.write_text("[GENERAL]\nSLIDE_VERSION = 01.03\n")
+    scan = tmp_path / "slide.mrxs"  # copied alone: its Slidedat.ini, Index.dat and Data*.dat stayed behind
+    scan.write_bytes(b"3DHISTECH MRXS\r\n")
     repoint(case, he_image=scan)
     error = the_one_error(case, "he_image")
-    assert_refused(error, scan, "MRXS", before, case.home)
+    assert_refused(error, scan, "MRXS data folder slide/ is missing", before, case.home)
+
+
+def test_a_format_no_reader_here_is_tested_on_is_refused_naming_the_converter(case, tmp_path):
+    before = outputs_digest(case.home)
+    scan = tmp_path / "slide.vsi"  # Olympus: an index file beside a folder of .ets files
+    scan.write_bytes(b"II*\x00")
+    repoint(case, he_image=scan)
+    error = the_one_error(case, "he_image")
+    assert_refused(error, scan, "Olympus VSI", before, case.home)
     assert "bfconvert" in error and "QuPath" in error
 
 

@@ -11,8 +11,10 @@ the DICOM WSI series made from the SVS (its JPEG frames, or lossless JPEG 2000 o
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import yaml
 from case_homes import build_good_home, make_case, repoint, run, step_errors, the_one_error
 from dagster import AssetKey, DagsterInstance, materialize
@@ -78,6 +80,30 @@ def test_scan_variant_gives_the_patches_of_the_original(good_home, reference, tm
         assert abs(jaccard - jaccard0) <= 0.02 * jaccard0, (mag, jaccard, jaccard0)
         if variant not in LOSSY and variant != "no_pixel_size":
             assert (n, jaccard) == (n0, jaccard0)  # lossless rewrites give the very same patches
+
+
+def test_an_mrxs_scan_gives_the_patches_of_the_original_on_its_camera_grid(good_home, tmp_path):
+    """MRXS pads level 0 with white to whole camera positions (2 x 2 images of 256 px here), so the slide is
+    larger than the original and border patches differ: the reference is the original padded the same way."""
+    (tmp_path / "mrxs").mkdir()
+    (tmp_path / "padded").mkdir()
+    scan = _run_variant(good_home, tmp_path / "mrxs", "mrxs")
+    summary = json.loads((scan.output("he_image") / "summary.json").read_text())
+    assert summary["pixel_size_source"].startswith("OpenSlide") and summary["pixel_size_um"] == pytest.approx(0.2738)
+    assert summary["width"] % 512 == 0 and summary["height"] % 512 == 0 and summary["stored_as"] == "converted"
+    padded = make_case(*good_home, tmp_path / "padded")
+    original = tifffile.imread(padded.spec.he_image)
+    canvas = np.full((summary["height"], summary["width"], 3), 255, np.uint8)
+    canvas[: original.shape[0], : original.shape[1]] = original
+    path = tmp_path / "padded" / "he_padded.tif"
+    tifffile.imwrite(path, canvas, photometric="rgb", tile=(256, 256), compression="zlib",
+                     resolution=(1e4 / 0.2738, 1e4 / 0.2738), resolutionunit="CENTIMETER")
+    repoint(padded, he_image=path)
+    result = run(padded, *STAGES)
+    assert result.success, step_errors(result)
+    for mag in ("40x", "20x"):
+        (n, jaccard), (n0, jaccard0) = _patch_stats(scan.home, mag), _patch_stats(padded.home, mag)
+        assert abs(n - n0) <= 0.02 * n0 and abs(jaccard - jaccard0) <= 0.02 * jaccard0, (mag, n, n0, jaccard, jaccard0)
 
 
 def test_a_20x_only_scan_gives_20x_patches_exports_and_training_data(good_home, reference, tmp_path, monkeypatch):
