@@ -14,7 +14,8 @@ the axis handling is done here, once, at open time:
 Nothing reads a whole level unless asked to with :meth:`WholeSlide.read_level`, which refuses
 levels above ``max_pixels``.
 
-:class:`SlideReader` is what every format's reader offers (``core/wsi_dicom.py`` for DICOM WSI);
+:class:`SlideReader` is what every format's reader offers (``core/wsi_dicom.py`` for DICOM WSI,
+``core/wsi_openslide.py`` for MRXS);
 ``core/scans.py`` picks the reader for a scan as a lab has it. The platform's own pyramid is always
 a TIFF and opens as :class:`WholeSlide`.
 """
@@ -22,9 +23,10 @@ a TIFF and opens as :class:`WholeSlide`.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Self
 
 import numpy as np
 import tifffile
@@ -45,8 +47,12 @@ class SlideLevel:
     downsample: float
 
 
-class SlideReader(Protocol):
-    """What every stage needs of a scan, whatever its format (TIFF family or DICOM WSI)."""
+class SlideReader(ABC):
+    """What every stage needs of a scan, whatever its format (TIFF family, DICOM WSI, OpenSlide).
+
+    A reader sets ``path``, ``axes``, ``dtype``, ``compression``, ``mpp`` and ``mpp_source`` when it
+    opens, and gives its levels and region reads; whole-level reads and the context manager are shared.
+    """
 
     path: Path
     axes: str
@@ -56,22 +62,50 @@ class SlideReader(Protocol):
     mpp_source: str
 
     @property
+    @abstractmethod
     def levels(self) -> list[SlideLevel]: ...
+
     @property
-    def height(self) -> int: ...
+    @abstractmethod
+    def level0_shape(self) -> tuple[int, ...]:
+        """Level 0's shape in the file's own axis order (for messages)."""
+
     @property
-    def width(self) -> int: ...
-    @property
-    def level0_shape(self) -> tuple[int, ...]: ...
-    @property
+    @abstractmethod
     def all_levels_tiled(self) -> bool: ...
+
     @property
+    @abstractmethod
     def is_rgb(self) -> bool: ...
-    def read_region(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray: ...
-    def read_level(self, level: int, max_pixels: int = ...) -> np.ndarray: ...
+
+    @abstractmethod
+    def read_region(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """One window of one level as ``(h, w, 3)`` (``(h, w)`` for a grayscale image); only touched tiles decode."""
+
+    @abstractmethod
     def close(self) -> None: ...
-    def __enter__(self) -> SlideReader: ...
-    def __exit__(self, *exc: object) -> None: ...
+
+    @property
+    def height(self) -> int:
+        return self.levels[0].height
+
+    @property
+    def width(self) -> int:
+        return self.levels[0].width
+
+    def read_level(self, level: int, max_pixels: int = WHOLE_LEVEL_MAX_PIXELS) -> np.ndarray:
+        """A whole level, for thumbnails and masks; refuses one too large to hold."""
+        lv = self.levels[level]
+        if lv.height * lv.width > max_pixels:
+            raise InputError(self.path, f"level {level} is {lv.width} x {lv.height} px, too large to read whole",
+                             "ingest the H&E first: the platform's own pyramid has small levels for this")
+        return self.read_region(level, 0, 0, lv.height, lv.width)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _ome_mpp(tf: tifffile.TiffFile) -> float | None:
@@ -149,7 +183,7 @@ def level_downsample(shape0: tuple[int, ...], shape: tuple[int, ...]) -> float:
     return h0 / h
 
 
-class WholeSlide:
+class WholeSlide(SlideReader):
     """One scan: its levels, pixel size and region reads as ``(h, w, 3)`` uint8 RGB."""
 
     def __init__(self, path: str | Path, verify: bool = True):
@@ -211,16 +245,7 @@ class WholeSlide:
                 for s in self._level_shapes]
 
     @property
-    def height(self) -> int:
-        return self.levels[0].height
-
-    @property
-    def width(self) -> int:
-        return self.levels[0].width
-
-    @property
     def level0_shape(self) -> tuple[int, ...]:
-        """Level 0's shape in the file's own axis order (for messages)."""
         return self._level_shapes[0]
 
     @property
@@ -252,19 +277,5 @@ class WholeSlide:
         block = block.transpose(order)
         return block[..., :3] if self.is_rgb else block
 
-    def read_level(self, level: int, max_pixels: int = WHOLE_LEVEL_MAX_PIXELS) -> np.ndarray:
-        """A whole level, for thumbnails and masks; refuses one too large to hold."""
-        lv = self.levels[level]
-        if lv.height * lv.width > max_pixels:
-            raise InputError(self.path, f"level {level} is {lv.width} x {lv.height} px, too large to read whole",
-                             "ingest the H&E first: the platform's own pyramid has small levels for this")
-        return self.read_region(level, 0, 0, lv.height, lv.width)
-
     def close(self) -> None:
         self._tf.close()
-
-    def __enter__(self) -> WholeSlide:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

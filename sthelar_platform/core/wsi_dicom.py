@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.wsi import WHOLE_LEVEL_MAX_PIXELS, SlideLevel, level_downsample
+from sthelar_platform.core.wsi import SlideLevel, SlideReader, level_downsample
 
 if TYPE_CHECKING:
     from wsidicom import WsiDicom
@@ -125,7 +125,7 @@ def _check_complete(source: Path, volumes: list[_Instance]) -> None:
                          "full-resolution instance (ImageType …\\VOLUME\\NONE, the largest file) is missing", FIX_COPY)
 
 
-class DicomSlide:
+class DicomSlide(SlideReader):
     """One DICOM WSI series: the same interface as :class:`~sthelar_platform.core.wsi.WholeSlide`."""
 
     axes = "YXS"
@@ -147,12 +147,12 @@ class DicomSlide:
             self._pyramid = list(self._wsi.pyramid.levels)
             base = self._pyramid[0]
             header = base.datasets[0]
-            self.is_rgb = int(header.samples_per_pixel) == 3
+            self._rgb = int(header.samples_per_pixel) == 3
             self.dtype = f"uint{int(header.bits)}"
             self.photometric = str(header.photometric_interpretation)
             self.compression = str(getattr(base.default_instance.image_data.transfer_syntax, "name", "unknown"))
             mpp = base.mpp
-            self.mpp: float | None = float(mpp.width) if mpp is not None and float(mpp.width) > 0 else None
+            self.mpp = float(mpp.width) if mpp is not None and float(mpp.width) > 0 else None
             self.mpp_source = "DICOM PixelSpacing" if self.mpp is not None else "none"
         except BaseException:
             self._wsi.close()
@@ -165,12 +165,8 @@ class DicomSlide:
                 for lv in self._pyramid]
 
     @property
-    def height(self) -> int:
-        return int(self._pyramid[0].size.height)
-
-    @property
-    def width(self) -> int:
-        return int(self._pyramid[0].size.width)
+    def is_rgb(self) -> bool:
+        return self._rgb
 
     @property
     def level0_shape(self) -> tuple[int, ...]:
@@ -186,19 +182,5 @@ class DicomSlide:
         block = np.asarray(block)
         return block[..., :3] if block.ndim == 3 else block
 
-    def read_level(self, level: int, max_pixels: int = WHOLE_LEVEL_MAX_PIXELS) -> np.ndarray:
-        """A whole level, for thumbnails; refuses one too large to hold (as the TIFF reader does)."""
-        lv = self.levels[level]
-        if lv.height * lv.width > max_pixels:
-            raise InputError(self.path, f"level {level} is {lv.width} x {lv.height} px, too large to read whole",
-                             "ingest the H&E first: the platform's own pyramid has small levels for this")
-        return self.read_region(level, 0, 0, lv.height, lv.width)
-
     def close(self) -> None:
         self._wsi.close()
-
-    def __enter__(self) -> DicomSlide:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

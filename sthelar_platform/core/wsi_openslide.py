@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sthelar_platform.core.errors import InputError
-from sthelar_platform.core.wsi import WHOLE_LEVEL_MAX_PIXELS, SlideLevel, level_downsample
+from sthelar_platform.core.wsi import SlideLevel, SlideReader, level_downsample
 
 FIX_MRXS = ("copy the .mrxs file together with its folder of the same name (Slidedat.ini, Index.dat, Data*.dat), "
             "or export the slide as OME-TIFF with QuPath or bfconvert")
@@ -35,7 +35,7 @@ def check_mrxs_folder(path: Path) -> None:
         raise InputError(path, f"the MRXS data folder {folder.name}/ has no {', '.join(missing)}", FIX_MRXS)
 
 
-class OpenSlideScan:
+class OpenSlideScan(SlideReader):
     """One scan OpenSlide opens (MRXS here): the same interface as :class:`~sthelar_platform.core.wsi.WholeSlide`."""
 
     axes = "YXS"
@@ -60,7 +60,7 @@ class OpenSlideScan:
         section = props.get("mirax.HIERARCHICAL.HIER_0_VAL_0_SECTION")
         self.compression = str(props.get(f"mirax.{section}.IMAGE_FORMAT", "unknown")) if section else "unknown"
         mpp = props.get("openslide.mpp-x")
-        self.mpp: float | None = float(mpp) if mpp else None
+        self.mpp = float(mpp) if mpp else None
         self.mpp_source = "OpenSlide mpp-x (Slidedat MICROMETER_PER_PIXEL_X)" if self.mpp else "none"
         background = str(props.get("openslide.background-color", "FFFFFF"))
         self._background = tuple(int(background[i : i + 2], 16) for i in (0, 2, 4))
@@ -71,14 +71,6 @@ class OpenSlideScan:
     def levels(self) -> list[SlideLevel]:
         w0, h0 = self._dimensions[0]
         return [SlideLevel(h, w, level_downsample((h0, w0), (h, w))) for w, h in self._dimensions]
-
-    @property
-    def height(self) -> int:
-        return self._dimensions[0][1]
-
-    @property
-    def width(self) -> int:
-        return self._dimensions[0][0]
 
     @property
     def level0_shape(self) -> tuple[int, ...]:
@@ -98,19 +90,5 @@ class OpenSlideScan:
         rgb = rgba[..., :3] * alpha + (1.0 - alpha) * np.asarray(self._background, np.float32)
         return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
-    def read_level(self, level: int, max_pixels: int = WHOLE_LEVEL_MAX_PIXELS) -> np.ndarray:
-        """A whole level, for thumbnails; refuses one too large to hold (as the TIFF reader does)."""
-        lv = self.levels[level]
-        if lv.height * lv.width > max_pixels:
-            raise InputError(self.path, f"level {level} is {lv.width} x {lv.height} px, too large to read whole",
-                             "ingest the H&E first: the platform's own pyramid has small levels for this")
-        return self.read_region(level, 0, 0, lv.height, lv.width)
-
     def close(self) -> None:
         self._slide.close()
-
-    def __enter__(self) -> OpenSlideScan:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

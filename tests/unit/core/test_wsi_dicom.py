@@ -120,7 +120,7 @@ def test_a_truncated_instance_is_named_when_its_frames_decode(tiny_dicom, tmp_pa
     assert str(folder) in str(error.value)
 
 
-@pytest.mark.parametrize("suffix", [".mrxs", ".vsi", ".czi"])
+@pytest.mark.parametrize("suffix", [".vsi", ".vms", ".czi", ".isyntax"])
 def test_formats_read_by_no_reader_here_name_the_converter(tmp_path, suffix):
     scan = tmp_path / f"slide{suffix}"
     scan.write_text("[GENERAL]\n")
