@@ -120,15 +120,6 @@ def test_a_truncated_instance_is_named_when_its_frames_decode(tiny_dicom, tmp_pa
     assert str(folder) in str(error.value)
 
 
-@pytest.mark.parametrize("suffix", [".vsi", ".vms", ".czi", ".isyntax"])
-def test_formats_read_by_no_reader_here_name_the_converter(tmp_path, suffix):
-    scan = tmp_path / f"slide{suffix}"
-    scan.write_text("[GENERAL]\n")
-    with pytest.raises(InputError, match="is not read here") as error:
-        open_slide(scan)
-    assert "bfconvert" in str(error.value) and "\n" not in str(error.value)
-
-
 def test_a_manifest_and_a_slide_folder_take_a_dicom_series_folder(tiny_dicom, tmp_path):
     bundle = tmp_path / "slide" / "xenium"
     bundle.mkdir(parents=True)
