@@ -1,8 +1,9 @@
 """The H&E scan as the lab has it, turned once into the platform's own pyramid.
 
 Any scan the whole-slide layer opens (SVS, NDPI, OME-TIFF in any axis order, generic tiled or
-single-level TIFF, JPEG / JPEG 2000 / LZW / deflate tiles, a DICOM WSI series folder) becomes one tiled ``YXS`` uint8 OME-TIFF
-with 2x levels down to thumbnail size and its pixel size in the OME metadata. The conversion is
+single-level TIFF, JPEG / JPEG 2000 / LZW / deflate tiles, a DICOM WSI series folder, MRXS) becomes
+one tiled ``YXS`` uint8 OME-TIFF with 2x levels down to thumbnail size and its pixel size in the OME
+metadata. The conversion is
 streamed region by region (each level from the one above, area-averaged, through temporary
 single-level files), so peak memory does not grow with the slide. A scan that already is such a
 pyramid is hard-linked, not copied. That file is the only stored copy: every later stage reads it.
@@ -23,7 +24,7 @@ from sthelar_platform.core.thumbnails import save_png
 from sthelar_platform.core.warehouse import HEImageFolder
 from sthelar_platform.core.wsi import SlideReader
 
-FIX_IMAGE = "export the H&E as an RGB whole-slide image (SVS, NDPI, tiled OME-TIFF or DICOM WSI; see docs/formats.md)"
+FIX_IMAGE = "export the H&E as an RGB whole-slide image (SVS, NDPI, MRXS, tiled OME-TIFF or DICOM WSI; see docs/formats.md)"
 
 
 @dataclass(frozen=True)
