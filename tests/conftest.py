@@ -32,12 +32,17 @@ def tiny_slide(tiny_cohort) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_dicom(tiny_slide, tmp_path_factory) -> Path:
+def tiny_he(tiny_slide) -> Path:
+    """The tiny slide's H&E (OME-TIFF); read-only."""
+    return next((tiny_slide / "he").glob("*he_image.ome.tif"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dicom(tiny_he, tmp_path_factory) -> Path:
     """The tiny slide's H&E as a DICOM WSI series folder (wsidicomizer's copy of its SVS variant); read-only."""
     from sthelar_platform.synth.he_formats import write_he_variant
 
-    return write_he_variant(next((tiny_slide / "he").glob("*he_image.ome.tif")), tmp_path_factory.mktemp("dicom"),
-                            "dicom")
+    return write_he_variant(tiny_he, tmp_path_factory.mktemp("dicom"), "dicom")
 
 
 @pytest.fixture()

@@ -129,7 +129,6 @@ class DicomSlide(SlideReader):
     """One DICOM WSI series: the same interface as :class:`~sthelar_platform.core.wsi.WholeSlide`."""
 
     axes = "YXS"
-    tiled = True
     all_levels_tiled = True
 
     def __init__(self, path: str | Path, verify: bool = True):
@@ -149,7 +148,6 @@ class DicomSlide(SlideReader):
             header = base.datasets[0]
             self._rgb = int(header.samples_per_pixel) == 3
             self.dtype = f"uint{int(header.bits)}"
-            self.photometric = str(header.photometric_interpretation)
             self.compression = str(getattr(base.default_instance.image_data.transfer_syntax, "name", "unknown"))
             mpp = base.mpp
             self.mpp = float(mpp.width) if mpp is not None and float(mpp.width) > 0 else None

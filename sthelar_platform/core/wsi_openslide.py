@@ -41,7 +41,6 @@ class OpenSlideScan(SlideReader):
     axes = "YXS"
     dtype = "uint8"
     is_rgb = True
-    tiled = True
     all_levels_tiled = True
 
     def __init__(self, path: str | Path, verify: bool = True):
@@ -56,7 +55,6 @@ class OpenSlideScan(SlideReader):
             raise InputError(self.path, f"OpenSlide cannot open the scan ({type(exc).__name__}: {exc})",
                              FIX_MRXS) from exc
         props = self._slide.properties
-        self.vendor = str(props.get("openslide.vendor", "unknown"))
         section = props.get("mirax.HIERARCHICAL.HIER_0_VAL_0_SECTION")
         self.compression = str(props.get(f"mirax.{section}.IMAGE_FORMAT", "unknown")) if section else "unknown"
         mpp = props.get("openslide.mpp-x")

@@ -18,8 +18,8 @@ from sthelar_platform.synth.he_formats import write_he_variant
 
 
 @pytest.fixture(scope="module")
-def svs(tiny_slide, tmp_path_factory):
-    return write_he_variant(next((tiny_slide / "he").glob("*he_image.ome.tif")), tmp_path_factory.mktemp("svs"), "svs")
+def svs(tiny_he, tmp_path_factory):
+    return write_he_variant(tiny_he, tmp_path_factory.mktemp("svs"), "svs")
 
 
 def _headers(folder):
@@ -56,8 +56,8 @@ def test_a_dicom_series_reads_as_the_svs_it_was_made_from(tiny_dicom, svs):
         assert window.shape == (100, 80, 3) and np.array_equal(window, source.read_region(1, 37, 51, 100, 80))
 
 
-def test_jpeg_2000_frames_read_within_the_jpeg_decoders_rounding(tiny_slide, svs, tmp_path):
-    series = write_he_variant(next((tiny_slide / "he").glob("*he_image.ome.tif")), tmp_path, "dicom_jpeg2000")
+def test_jpeg_2000_frames_read_within_the_jpeg_decoders_rounding(tiny_he, svs, tmp_path):
+    series = write_he_variant(tiny_he, tmp_path, "dicom_jpeg2000")
     with open_slide(series) as dicom, open_slide(svs) as source:
         assert "JPEG 2000" in dicom.compression
         difference = np.abs(dicom.read_region(0, 0, 0, 512, 512).astype(int) - source.read_region(0, 0, 0, 512, 512))
@@ -70,9 +70,9 @@ def test_one_instance_opens_as_a_single_level_scan(tiny_dicom):
         assert len(one.levels) == 1 and (one.height, one.width) == (1935, 1801)
 
 
-def test_two_series_in_one_folder_are_refused_naming_both(tiny_dicom, tiny_slide, tmp_path):
+def test_two_series_in_one_folder_are_refused_naming_both(tiny_dicom, tiny_he, tmp_path):
     folder = _copy(tiny_dicom, tmp_path)
-    other = write_he_variant(next((tiny_slide / "he").glob("*he_image.ome.tif")), tmp_path / "other", "dicom")
+    other = write_he_variant(tiny_he, tmp_path / "other", "dicom")
     shutil.copytree(other, folder / "second_scan")
     with pytest.raises(InputError, match="volume images of 2 series") as error:
         open_slide(folder)

@@ -16,8 +16,8 @@ from sthelar_platform.synth._mrxs import write_mrxs
 
 
 @pytest.fixture(scope="module")
-def original(tiny_slide):
-    return tifffile.imread(next((tiny_slide / "he").glob("*he_image.ome.tif")))
+def original(tiny_he):
+    return tifffile.imread(tiny_he)
 
 
 @pytest.fixture(scope="module")
